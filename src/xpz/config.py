@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -80,11 +80,45 @@ class SplitConfig(_Section):
         return self
 
 
+class TrackingConfig(_Section):
+    """MLflow tracking and registry. `MLFLOW_TRACKING_URI` in the environment wins over `uri`."""
+
+    uri: str = "sqlite:///mlflow.db"
+    artifact_location: str = "./mlruns"
+    experiment: str = "xpz"
+    registered_model: str = "xpz-redshift"
+    primary_metric: str = "test_mae"
+    direction: Literal["minimize", "maximize"] = "minimize"
+
+    @model_validator(mode="after")
+    def _names(self) -> "TrackingConfig":
+        for key in ("uri", "experiment", "registered_model", "primary_metric"):
+            if not getattr(self, key).strip():
+                raise ValueError(f"{key} must not be empty")
+        return self
+
+
+class ScheduleConfig(_Section):
+    """Scheduled retraining (a Prefect deployment of the pipeline flow)."""
+
+    cron: str = "0 3 * * 1"
+    deployment: str = "xpz-weekly-retrain"
+    timezone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _cron(self) -> "ScheduleConfig":
+        if len(self.cron.split()) != 5:
+            raise ValueError(f"cron must have 5 fields (minute hour day month weekday), got {self.cron!r}")
+        return self
+
+
 class Config(_Section):
     profile: str = "default"
     data: DataConfig = DataConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     split: SplitConfig = SplitConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
