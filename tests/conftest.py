@@ -1,0 +1,74 @@
+"""Shared fixtures: a small generated dataset, the repo's params, telemetry off."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from xpz.env import quiet_telemetry
+
+quiet_telemetry()
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def smoke_config():
+    from xpz.config import load_config
+
+    return load_config(REPO / "params.yaml", profile="smoke")
+
+
+@pytest.fixture(scope="session")
+def small_dataset_path(tmp_path_factory, smoke_config) -> Path:
+    """A 1,500-galaxy synthetic dataset in our Parquet schema, generated once per session."""
+    from xpz.data_stages import generate_dataset
+
+    cfg = smoke_config.data.model_copy(update={"n_galaxies": 1500, "chunk_size": 500})
+    path = tmp_path_factory.mktemp("data") / "galaxies.parquet"
+    generate_dataset(cfg, path, progress=False)
+    return path
+
+
+@pytest.fixture()
+def small_dataset(small_dataset_path) -> pd.DataFrame:
+    from xpz.io import read_dataset
+
+    return read_dataset(small_dataset_path)
+
+
+@pytest.fixture()
+def workdir(tmp_path, monkeypatch) -> Path:
+    """Run a test inside an empty folder (relative outputs land there, never in the repo)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def copy_params(dst: Path) -> Path:
+    target = dst / "params.yaml"
+    shutil.copy(REPO / "params.yaml", target)
+    return target
+
+
+def random_frame(n: int = 400, seed: int = 0):
+    """A frame in the dataset schema with plausible z and positive fluxes (for unit tests that do not
+    need physics: io, split, validation)."""
+    import numpy as np
+
+    from xpz.spectra import FLUX_COLUMNS
+
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame(rng.uniform(0.1, 10.0, size=(n, len(FLUX_COLUMNS))).astype("float32"), columns=list(FLUX_COLUMNS))
+    df.insert(0, "z", np.clip(rng.gamma(3.34, 0.142 / 3.34, n), 1e-4, 0.6))
+    df.insert(0, "source_id", (np.arange(n, dtype=np.int64) + 1) * 1_000_003)
+    return df

@@ -1,0 +1,63 @@
+"""params.yaml -> Config: the repo's file loads, profiles apply, bad values name their key."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from xpz.config import ConfigError, config_from_dict, load_config
+
+
+def _raw(repo_root):
+    return yaml.safe_load((repo_root / "params.yaml").read_text())
+
+
+def test_repo_params_load_with_every_profile(repo_root):
+    raw = _raw(repo_root)
+    for profile in raw["profiles"]:
+        cfg = load_config(repo_root / "params.yaml", profile=profile)
+        assert cfg.profile == profile
+    assert load_config(repo_root / "params.yaml", profile="full").data.n_galaxies == 520_393
+    assert load_config(repo_root / "params.yaml", profile="smoke").data.n_galaxies < 10_000
+
+
+def test_default_split_is_the_seeds(repo_root):
+    cfg = load_config(repo_root / "params.yaml", profile="default")
+    assert (cfg.split.train, cfg.split.val, cfg.split.test) == (0.63, 0.27, 0.10)
+    assert (cfg.data.noise, cfg.data.g_min, cfg.data.g_max) == (1.0, 17.0, 19.75)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ({"data.n_galaxies": -5}, "data.n_galaxies"),
+        ({"split.train": 0.7}, "split"),
+        ({"data.colour": 3}, "data.colour"),
+        ({"data.g_max": 10.0}, "data"),
+        ({"validate.flux_max": -100.0}, "validate"),
+    ],
+)
+def test_invalid_values_name_the_key(repo_root, override, key):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(_raw(repo_root), profile="default", overrides=override)
+    assert key in str(err.value)
+
+
+def test_unknown_key_is_reported_as_unknown(repo_root):
+    with pytest.raises(ConfigError, match=r"split\.sede: unknown key"):
+        config_from_dict(_raw(repo_root), overrides={"split.sede": 1})
+
+
+def test_fractions_must_sum_to_one_message(repo_root):
+    with pytest.raises(ConfigError, match="sum to 1"):
+        config_from_dict(_raw(repo_root), overrides={"split.test": 0.2})
+
+
+def test_unknown_profile(repo_root):
+    with pytest.raises(ConfigError, match="unknown profile 'gpu'"):
+        config_from_dict(_raw(repo_root), profile="gpu")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")

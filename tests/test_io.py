@@ -1,0 +1,138 @@
+"""Readers and the import command: good files round-trip; each bad input gives one clear message
+(file, column, rows), a non-zero exit and no output file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from conftest import copy_params, random_frame
+from xpz.cli import app
+from xpz.errors import InputError
+from xpz.io import atomic_path, read_dataset, read_seed_csv, write_dataset
+from xpz.spectra import FLUX_COLUMNS
+
+runner = CliRunner()
+
+
+def seed_csv(path, df, header=False):
+    df[["z", *FLUX_COLUMNS]].to_csv(path, index=False, header=header)
+    return path
+
+
+def import_cli(tmp_path, source, *extra):
+    params = copy_params(tmp_path)
+    out = tmp_path / "out" / "galaxies.parquet"
+    result = runner.invoke(
+        app, ["data", "import", str(source), "--params", str(params), "--profile", "smoke", "--out", str(out), *extra]
+    )
+    return result, out
+
+
+def test_seed_csv_roundtrip_with_and_without_header(tmp_path):
+    df = random_frame(300)
+    for header in (False, True):
+        got = read_seed_csv(seed_csv(tmp_path / f"s{header}.csv", df, header=header))
+        assert got.shape == (300, 188)
+        assert got["source_id"].tolist() == list(range(300))  # row numbers name the galaxies
+        np.testing.assert_allclose(got["z"], df["z"], rtol=1e-12)
+        np.testing.assert_allclose(got[list(FLUX_COLUMNS)], df[list(FLUX_COLUMNS)], rtol=1e-6)
+        assert got["flux_000"].dtype == np.float32 and got["source_id"].dtype == np.int64
+
+
+def test_import_good_csv_writes_parquet(tmp_path):
+    result, out = import_cli(tmp_path, seed_csv(tmp_path / "ok.csv", random_frame(300)))
+    assert result.exit_code == 0, result.output
+    assert read_dataset(out).shape == (300, 188)
+
+
+def _bad_csv(tmp_path, kind):
+    df = random_frame(300)
+    path = tmp_path / f"{kind}.csv"
+    if kind == "185_fluxes":
+        df[["z", *FLUX_COLUMNS[:-1]]].to_csv(path, index=False, header=False)
+        return path
+    table = df[["z", *FLUX_COLUMNS]].astype(object)
+    if kind == "non_numeric":
+        table.iloc[17, 5] = "abc"
+    elif kind == "nan":
+        table.iloc[42, 10] = np.nan
+    elif kind == "inf":
+        table.iloc[42, 10] = np.inf
+    elif kind == "z_high":
+        table.iloc[7, 0] = 0.9
+    elif kind == "z_negative":
+        table.iloc[7, 0] = -0.1
+    table.to_csv(path, index=False, header=False)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("185_fluxes", ["expected 187 columns", "found 186"]),
+        ("non_numeric", ["'flux_004'", "rows 17", "'abc'"]),
+        ("nan", ["n_nonfinite", "source_id 42", "flux_009"]),
+        ("inf", ["n_nonfinite", "source_id 42", "flux_009"]),
+        ("z_high", ["'z'", "1 rows", "source_id 7"]),
+        ("z_negative", ["'z'", "1 rows", "source_id 7"]),
+    ],
+)
+def test_bad_csv_is_refused_clearly(tmp_path, kind, expected):
+    source = _bad_csv(tmp_path, kind)
+    result, out = import_cli(tmp_path, source)
+    assert result.exit_code == 2, result.output
+    assert str(source) in result.output
+    for text in expected:
+        assert text in result.output, (text, result.output)
+    assert not out.exists()
+
+
+def test_duplicate_ids_in_parquet(tmp_path):
+    df = random_frame(300)
+    df.loc[5, "source_id"] = df.loc[6, "source_id"]
+    source = tmp_path / "dup.parquet"
+    df.to_parquet(source, index=False)
+    result, out = import_cli(tmp_path, source)
+    assert result.exit_code == 2
+    assert "unique" in result.output and str(df.loc[6, "source_id"]) in result.output
+    assert not out.exists()
+
+
+def test_empty_file(tmp_path):
+    source = tmp_path / "empty.csv"
+    source.write_text("")
+    result, out = import_cli(tmp_path, source)
+    assert result.exit_code == 2 and "empty" in result.output and not out.exists()
+
+
+def test_truncated_parquet(tmp_path):
+    good = write_dataset(random_frame(300), tmp_path / "good.parquet")
+    source = tmp_path / "truncated.parquet"
+    source.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    result, out = import_cli(tmp_path, source)
+    assert result.exit_code == 2 and "truncated" in result.output and str(source) in result.output
+    assert not out.exists()
+    with pytest.raises(InputError):
+        read_dataset(source)
+
+
+def test_gaia_file_with_missing_band(tmp_path):
+    source = tmp_path / "xp.csv"
+    coeffs = "[" + ", ".join(["1.0"] * 55) + "]"
+    pd.DataFrame({"source_id": [1, 2], "bp_coefficients": [coeffs, coeffs]}).to_csv(source, index=False)
+    result, out = import_cli(tmp_path, source, "--redshifts", str(source))
+    assert result.exit_code == 2
+    assert "rp_coefficients" in result.output and str(source) in result.output
+    assert not out.exists()
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "x.txt"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("partial")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
