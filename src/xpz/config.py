@@ -112,6 +112,169 @@ class ScheduleConfig(_Section):
         return self
 
 
+_ACTIVATIONS = ("relu", "elu", "selu", "gelu", "swish", "tanh", "sigmoid", "leaky_relu")
+_LOSSES = ("crossentropy", "huber", "mse", "mae")
+_OPTIMIZERS = ("adam", "adamax", "nadam", "rmsprop", "sgd")
+
+
+def _check_bounds(name: str, bounds: tuple[float, float], low: float = 0.0) -> None:
+    lo, hi = bounds
+    if lo > hi:
+        raise ValueError(f"{name}: min ({lo}) must not exceed max ({hi})")
+    if lo <= low:
+        raise ValueError(f"{name}: bounds must be > {low:g}, got [{lo}, {hi}]")
+
+
+def _check_choices(name: str, values: tuple[str, ...] | list[str], allowed: tuple[str, ...]) -> None:
+    if not values:
+        raise ValueError(f"{name}: needs at least one choice")
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise ValueError(f"{name}: unknown choice(s) {bad}; allowed: {list(allowed)}")
+
+
+class HyperparametersConfig(_Section):
+    """One fixed architecture (the CPU default); `xpz.model.flat_hyperparameters` flattens it."""
+
+    conv_filters: list[int] = [64, 64, 32, 16]
+    conv_kernels: list[int] = [5, 5, 3, 2]
+    dense_units: list[int] = [128, 64, 32, 16]
+    activation: str = "relu"
+    loss: str = "crossentropy"  # crossentropy = softmax over z bins; huber/mse/mae = regression
+    optimizer: str = "adamax"
+    learning_rate: float = Field(2e-3, gt=0)
+
+    @model_validator(mode="after")
+    def _valid(self) -> "HyperparametersConfig":
+        if len(self.conv_filters) != len(self.conv_kernels):
+            raise ValueError(
+                f"conv_filters ({len(self.conv_filters)}) and conv_kernels ({len(self.conv_kernels)}) "
+                "must have the same length"
+            )
+        if any(v < 1 for v in [*self.conv_filters, *self.conv_kernels, *self.dense_units]):
+            raise ValueError("conv_filters, conv_kernels and dense_units must be positive")
+        _check_choices("activation", [self.activation], _ACTIVATIONS)
+        _check_choices("loss", [self.loss], _LOSSES)
+        _check_choices("optimizer", [self.optimizer], _OPTIMIZERS)
+        return self
+
+
+class SearchConfig(_Section):
+    """keras-tuner search space (the seed's): [min, max] bounds and choice lists."""
+
+    conv_layers: tuple[int, int] = (2, 4)
+    filters: tuple[int, int] = (16, 128)
+    filters_step: int = Field(16, ge=1)
+    kernel_size: tuple[int, int] = (2, 7)
+    dense_layers: tuple[int, int] = (1, 4)
+    units: tuple[int, int] = (16, 256)
+    units_step: int = Field(16, ge=1)
+    activations: list[str] = ["relu", "elu"]
+    losses: list[str] = ["crossentropy"]
+    optimizers: list[str] = ["adam", "adamax"]
+    learning_rate: tuple[float, float] = (5e-4, 5e-3)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "SearchConfig":
+        for key in ("conv_layers", "filters", "kernel_size", "dense_layers", "units", "learning_rate"):
+            _check_bounds(key, getattr(self, key))
+        _check_choices("activations", self.activations, _ACTIVATIONS)
+        _check_choices("losses", self.losses, _LOSSES)
+        _check_choices("optimizers", self.optimizers, _OPTIMIZERS)
+        return self
+
+
+class ModelConfig(_Section):
+    """Architecture choice, input normalisation, the redshift head and the search space."""
+
+    architecture: Literal["default", "seed"] = "default"  # used when no tuned hyperparameters given
+    normalize_flux: bool = True  # divide each spectrum by its total flux; log total flux as 2nd input
+    padding: Literal["valid", "same"] = "same"  # conv padding (the seed's Table 2 needs "valid")
+    z_max: float = Field(0.6, gt=0)  # softmax head: bins of bin_width over [0, z_max]
+    bin_width: float = Field(0.01, gt=0)
+    label_sigma: float = Field(0.01, ge=0)  # Gaussian smoothing of the one-hot labels
+    default: HyperparametersConfig = HyperparametersConfig()
+    search: SearchConfig = SearchConfig()
+
+    @model_validator(mode="after")
+    def _bins(self) -> "ModelConfig":
+        n = self.z_max / self.bin_width
+        if n < 2 or abs(n - round(n)) > 1e-6:
+            raise ValueError(f"bin_width ({self.bin_width}) must divide z_max ({self.z_max}) into >= 2 bins")
+        return self
+
+
+class TuneConfig(_Section):
+    """keras-tuner BayesianOptimization; the same directory resumes the search."""
+
+    enabled: bool = True
+    directory: Path = Path("tuning")
+    project_name: str = "xpz"
+    max_trials: int = Field(4, ge=1)
+    epochs: int = Field(3, ge=1)  # per trial
+    objective: str = "val_mae"
+    direction: Literal["min", "max"] = "min"
+    max_train_samples: int | None = Field(None, ge=100)  # subsample of train per trial (None: all)
+    max_val_samples: int | None = Field(None, ge=100)  # subsample of validation per trial
+    num_initial_points: int | None = Field(None, ge=1)
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _names(self) -> "TuneConfig":
+        if not self.objective.startswith("val_"):
+            raise ValueError(f"objective must be a validation metric (val_...), got {self.objective!r}")
+        return self
+
+
+class TrainConfig(_Section):
+    """Training of the final model, then the post-hoc calibration of a softmax head on validation."""
+
+    seed: int = 42
+    batch_size: int = Field(256, ge=1)
+    epochs: int = Field(30, ge=1)
+    learning_rate: float | None = Field(None, gt=0)  # None: the hyperparameters' learning rate
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    patience: int = Field(5, ge=0)  # early stopping on `monitor`, best weights restored
+    monitor: str = "val_loss"
+    max_seconds: float | None = Field(None, gt=0)  # wall-time cap for fit (best weights restored)
+    verbose: int = Field(2, ge=0, le=2)  # Keras progress: 0 silent, 1 bar, 2 one line per epoch
+    balance: float = Field(0.0, ge=0, le=1)  # sample weight ~ n(z)^-balance (high-z emphasis)
+    balance_max_weight: float = Field(10.0, ge=1)
+    calibrate: bool = True  # choose prior_alpha and temperature on the validation split
+    prior_alpha: float | None = Field(None, ge=0, le=1)  # fixed alpha instead of a search
+    alpha_grid: list[float] = [0.0, 0.25, 0.5, 0.75, 1.0]
+    mae_tolerance: float = Field(0.03, ge=0)  # relative val MAE increase allowed for less bias
+    interval: float = Field(0.68, gt=0, lt=1)  # target coverage of the central interval
+
+    @model_validator(mode="after")
+    def _grid(self) -> "TrainConfig":
+        if not self.alpha_grid or any(not 0 <= a <= 1 for a in self.alpha_grid):
+            raise ValueError(f"alpha_grid must be non-empty with values in [0, 1], got {self.alpha_grid}")
+        return self
+
+
+class EvaluateConfig(_Section):
+    """Test-set metrics, the per-bin table, baselines and figures."""
+
+    bin_width: float = Field(0.05, gt=0)
+    z_max: float = Field(0.6, gt=0)
+    bias_z_max: float = Field(0.5, gt=0)  # worst per-bin bias over bins ending at or below this
+    min_bin_count: int = Field(20, ge=1)  # ... holding at least this many objects
+    outlier_threshold: float = Field(0.15, gt=0)
+    knn_k: int = Field(10, ge=1)
+    baselines: bool = True
+    batch_size: int = Field(1024, ge=1)
+
+    @model_validator(mode="after")
+    def _bins(self) -> "EvaluateConfig":
+        n = self.z_max / self.bin_width
+        if n < 1 or abs(n - round(n)) > 1e-6:
+            raise ValueError(f"bin_width ({self.bin_width}) must divide z_max ({self.z_max})")
+        if self.bias_z_max > self.z_max:
+            raise ValueError(f"bias_z_max ({self.bias_z_max}) must not exceed z_max ({self.z_max})")
+        return self
+
+
 class Config(_Section):
     profile: str = "default"
     data: DataConfig = DataConfig()
@@ -119,6 +282,10 @@ class Config(_Section):
     split: SplitConfig = SplitConfig()
     tracking: TrackingConfig = TrackingConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    model: ModelConfig = ModelConfig()
+    tune: TuneConfig = TuneConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -1,0 +1,277 @@
+"""Training: tf.data pipeline, seeds, early stopping, a wall-time cap, throughput, calibration.
+
+`train_model` fits the scaling on the training split, builds the model (given hyperparameters, or
+`cfg.model.architecture`: the CPU default or the seed's Table 2), trains it with early stopping on
+validation (best weights restored), and, for a softmax head, calibrates it on the validation split:
+
+1. the training redshift prior p_train(z) (the histogram of the training labels, as weighted in
+   training, smoothed like the labels) is stored in the model's `RedshiftPosterior` layer;
+2. for each alpha of `train.alpha_grid` the temperature T that gives 68% coverage on validation is
+   found; among the alphas whose validation MAE is within `mae_tolerance` of the best, the one with
+   the smallest worst per-bin bias is kept (or `train.prior_alpha` when set).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import keras
+import numpy as np
+
+from xpz.model import (
+    SEED_HYPERPARAMETERS,
+    build_model,
+    build_seed_model,
+    flat_hyperparameters,
+    is_distribution,
+    posterior_layer,
+    z_bin_edges,
+)
+from xpz.scaling import Scaler, fit_scaler
+from xpz.spectra import TARGET_COLUMN, flux_matrix
+
+if TYPE_CHECKING:
+    from xpz.config import Config, ModelConfig, TrainConfig
+
+TEMPERATURE_GRID = np.geomspace(0.25, 4.0, 49)
+
+
+@dataclass
+class TrainResult:
+    model: keras.Model
+    history: dict[str, list[float]]
+    hyperparameters: dict[str, Any]
+    epochs: int  # epochs actually run
+    seconds: float  # wall time of fit (training + validation passes)
+    samples_per_s: float  # training throughput (training batches only)
+    calibration: dict[str, float] = field(default_factory=dict)
+    best_epoch: int | None = None
+
+
+# ----------------------------------------------------------------------------- data
+def make_dataset(x, z, weights=None, batch_size: int = 256, shuffle: bool = False, seed: int = 0):
+    """A batched, prefetched tf.data.Dataset of (fluxes, z[, weight])."""
+    import tensorflow as tf
+
+    tensors = (np.asarray(x, np.float32), np.asarray(z, np.float32))
+    if weights is not None:
+        tensors = (*tensors, np.asarray(weights, np.float32))
+    ds = tf.data.Dataset.from_tensor_slices(tensors)
+    if shuffle:
+        ds = ds.shuffle(len(tensors[0]), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def balance_weights(z, edges, balance: float, max_weight: float = 10.0) -> np.ndarray | None:
+    """Per-object weights ~ n(z)^-balance (histogram on `edges`), clipped, mean 1; None if balance 0."""
+    if balance <= 0:
+        return None
+    z = np.asarray(z, float)
+    counts, _ = np.histogram(np.clip(z, edges[0], edges[-1]), bins=edges)
+    density = counts[np.clip(np.searchsorted(edges, z, side="right") - 1, 0, len(counts) - 1)]
+    w = (density / density.mean()) ** (-balance)
+    w = np.clip(w / np.median(w), 1.0 / max_weight, max_weight)
+    return (w / w.mean()).astype(np.float32)
+
+
+def training_log_prior(z, edges, sigma: float, weights=None) -> np.ndarray:
+    """log of the (weighted) training z histogram on `edges`, smoothed by the label Gaussian."""
+    z = np.asarray(z, float)
+    counts, _ = np.histogram(np.clip(z, edges[0], edges[-1]), bins=edges, weights=weights)
+    counts = counts.astype(float)
+    width = float(edges[1] - edges[0])
+    if sigma > 0:
+        half = int(math.ceil(4 * sigma / width))
+        k = np.exp(-0.5 * (np.arange(-half, half + 1) * width / sigma) ** 2)
+        counts = np.convolve(counts, k / k.sum(), mode="same")
+    p = counts / counts.sum()
+    return np.log(np.maximum(p, 1e-6 / len(p)))
+
+
+# ----------------------------------------------------------------------------- callbacks
+class Throughput(keras.callbacks.Callback):
+    """Wall time of the training batches of each epoch (validation excluded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.train_seconds: list[float] = []
+        self._t0 = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+
+    def on_test_begin(self, logs=None):
+        if self._t0 is not None:
+            self.train_seconds.append(time.perf_counter() - self._t0)
+            self._t0 = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._t0 is not None:  # no validation this epoch
+            self.train_seconds.append(time.perf_counter() - self._t0)
+            self._t0 = None
+
+
+class TimeLimit(keras.callbacks.Callback):
+    """Stop before an epoch that would end past `seconds` of fit time (predicted from the last one)."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+        self.stopped = False
+
+    def on_train_begin(self, logs=None):
+        self._start = time.perf_counter()
+        self._last = self._start
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.perf_counter()
+        if now - self._start + (now - self._last) > self.seconds:
+            self.model.stop_training = True
+            self.stopped = True
+        self._last = now
+
+
+# ----------------------------------------------------------------------------- calibration
+def calibrate_posterior(
+    model: keras.Model,
+    val_fluxes: np.ndarray,
+    val_z: np.ndarray,
+    log_prior: np.ndarray,
+    cfg: "Config",
+) -> dict[str, float]:
+    """Set the prior, choose alpha and temperature on validation (see module doc). Returns the choice."""
+    from xpz.evaluate import summary_metrics
+    from xpz.predict import redshifts_from_output
+
+    layer = posterior_layer(model)
+    edges = np.asarray(layer.edges)
+    tcfg = cfg.train
+    logits_model = keras.Model(model.inputs, layer.input)
+    logits = logits_model.predict(np.asarray(val_fluxes, np.float32), batch_size=2048, verbose=0)
+    logits = logits.astype(np.float64)
+
+    def posterior(alpha: float, temperature: float) -> np.ndarray:
+        a = (logits - alpha * log_prior[None, :]) / temperature
+        a -= a.max(axis=1, keepdims=True)
+        p = np.exp(a)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def assess(alpha: float, temperature: float) -> dict[str, float]:
+        z, lo, hi = redshifts_from_output(posterior(alpha, temperature), edges, tcfg.interval)
+        m, _ = summary_metrics("", val_z, z, lo, hi, cfg.evaluate)
+        return m
+
+    alphas = [tcfg.prior_alpha] if tcfg.prior_alpha is not None else list(tcfg.alpha_grid)
+    results = []
+    for alpha in alphas:
+        # coverage grows with T: bisect on the grid for the T closest to the target coverage
+        lo_i, hi_i = 0, len(TEMPERATURE_GRID) - 1
+        cache: dict[int, dict[str, float]] = {}
+        while hi_i - lo_i > 1:
+            mid = (lo_i + hi_i) // 2
+            cache[mid] = assess(alpha, TEMPERATURE_GRID[mid])
+            if cache[mid]["coverage_68"] < tcfg.interval:
+                lo_i = mid
+            else:
+                hi_i = mid
+        for i in (lo_i, hi_i):
+            cache.setdefault(i, assess(alpha, TEMPERATURE_GRID[i]))
+        best_i = min((lo_i, hi_i), key=lambda i: abs(cache[i]["coverage_68"] - tcfg.interval))
+        results.append((alpha, float(TEMPERATURE_GRID[best_i]), cache[best_i]))
+    best_mae = min(r[2]["mae"] for r in results)
+    ok = [r for r in results if r[2]["mae"] <= best_mae * (1 + tcfg.mae_tolerance)]
+    alpha, temperature, m = min(
+        ok, key=lambda r: abs(r[2]["worst_bin_bias"]) if not np.isnan(r[2]["worst_bin_bias"]) else 0.0
+    )
+    layer.set_calibration(log_prior=log_prior, alpha=alpha, temperature=temperature)
+    out = {"prior_alpha": float(alpha), "temperature": temperature}
+    out.update({f"val_{k}": float(v) for k, v in m.items()})
+    for a, t, mm in results:
+        out[f"alpha_{a:g}/val_mae"] = float(mm["mae"])
+        out[f"alpha_{a:g}/val_worst_bin_bias"] = float(mm["worst_bin_bias"])
+        out[f"alpha_{a:g}/temperature"] = t
+    return out
+
+
+# ----------------------------------------------------------------------------- training
+def resolve_hyperparameters(cfg: "ModelConfig", hyperparameters: Mapping[str, Any] | None) -> dict[str, Any]:
+    if hyperparameters is not None:
+        return flat_hyperparameters(hyperparameters)
+    if cfg.architecture == "seed":
+        return dict(SEED_HYPERPARAMETERS)
+    return flat_hyperparameters(cfg.default)
+
+
+def _learning_rate(hp: Mapping[str, Any], tcfg: "TrainConfig", steps_per_epoch: int):
+    lr = float(tcfg.learning_rate or hp.get("learning_rate", 1e-3))
+    if tcfg.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(lr, decay_steps=tcfg.epochs * steps_per_epoch, alpha=0.02)
+    return lr
+
+
+def train_model(
+    splits,
+    cfg: "Config",
+    hyperparameters: Mapping[str, Any] | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> TrainResult:
+    """Train on `splits.train`, early-stop on `splits.val`; calibrate a softmax head on `splits.val`."""
+    tcfg, mcfg = cfg.train, cfg.model
+    keras.utils.set_random_seed(tcfg.seed)
+    hp = resolve_hyperparameters(mcfg, hyperparameters)
+    seed_arch = hyperparameters is None and mcfg.architecture == "seed"
+
+    x_train, z_train = flux_matrix(splits.train), splits.train[TARGET_COLUMN].to_numpy(np.float32)
+    x_val, z_val = flux_matrix(splits.val), splits.val[TARGET_COLUMN].to_numpy(np.float32)
+    scaler: Scaler = fit_scaler(x_train, normalize=mcfg.normalize_flux)
+    steps = math.ceil(len(x_train) / tcfg.batch_size)
+    lr = _learning_rate(hp, tcfg, steps)
+    model = build_seed_model(scaler, mcfg, lr) if seed_arch else build_model(hp, mcfg, scaler, lr)
+
+    edges = z_bin_edges(mcfg)
+    weights = balance_weights(z_train, edges, tcfg.balance, tcfg.balance_max_weight)
+    train_ds = make_dataset(x_train, z_train, weights, tcfg.batch_size, shuffle=True, seed=tcfg.seed)
+    val_ds = make_dataset(x_val, z_val, batch_size=max(tcfg.batch_size, 1024))
+
+    throughput = Throughput()
+    stopper = keras.callbacks.EarlyStopping(
+        monitor=tcfg.monitor, patience=tcfg.patience, restore_best_weights=True
+    )
+    cbs: list[keras.callbacks.Callback] = [throughput, stopper]
+    if tcfg.max_seconds:
+        cbs.append(TimeLimit(tcfg.max_seconds))
+    cbs.extend(callbacks)
+
+    t0 = time.perf_counter()
+    fit = model.fit(train_ds, validation_data=val_ds, epochs=tcfg.epochs, callbacks=cbs, verbose=tcfg.verbose)
+    seconds = time.perf_counter() - t0
+    history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+    epochs_run = len(history.get("loss", []))
+    # steady-state throughput: skip the first epoch (graph tracing) when there are more
+    times = throughput.train_seconds[1:] if len(throughput.train_seconds) > 1 else throughput.train_seconds
+    samples_per_s = len(x_train) * len(times) / sum(times) if times and sum(times) > 0 else float("nan")
+
+    calibration: dict[str, float] = {}
+    layer = posterior_layer(model)
+    if layer is not None:
+        log_prior = training_log_prior(z_train, edges, mcfg.label_sigma, weights)
+        if tcfg.calibrate:
+            calibration = calibrate_posterior(model, x_val, z_val, log_prior, cfg)
+        else:
+            layer.set_calibration(log_prior=log_prior, alpha=tcfg.prior_alpha or 0.0, temperature=1.0)
+            calibration = {"prior_alpha": float(tcfg.prior_alpha or 0.0), "temperature": 1.0}
+    best_epoch = getattr(stopper, "best_epoch", None)
+    return TrainResult(
+        model=model,
+        history=history,
+        hyperparameters=hp,
+        epochs=epochs_run,
+        seconds=seconds,
+        samples_per_s=float(samples_per_s),
+        calibration=calibration,
+        best_epoch=None if best_epoch is None else int(best_epoch) + 1,
+    )

@@ -1,0 +1,123 @@
+"""keras-tuner BayesianOptimization over the seed's search space (bounds in params `model.search`).
+
+Resumable: the oracle state lives in `directory/project_name`; calling `tune` again with the same
+directory continues the search (finished trials are kept, only the missing ones run; raise
+`tune.max_trials` to search further). `on_trial_end(TrialRecord)` is called after each trial that
+runs in this call: the tracking layer uses it to log nested MLflow runs (this module never imports
+mlflow). Trials may run on a subsample of train/validation (`tune.max_train_samples`,
+`tune.max_val_samples`) to keep a CPU search small; the scaling is always fitted on all of train.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import keras
+import keras_tuner as kt
+import numpy as np
+
+from xpz.model import RedshiftHyperModel, prune_hyperparameters
+from xpz.scaling import fit_scaler
+from xpz.spectra import TARGET_COLUMN, flux_matrix
+from xpz.train import make_dataset
+
+if TYPE_CHECKING:
+    from xpz.config import Config
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    hyperparameters: dict[str, Any]
+    metrics: dict[str, float]  # best value of each metric over the trial's epochs, plus "score"
+    status: str  # COMPLETED, FAILED, INVALID, ...
+
+
+@dataclass
+class TuneResult:
+    best_hyperparameters: dict[str, Any]
+    trials: list[TrialRecord] = field(default_factory=list)
+    best_trial_id: str | None = None
+    directory: Path | None = None
+
+
+def trial_record(trial: kt.engine.trial.Trial) -> TrialRecord:
+    metrics: dict[str, float] = {}
+    for name in trial.metrics.metrics:
+        best = trial.metrics.get_best_value(name)
+        if best is not None:
+            metrics[name] = float(best)
+    if trial.score is not None:
+        metrics["score"] = float(trial.score)
+    try:
+        hps = prune_hyperparameters(trial.hyperparameters.values)
+    except KeyError:
+        hps = dict(trial.hyperparameters.values)
+    return TrialRecord(str(trial.trial_id), hps, metrics, str(trial.status))
+
+
+class _Tuner(kt.BayesianOptimization):
+    """BayesianOptimization that reports each finished trial to a hook."""
+
+    def __init__(self, *args, on_trial_end: Callable[[TrialRecord], None] | None = None, **kwargs):
+        self._hook = on_trial_end
+        super().__init__(*args, **kwargs)
+
+    def on_trial_end(self, trial):
+        super().on_trial_end(trial)
+        if self._hook is not None:
+            self._hook(trial_record(self.oracle.get_trial(trial.trial_id)))
+
+
+def _subsample(n: int, limit: int | None, seed: int) -> np.ndarray:
+    idx = np.arange(n)
+    if limit is None or limit >= n:
+        return idx
+    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+
+
+def tune(
+    splits,
+    cfg: "Config",
+    directory: Path | str | None = None,
+    on_trial_end: Callable[[TrialRecord], None] | None = None,
+) -> TuneResult:
+    """Run (or continue) the Bayesian search; returns the best hyperparameters and all trials."""
+    tcfg = cfg.tune
+    directory = Path(directory if directory is not None else tcfg.directory)
+    keras.utils.set_random_seed(tcfg.seed)
+
+    x_train, z_train = flux_matrix(splits.train), splits.train[TARGET_COLUMN].to_numpy(np.float32)
+    x_val, z_val = flux_matrix(splits.val), splits.val[TARGET_COLUMN].to_numpy(np.float32)
+    scaler = fit_scaler(x_train, normalize=cfg.model.normalize_flux)
+    it = _subsample(len(x_train), tcfg.max_train_samples, tcfg.seed)
+    iv = _subsample(len(x_val), tcfg.max_val_samples, tcfg.seed + 1)
+    train_ds = make_dataset(x_train[it], z_train[it], batch_size=cfg.train.batch_size, shuffle=True, seed=tcfg.seed)
+    val_ds = make_dataset(x_val[iv], z_val[iv], batch_size=max(cfg.train.batch_size, 1024))
+
+    tuner = _Tuner(
+        hypermodel=RedshiftHyperModel(cfg.model, scaler),
+        objective=kt.Objective(tcfg.objective, direction=tcfg.direction),
+        max_trials=tcfg.max_trials,
+        num_initial_points=tcfg.num_initial_points,
+        seed=tcfg.seed,
+        directory=str(directory),
+        project_name=tcfg.project_name,
+        overwrite=False,
+        on_trial_end=on_trial_end,
+    )
+    tuner.search(train_ds, validation_data=val_ds, epochs=tcfg.epochs, verbose=cfg.train.verbose)
+
+    trials = [trial_record(t) for t in tuner.oracle.trials.values()]
+    best = tuner.oracle.get_best_trials(1)
+    if not best:
+        raise RuntimeError(f"tune: no successful trial in {directory / tcfg.project_name}")
+    return TuneResult(
+        best_hyperparameters=prune_hyperparameters(best[0].hyperparameters.values),
+        trials=trials,
+        best_trial_id=str(best[0].trial_id),
+        directory=directory / tcfg.project_name,
+    )

@@ -1,0 +1,171 @@
+"""Architectures, scaling inside the model, save/load, the posterior head and predict_redshift."""
+
+from __future__ import annotations
+
+import keras
+import keras_tuner as kt
+import numpy as np
+import pytest
+
+from xpz.config import ConfigError, ModelConfig, config_from_dict
+from xpz.model import (
+    SEED_TRAINABLE_PARAMS,
+    RedshiftHyperModel,
+    build_model,
+    build_seed_model,
+    flat_hyperparameters,
+    posterior_layer,
+    prune_hyperparameters,
+    trainable_params,
+)
+from xpz.predict import posterior_quantiles, predict_redshift, redshifts_from_output
+from xpz.scaling import fit_scaler
+from xpz.spectra import N_FLUX
+
+TINY = {
+    "conv_layers": 2, "filters_0": 4, "kernel_0": 3, "filters_1": 4, "kernel_1": 3,
+    "dense_layers": 1, "units_0": 8, "activation": "relu", "optimizer": "adam", "learning_rate": 1e-3,
+}  # fmt: skip
+
+
+def _fluxes(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    return (50 + 20 * rng.random((n, N_FLUX))).astype(np.float32)
+
+
+def test_seed_model_has_table2_parameter_count():
+    model = build_seed_model(fit_scaler(_fluxes()))
+    assert trainable_params(model) == SEED_TRAINABLE_PARAMS == 699_073
+    # Table 2, layer by layer
+    counts = [int(sum(np.prod(w.shape) for w in layer.trainable_weights)) for layer in model.layers]
+    assert [c for c in counts if c] == [1536, 327936, 98432, 16448, 147712, 65792, 32896, 8256, 65]
+
+
+def test_seed_model_param_count_ignores_flux_normalisation():
+    assert trainable_params(build_seed_model(fit_scaler(_fluxes(), normalize=True))) == 699_073
+
+
+def test_scaler_fitted_on_given_split_and_layer_matches_numpy():
+    train, other = _fluxes(50, 1), _fluxes(20, 2) * 3
+    for normalize in (False, True):
+        s = fit_scaler(train, normalize=normalize)
+        t = s.transform(train)
+        assert np.allclose(t.min(axis=0), 0, atol=1e-6) and np.allclose(t.max(axis=0), 1, atol=1e-5)
+        out = keras.ops.convert_to_numpy(s.pixel_layer()(other))
+        assert np.allclose(out, s.transform(other), atol=1e-4)
+        lt = keras.ops.convert_to_numpy(s.log_total_layer()(other))
+        assert np.allclose(lt, s.transform_log_total(other), atol=1e-4)
+
+
+def test_scaler_rejects_wrong_shape():
+    with pytest.raises(ValueError, match="186"):
+        fit_scaler(np.zeros((3, 10)))
+
+
+@pytest.mark.parametrize("loss", ["crossentropy", "huber"])
+def test_save_load_gives_identical_predictions(tmp_path, loss):
+    x = _fluxes(40)
+    cfg = ModelConfig(bin_width=0.05)
+    model = build_model({**TINY, "loss": loss}, cfg, fit_scaler(x, normalize=True))
+    if loss == "crossentropy":
+        posterior_layer(model).set_calibration(log_prior=np.linspace(-1, -3, 12), alpha=0.5, temperature=0.7)
+    model.fit(x, np.linspace(0.01, 0.5, 40), epochs=1, batch_size=16, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert np.array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    a, b = predict_redshift(model, x), predict_redshift(loaded, x)
+    assert a.equals(b)
+    if loss == "crossentropy":
+        assert float(posterior_layer(loaded).alpha.numpy()) == pytest.approx(0.5)
+
+
+def test_predict_redshift_regression_has_nan_interval():
+    x = _fluxes(10)
+    model = build_model({**TINY, "loss": "mse"}, ModelConfig(), fit_scaler(x))
+    out = predict_redshift(model, x)
+    assert list(out.columns) == ["z", "z_lower", "z_upper"] and len(out) == 10
+    assert out["z_lower"].isna().all() and out["z_upper"].isna().all()
+    with pytest.raises(ValueError, match="186"):
+        predict_redshift(model, x[:, :10])
+
+
+def test_predict_redshift_distribution_interval_brackets_median():
+    x = _fluxes(10)
+    model = build_model({**TINY, "loss": "crossentropy"}, ModelConfig(), fit_scaler(x))
+    out = predict_redshift(model, x)
+    assert (out["z_lower"] <= out["z"]).all() and (out["z"] <= out["z_upper"]).all()
+    assert ((out["z"] >= 0) & (out["z"] <= 0.6)).all()
+
+
+def test_posterior_quantiles_hand_computed():
+    edges = np.array([0.0, 0.1, 0.2, 0.3, 0.4])
+    probs = np.array([[0.0, 0.5, 0.5, 0.0], [0.25, 0.25, 0.25, 0.25], [0.0, 1.0, 0.0, 0.0]])
+    q = posterior_quantiles(probs, edges, (0.5, 0.16, 0.84))
+    assert q[0] == pytest.approx([0.2, 0.132, 0.268])
+    assert q[1] == pytest.approx([0.2, 0.064, 0.336])
+    assert q[2] == pytest.approx([0.15, 0.116, 0.184])
+    z, lo, hi = redshifts_from_output(probs, edges)
+    assert z == pytest.approx(q[:, 0]) and lo == pytest.approx(q[:, 1])
+
+
+def test_posterior_alpha_divides_out_prior_and_temperature_sharpens():
+    from xpz.model import RedshiftPosterior
+
+    layer = RedshiftPosterior([0.0, 0.1, 0.2, 0.3])
+    log_prior = np.log([0.7, 0.2, 0.1])
+    logits = np.log([[0.7, 0.2, 0.1]]).astype("float32")  # the network output = the prior
+    layer.build((None, 3))
+    layer.set_calibration(log_prior=log_prior, alpha=1.0, temperature=1.0)
+    assert keras.ops.convert_to_numpy(layer(logits)) == pytest.approx(np.full((1, 3), 1 / 3), abs=1e-6)
+    layer.set_calibration(alpha=0.0, temperature=0.5)
+    p = keras.ops.convert_to_numpy(layer(logits))[0]
+    assert p == pytest.approx(np.array([0.49, 0.04, 0.01]) / 0.54, abs=1e-6)
+
+
+def test_hypermodel_builds_within_bounds():
+    x = _fluxes(8)
+    cfg = config_from_dict(
+        {"model": {"search": {"conv_layers": [1, 2], "filters": [4, 8], "filters_step": 4,
+                              "kernel_size": [2, 3], "dense_layers": [1, 2], "units": [4, 8],
+                              "units_step": 4, "losses": ["crossentropy", "huber"]}}}
+    ).model  # fmt: skip
+    hm = RedshiftHyperModel(cfg, fit_scaler(x))
+    hp = kt.HyperParameters()
+    model = hm.build(hp)
+    values = prune_hyperparameters(hp.values)
+    assert 1 <= values["conv_layers"] <= 2 and 4 <= values["filters_0"] <= 8
+    assert values["loss"] in ("crossentropy", "huber")
+    assert model.output_shape[-1] in (1, 60)
+
+
+def test_flat_hyperparameters_of_default_config():
+    flat = flat_hyperparameters(ModelConfig().default)
+    assert flat["conv_layers"] == len(ModelConfig().default.conv_filters)
+    assert prune_hyperparameters({**flat, "filters_9": 3})  == flat
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ({"model": {"search": {"filters": [128, 16]}}}, "filters: min (128) must not exceed max (16)"),
+        ({"model": {"search": {"learning_rate": [0.01, 0.001]}}}, "learning_rate: min"),
+        ({"model": {"search": {"losses": ["hinge"]}}}, "losses: unknown"),
+        ({"model": {"default": {"conv_filters": [8], "conv_kernels": [3, 3]}}}, "conv_kernels"),
+        ({"model": {"bin_width": 0.07}}, "bin_width"),
+        ({"tune": {"max_trials": 0}}, "tune.max_trials"),
+        ({"train": {"alpha_grid": [2.0]}}, "alpha_grid"),
+        ({"train": {"bogus": 1}}, "train.bogus: unknown key"),
+    ],
+)
+def test_bad_hyperparameter_bounds_give_clear_error(override, key):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(override)
+    assert key in str(err.value)
+
+
+def test_too_deep_valid_padding_is_a_clear_error():
+    hp = {**TINY, "conv_layers": 7, **{f"filters_{i}": 2 for i in range(7)},
+          **{f"kernel_{i}": 5 for i in range(7)}, "loss": "mse"}  # fmt: skip
+    with pytest.raises(ValueError, match="too short"):
+        build_model(hp, ModelConfig(padding="valid"), fit_scaler(_fluxes(4)))

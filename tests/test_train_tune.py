@@ -1,0 +1,117 @@
+"""Training lowers the loss and calibrates; tuning runs N trials, reports each, and resumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from xpz.config import config_from_dict
+from xpz.spectra import DATASET_COLUMNS, FLUX_COLUMNS, N_FLUX
+
+TINY_DEFAULT = {"conv_filters": [4, 4], "conv_kernels": [3, 3], "dense_units": [16],
+                "learning_rate": 0.01}  # fmt: skip
+TINY_SEARCH = {"conv_layers": [1, 2], "filters": [4, 8], "filters_step": 4, "kernel_size": [2, 3],
+               "dense_layers": [1, 1], "units": [8, 16], "units_step": 8}  # fmt: skip
+
+
+def _frame(n, seed):
+    """Spectra with a bump whose position moves with z: learnable by a tiny CNN in a few epochs."""
+    rng = np.random.default_rng(seed)
+    z = np.clip(rng.gamma(3.3, 0.043, n), 0.005, 0.6)
+    pix = np.arange(N_FLUX)
+    flux = 20 + 80 * np.exp(-0.5 * ((pix[None, :] - 40 - 200 * z[:, None]) / 8) ** 2)
+    flux = flux * rng.uniform(0.5, 2.0, (n, 1)) + rng.normal(0, 1, flux.shape)
+    df = pd.DataFrame(flux.astype(np.float32), columns=list(FLUX_COLUMNS))
+    df.insert(0, "z", z)
+    df.insert(0, "source_id", np.arange(n, dtype=np.int64) + seed * 100_000)
+    return df[list(DATASET_COLUMNS)]
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return SimpleNamespace(train=_frame(600, 1), val=_frame(300, 2), test=_frame(200, 3))
+
+
+def _cfg(**sections):
+    raw = {
+        "model": {"default": TINY_DEFAULT, "search": TINY_SEARCH, "bin_width": 0.02},
+        "train": {"epochs": 6, "batch_size": 64, "verbose": 0, "patience": 6},
+        "tune": {"epochs": 1, "max_trials": 2, "max_train_samples": 300},
+    }
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value}
+    return config_from_dict(raw)
+
+
+def test_training_lowers_the_loss_and_calibrates(splits):
+    from xpz.model import posterior_layer
+    from xpz.predict import predict_redshift
+    from xpz.train import train_model
+
+    result = train_model(splits, _cfg(train={"alpha_grid": [0.0, 1.0]}))
+    h = result.history
+    assert h["loss"][-1] < h["loss"][0] and min(h["val_mae"]) < h["val_mae"][0]
+    assert result.epochs == len(h["loss"]) == 6 and result.seconds > 0 and result.samples_per_s > 0
+    assert result.hyperparameters["conv_layers"] == 2
+    cal = result.calibration
+    assert cal["prior_alpha"] in (0.0, 1.0) and cal["temperature"] > 0
+    assert 0.5 < cal["val_coverage_68"] < 0.85  # temperature chosen for 68% on validation
+    layer = posterior_layer(result.model)
+    assert float(layer.alpha.numpy()) == cal["prior_alpha"]
+    pred = predict_redshift(result.model, splits.test[list(FLUX_COLUMNS)].to_numpy(np.float32))
+    assert np.abs(pred["z"] - splits.test["z"]).mean() < 0.05
+
+
+def test_training_regression_head_with_balance_and_time_cap(splits):
+    from xpz.train import train_model
+
+    cfg = _cfg(
+        model={"default": {**TINY_DEFAULT, "loss": "huber"}},
+        train={"epochs": 50, "balance": 0.5, "max_seconds": 3, "lr_schedule": "cosine"},
+    )
+    result = train_model(splits, cfg)
+    assert result.calibration == {}
+    assert result.epochs < 50  # the wall-time cap stopped it
+    assert result.hyperparameters["loss"] == "huber"
+
+
+def test_balance_weights_emphasise_rare_redshifts():
+    from xpz.train import balance_weights
+
+    z = np.r_[np.full(90, 0.1), np.full(10, 0.4)]
+    w = balance_weights(z, np.linspace(0, 0.6, 13), balance=1.0)
+    assert w.mean() == pytest.approx(1.0, abs=1e-6) and w[-1] / w[0] == pytest.approx(9.0, rel=1e-5)
+    assert balance_weights(z, np.linspace(0, 0.6, 13), balance=0.0) is None
+
+
+def test_tune_runs_trials_reports_each_and_resumes(splits, tmp_path: Path):
+    from xpz.tune import tune
+
+    seen = []
+    first = tune(splits, _cfg(), tmp_path / "tuning", on_trial_end=seen.append)
+    assert len(seen) == 2 and len(first.trials) == 2
+    assert all(t.status == "COMPLETED" and "val_mae" in t.metrics for t in seen)
+    assert {t.trial_id for t in seen} == {t.trial_id for t in first.trials}
+    assert first.best_hyperparameters["conv_layers"] in (1, 2)
+    assert "filters_2" not in first.best_hyperparameters
+
+    # the same directory continues: a larger max_trials runs only the new trial
+    more = []
+    second = tune(splits, _cfg(tune={"max_trials": 3}), tmp_path / "tuning", on_trial_end=more.append)
+    assert len(more) == 1 and len(second.trials) == 3
+    assert more[0].trial_id not in {t.trial_id for t in seen}
+    # and a finished search run again does nothing
+    again = []
+    tune(splits, _cfg(tune={"max_trials": 3}), tmp_path / "tuning", on_trial_end=again.append)
+    assert again == []
+
+
+def test_tune_module_does_not_import_mlflow():
+    import xpz.tune
+
+    source = Path(xpz.tune.__file__).read_text()
+    assert "import mlflow" not in source and "from mlflow" not in source
