@@ -19,7 +19,8 @@ def cfg():
 def test_clean_frame_passes(cfg):
     report = validate_frame(random_frame(500), cfg)
     assert report.success, report.summary()
-    assert report.n_expectations == 14
+    assert report.warnings == (), report.summary()  # distribution checks run and pass
+    assert report.n_expectations == 15
     assert "PASSED" in report.summary()
 
 
