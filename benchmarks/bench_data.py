@@ -1,0 +1,68 @@
+"""Time and peak memory of the data stages (generate -> validate -> split) at a given size.
+
+Each stage runs as its own `xpz` process in a scratch folder, so its wall time and peak resident
+memory (ru_maxrss of the child) are measured separately, as a user would meet them.
+
+    python benchmarks/bench_data.py                 # the seed's size: 520,393 galaxies
+    python benchmarks/bench_data.py --n 50000       # the `make run` default
+
+Targets (issue: foundation): generate < 10 min, validate < 3 min, peak memory < 6 GiB, on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_stage(args: list[str], cwd: Path) -> tuple[float, float]:
+    """Run one command; return (wall seconds, peak RSS GiB of that child)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    subprocess.run(args, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # ru_maxrss of children is the max over all children so far; stages grow in memory, so
+    # report it only when it rose (else the earlier peak bounds this stage).
+    return wall, max(peak_kib, before) / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=520_393, help="galaxies to generate")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    args = parser.parse_args()
+
+    xpz = str(Path(sys.executable).parent / "xpz")
+    work = Path(tempfile.mkdtemp(prefix="xpz-bench-data-"))
+    shutil.copy(REPO / "params.yaml", work / "params.yaml")
+    common = ["-S", f"data.n_galaxies={args.n}", "-S", "data.chunk_size=20000"]
+    stages = {
+        "generate": [xpz, "data", "generate", *common],
+        "validate": [xpz, "data", "validate"],
+        "split": [xpz, "data", "split"],
+    }
+    print(f"data stages on {args.n:,} galaxies, {os.cpu_count()} cores, scratch {work}")
+    total = 0.0
+    for name, cmd in stages.items():
+        wall, peak = run_stage(cmd, work)
+        total += wall
+        rate = f"  ({args.n / wall:,.0f} galaxies/s)" if name == "generate" else ""
+        print(f"  {name:<9} {wall:8.1f} s   peak RSS so far {peak:5.2f} GiB{rate}")
+    size = (work / "data" / "galaxies.parquet").stat().st_size / 2**20
+    print(f"  total     {total:8.1f} s   dataset {size:,.0f} MiB on disk")
+    if not args.keep:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()
