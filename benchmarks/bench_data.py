@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -25,15 +24,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_stage(args: list[str], cwd: Path) -> tuple[float, float]:
-    """Run one command; return (wall seconds, peak RSS GiB of that child)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Run one command; return (wall seconds, peak RSS in GiB of that process)."""
     start = time.perf_counter()
-    subprocess.run(args, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    # ru_maxrss of children is the max over all children so far; stages grow in memory, so
-    # report it only when it rose (else the earlier peak bounds this stage).
-    return wall, max(peak_kib, before) / 2**20
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(args)} failed")
+    return wall, usage.ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
 
 
 def main() -> None:
@@ -57,7 +55,7 @@ def main() -> None:
         wall, peak = run_stage(cmd, work)
         total += wall
         rate = f"  ({args.n / wall:,.0f} galaxies/s)" if name == "generate" else ""
-        print(f"  {name:<9} {wall:8.1f} s   peak RSS so far {peak:5.2f} GiB{rate}")
+        print(f"  {name:<9} {wall:8.1f} s   peak RSS {peak:5.2f} GiB{rate}")
     size = (work / "data" / "galaxies.parquet").stat().st_size / 2**20
     print(f"  total     {total:8.1f} s   dataset {size:,.0f} MiB on disk")
     if not args.keep:
