@@ -132,6 +132,32 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def seed_csv_header(path: Path | str) -> int | None:
+    """0 when the seed CSV's first line is a header row (not all numbers), else None."""
+    with Path(path).open() as fh:
+        first = fh.readline().strip().split(",")
+    return 0 if first and not all(_is_number(v) for v in first if v.strip()) else None
+
+
+def parse_seed_frame(raw: pd.DataFrame, source: str, with_target: bool = True, has_header: bool = False) -> pd.DataFrame:
+    """Rows of the seed's CSV read as strings (`z` then 186 fluxes, optional `source_id` column)
+    -> the dataset schema. Without a `source_id` column the row number (the frame's index) is used.
+    Shared by `read_seed_csv` and the chunked readers of `xpz.io_stream`."""
+    raw = raw.copy()
+    ids = None
+    if has_header and ID_COLUMN in raw.columns:
+        ids = raw.pop(ID_COLUMN)
+    expected = N_FLUX + (1 if with_target else 0)
+    if raw.shape[1] != expected:
+        what = "z and 186 fluxes" if with_target else "186 fluxes"
+        raise InputError(f"{source}: expected {expected} columns ({what}), found {raw.shape[1]}")
+    names = ([TARGET_COLUMN] if with_target else []) + list(FLUX_COLUMNS)
+    raw.columns = names
+    raw = raw.replace("", np.nan)
+    raw.insert(0, ID_COLUMN, ids if ids is not None else raw.index.to_numpy(dtype=np.int64))
+    return conform(raw, source, with_target)
+
+
 def read_seed_csv(path: Path | str, with_target: bool = True) -> pd.DataFrame:
     """Read the seed's CSV: `z` then 186 fluxes (or 186 fluxes alone when `with_target` is False).
 
@@ -143,27 +169,14 @@ def read_seed_csv(path: Path | str, with_target: bool = True) -> pd.DataFrame:
         raise InputError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty")
-    with path.open() as fh:
-        first = fh.readline().strip().split(",")
-    header = 0 if first and not all(_is_number(v) for v in first if v.strip()) else None
+    header = seed_csv_header(path)
     try:
         raw = pd.read_csv(path, header=header, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise InputError(f"{path}: not a readable CSV: {err}") from None
     if raw.empty:
         raise InputError(f"{path}: the file holds no rows")
-    ids = None
-    if header is not None and ID_COLUMN in raw.columns:
-        ids = raw.pop(ID_COLUMN)
-    expected = N_FLUX + (1 if with_target else 0)
-    if raw.shape[1] != expected:
-        what = "z and 186 fluxes" if with_target else "186 fluxes"
-        raise InputError(f"{path}: expected {expected} columns ({what}), found {raw.shape[1]}")
-    names = ([TARGET_COLUMN] if with_target else []) + list(FLUX_COLUMNS)
-    raw.columns = names
-    raw = raw.replace("", np.nan)
-    raw.insert(0, ID_COLUMN, ids if ids is not None else np.arange(len(raw), dtype=np.int64))
-    return conform(raw, str(path), with_target)
+    return parse_seed_frame(raw, str(path), with_target, has_header=header is not None)
 
 
 def _parse_coefficients(values: pd.Series, column: str, source: str, ids: pd.Series) -> np.ndarray:
@@ -197,8 +210,6 @@ def read_gaia_xp_continuous(path: Path | str) -> pd.DataFrame:
     """Gaia archive XP continuous mean spectra (CSV or ECSV) -> frame of source_id + 186 fluxes."""
     from astropy.table import Table
 
-    from xpz.xp import coefficients_to_fluxes
-
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
@@ -213,15 +224,23 @@ def read_gaia_xp_continuous(path: Path | str) -> pd.DataFrame:
         raise InputError(f"{path}: not a readable Gaia XP file: {err}") from None
     if frame.empty:
         raise InputError(f"{path}: the file holds no rows")
+    return parse_gaia_frame(frame, str(path))
+
+
+def parse_gaia_frame(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Rows of an archive XP continuous table -> source_id + the 186 fluxes (`coefficients_to_fluxes`).
+    Shared by `read_gaia_xp_continuous` and the chunked readers of `xpz.io_stream`."""
+    from xpz.xp import coefficients_to_fluxes
+
     needed = [ID_COLUMN] + [f"{band}_coefficients" for band in GAIA_BANDS]
     missing = [c for c in needed if c not in frame.columns]
     if missing:
-        raise InputError(f"{path}: missing column(s) {', '.join(missing)} (both BP and RP bands are required)")
+        raise InputError(f"{source}: missing column(s) {', '.join(missing)} (both BP and RP bands are required)")
     ids = pd.to_numeric(frame[ID_COLUMN], errors="coerce")
     if ids.isna().any():
-        raise InputError(f"{path}: column 'source_id' is empty or non-numeric in rows {describe_rows(frame.index[ids.isna()].tolist())}")
+        raise InputError(f"{source}: column 'source_id' is empty or non-numeric in rows {describe_rows(frame.index[ids.isna()].tolist())}")
     coeffs = {
-        band: _parse_coefficients(frame[f"{band}_coefficients"], f"{band}_coefficients", str(path), ids)
+        band: _parse_coefficients(frame[f"{band}_coefficients"], f"{band}_coefficients", source, ids)
         for band in GAIA_BANDS
     }
     fluxes = coefficients_to_fluxes(coeffs["bp"], coeffs["rp"])
