@@ -63,6 +63,7 @@ CHALLENGER = "challenger"
 SPLITS = ("train", "val", "test")
 SPLIT_CONTEXT = {"train": "training", "val": "validation", "test": "testing"}
 DIGEST_TAG = "xpz.split_digest.{}"
+HISTORY_TAG = "xpz.history_keys"
 LISTED_METRICS = (
     "test_mae",
     "test_sigma_nmad",
@@ -350,7 +351,18 @@ def log_history(tr: Tracking, run_id: str, history: Mapping[str, Sequence[float]
         for epoch, value in enumerate(values)
     ]
     if batch:
-        tr.client.log_batch(run_id, metrics=batch)
+        tr.client.log_batch(run_id, metrics=batch, tags=[RunTag(HISTORY_TAG, json.dumps(sorted(history)))])
+
+
+def run_history(tr: Tracking, run_id: str) -> dict[str, list[float]]:
+    """The training history logged by `log_history`, back as {key: [value per epoch]}."""
+    client = tr.client
+    keys = json.loads(client.get_run(run_id).data.tags.get(HISTORY_TAG, "[]"))
+    out = {}
+    for key in keys:
+        points = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+        out[key] = [m.value for m in points]
+    return out
 
 
 def _markdown_table(table: pd.DataFrame) -> str:
@@ -365,11 +377,13 @@ def _markdown_table(table: pd.DataFrame) -> str:
         return "\n".join(lines)
 
 
-def log_bin_table(tr: Tracking, run_id: str, table: pd.DataFrame, name: str = "per_bin") -> None:
+def log_bin_table(
+    tr: Tracking, run_id: str, table: pd.DataFrame, name: str = "per_bin", markdown: str | None = None
+) -> None:
     """The per-bin table as `evaluation/<name>.csv` and `evaluation/<name>.md`."""
     client = tr.client
     client.log_text(run_id, table.to_csv(index=False), f"evaluation/{name}.csv")
-    client.log_text(run_id, _markdown_table(table) + "\n", f"evaluation/{name}.md")
+    client.log_text(run_id, markdown or (_markdown_table(table) + "\n"), f"evaluation/{name}.md")
 
 
 def log_figures(tr: Tracking, run_id: str, figures: Mapping[str, Any], close: bool = True) -> None:
@@ -397,7 +411,10 @@ def log_evaluation(tr: Tracking, run_id: str, evaluation: Any, close_figures: bo
     log_metrics(tr, run_id, evaluation.metrics)
     bin_table = getattr(evaluation, "bin_table", None)
     if bin_table is not None:
-        log_bin_table(tr, run_id, bin_table)
+        to_md = getattr(evaluation, "table_markdown", None)
+        log_bin_table(tr, run_id, bin_table, markdown=to_md() if callable(to_md) else None)
+    for name, table in (getattr(evaluation, "baseline_tables", None) or {}).items():
+        log_bin_table(tr, run_id, table, name=f"per_bin_{name}")
     predictions = getattr(evaluation, "predictions", None)
     if predictions is not None and len(predictions):
         log_frame(tr, run_id, predictions, "evaluation/predictions.parquet")
@@ -499,6 +516,11 @@ class XpzRedshiftModel(mlflow.pyfunc.PythonModel):
 
     # `np.ndarray` is a hint MLflow 3 takes as "no signature from type hints": the logged tensor
     # signature decides, and a DataFrame of the flux columns arrives here as an array.
+    @property
+    def keras_model(self) -> Any:
+        """The loaded Keras model (after `load_context`)."""
+        return self._model
+
     def predict(self, context, model_input: np.ndarray, params=None):
         from xpz.predict import predict_redshift
 
@@ -817,6 +839,24 @@ def models_table(infos: Sequence[VersionInfo]) -> pd.DataFrame:
         row.update(info.metrics)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def run_model(tr: Tracking, run_id: str) -> LoggedModel:
+    """The (last) model logged by a run."""
+    run = tr.client.get_run(run_id)
+    outputs = list(getattr(run.outputs, "model_outputs", None) or [])
+    if not outputs:
+        raise InputError(f"MLflow run {run_id} has no logged model")
+    model_id = max(outputs, key=lambda o: o.step).model_id
+    return LoggedModel(model_id=model_id, model_uri=f"models:/{model_id}")
+
+
+def load_keras_model(model_uri: str) -> Any:
+    """The Keras model inside an xpz pyfunc model (`models:/<id>`, `models:/<name>@champion`, ...)."""
+    wrapper = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    if not isinstance(wrapper, XpzRedshiftModel):
+        raise InputError(f"{model_uri} is not an xpz redshift model")
+    return wrapper.keras_model
 
 
 def load_champion(tr: Tracking, alias: str = CHAMPION):
