@@ -61,6 +61,7 @@ from xpz.spectra import (
 )
 
 BLOCK_SIZE = 1000  # rows per independent random stream (fixed: changing it changes the data)
+Z_LIMIT = 2.0  # largest z_max the SED grids support
 
 # Redshift distribution (seed, section 3.2).
 Z_GAMMA_SHAPE = 3.2
@@ -172,7 +173,7 @@ def distance_modulus(z: np.ndarray) -> np.ndarray:
     set-up; it agrees with ``astropy.cosmology.Planck18.distmod`` to < 0.002 mag for z <= 0.7
     (checked in tests/test_synthetic.py).
     """
-    zg = np.linspace(0.0, 0.8, 8001)
+    zg = np.linspace(0.0, 2.5, 25001)
     inv_e = 1.0 / np.sqrt(PLANCK18_OM0 * (1.0 + zg) ** 3 + (1.0 - PLANCK18_OM0))
     dc = np.concatenate([[0.0], np.cumsum(0.5 * (inv_e[1:] + inv_e[:-1]) * np.diff(zg))])
     z = np.asarray(z, dtype=float)
@@ -236,7 +237,7 @@ def _model() -> _Model:
     # Observed-frame grid and rest-frame grid share the ln(lambda) step; rest starts k0 steps lower.
     ln_obs0 = np.log(_OBS_RANGE_NM[0])
     n_obs = int(np.ceil(np.log(_OBS_RANGE_NM[1] / _OBS_RANGE_NM[0]) / _LNL_STEP)) + 1
-    k0 = int(np.ceil(np.log(1.0 + 0.65) / _LNL_STEP)) + 2  # z up to 0.65 and interpolation room
+    k0 = int(np.ceil(np.log(1.0 + Z_LIMIT) / _LNL_STEP)) + 2  # room for z <= Z_LIMIT
     n_rest = k0 + n_obs + 2
     ln_rest = ln_obs0 - k0 * _LNL_STEP + _LNL_STEP * np.arange(n_rest)
     lam_rest = np.exp(ln_rest)
@@ -277,7 +278,7 @@ def _model() -> _Model:
     cdf = np.concatenate([[0.0], np.cumsum(0.5 * (phi[1:] + phi[:-1]))])
     cdf /= cdf[-1]
 
-    dm_z = np.linspace(1e-5, 0.7, 1401)
+    dm_z = np.linspace(1e-5, Z_LIMIT, 4001)
     dm = distance_modulus(dm_z)
 
     return _Model(
@@ -401,6 +402,8 @@ def generate_chunks(cfg: DataConfig, progress: bool = True) -> Iterator[pd.DataF
     """
     from tqdm.auto import tqdm
 
+    if cfg.z_max > Z_LIMIT:
+        raise ValueError(f"data.z_max = {cfg.z_max} is above {Z_LIMIT}, the largest the generator supports")
     _model()  # set-up before the progress bar starts
     n_total = cfg.n_galaxies
     n_blocks = -(-n_total // BLOCK_SIZE)
