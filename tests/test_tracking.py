@@ -236,6 +236,41 @@ def test_trial_logger_makes_nested_runs(store):
     assert by_id["3"].info.status == "FAILED"
 
 
+def test_concurrent_runs_do_not_mix(store):
+    """Runs logged from several threads at once (explicit run ids, no active-run state) stay apart."""
+    import threading
+
+    from xpz import tracking
+
+    ids, errors = {}, []
+
+    def work(k):
+        try:
+            with tracking.run(store, f"worker-{k}") as run_id:
+                ids[k] = run_id
+                tracking.log_params(store, run_id, {"worker": k})
+                hook = tracking.trial_logger(store, run_id)
+                for i in range(3):
+                    tracking.log_metrics(store, run_id, {"m": k * 100 + i}, step=i)
+                    hook(SimpleNamespace(trial_id=str(i), hyperparameters={"w": k}, metrics={"val_mae": 0.1}, status="COMPLETED"))
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(repr(err))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    client = store.client
+    for k, run_id in ids.items():
+        assert client.get_run(run_id).data.params["worker"] == str(k)
+        kids = client.search_runs([store.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+        assert len(kids) == 3 and {r.data.params["w"] for r in kids} == {str(k)}
+        history = sorted(client.get_metric_history(run_id, "m"), key=lambda m: m.step)
+        assert [m.value for m in history] == [k * 100 + i for i in range(3)]
+
+
 # ------------------------------------------------------------------------- pyfunc + registry
 
 
@@ -275,6 +310,8 @@ def test_champion_challenger_promotion_and_pyfunc(store, tiny_model):
     got = champion.predict(raw)
     assert list(got.columns) == ["z", "z_lower", "z_upper"]
     np.testing.assert_allclose(got["z"].to_numpy(), expected["z"].to_numpy(), rtol=1e-5, atol=1e-6)
+    keras_z = tiny_model.predict(raw, verbose=0).reshape(-1)  # the scaling layer is inside the model
+    np.testing.assert_allclose(got["z"].to_numpy(), keras_z, rtol=1e-5, atol=1e-6)
     got_df = champion.predict(splits.test[list(FLUX_COLUMNS)])
     np.testing.assert_allclose(got_df["z"].to_numpy(), expected["z"].to_numpy(), rtol=1e-5, atol=1e-6)
     sig = champion.metadata.get_input_schema()
