@@ -167,6 +167,11 @@ def data_show(
         typer.echo(f"  figure: {figure}")
 
 
+from xpz.cli_predict import predict  # noqa: E402  (streaming batch prediction)
+
+app.command("predict")(predict)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 
