@@ -98,6 +98,12 @@ def test_tune_runs_trials_reports_each_and_resumes(splits, tmp_path: Path):
     assert {t.trial_id for t in seen} == {t.trial_id for t in first.trials}
     assert first.best_hyperparameters["conv_layers"] in (1, 2)
     assert "filters_2" not in first.best_hyperparameters
+    # the first trial is the default architecture, clipped to the search bounds
+    assert seen[0].hyperparameters == {
+        "conv_layers": 2, "filters_0": 4, "kernel_0": 3, "filters_1": 4, "kernel_1": 3,
+        "dense_layers": 1, "units_0": 16, "activation": "relu", "loss": "crossentropy",
+        "optimizer": "adamax", "learning_rate": pytest.approx(0.005),
+    }  # fmt: skip
 
     # the same directory continues: a larger max_trials runs only the new trial
     more = []

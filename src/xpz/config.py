@@ -241,15 +241,15 @@ class TrainConfig(_Section):
     balance: float = Field(0.0, ge=0, le=1)  # sample weight ~ n(z)^-balance (high-z emphasis)
     balance_max_weight: float = Field(10.0, ge=1)
     calibrate: bool = True  # choose prior_alpha and temperature on the validation split
-    prior_alpha: float | None = Field(None, ge=0, le=1)  # fixed alpha instead of a search
+    prior_alpha: float | None = Field(None, ge=-2, le=1)  # fixed alpha instead of a search
     alpha_grid: list[float] = [0.0, 0.25, 0.5, 0.75, 1.0]
     mae_tolerance: float = Field(0.03, ge=0)  # relative val MAE increase allowed for less bias
     interval: float = Field(0.68, gt=0, lt=1)  # target coverage of the central interval
 
     @model_validator(mode="after")
     def _grid(self) -> "TrainConfig":
-        if not self.alpha_grid or any(not 0 <= a <= 1 for a in self.alpha_grid):
-            raise ValueError(f"alpha_grid must be non-empty with values in [0, 1], got {self.alpha_grid}")
+        if not self.alpha_grid or any(not -2 <= a <= 1 for a in self.alpha_grid):
+            raise ValueError(f"alpha_grid must be non-empty with values in [-2, 1], got {self.alpha_grid}")
         return self
 
 

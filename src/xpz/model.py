@@ -295,21 +295,43 @@ class RedshiftHyperModel(kt.HyperModel):
         self.scaler = scaler
 
     def declare(self, hp: kt.HyperParameters) -> dict[str, Any]:
-        s = self.cfg.search
+        """Register the search space on `hp` and return this trial's values. Every default is the
+        CPU default architecture (`ModelConfig.default`) clipped to the bounds, so the first trial
+        of `xpz.tune` (which runs the defaults) measures the hand-picked model beside the search."""
+        s, d = self.cfg.search, flat_hyperparameters(self.cfg.default)
+
+        def default(key: str, bounds, fallback):
+            value = d.get(key, fallback)
+            return type(bounds[0])(min(max(value, bounds[0]), bounds[1]))
+
+        def choice(key: str, options: list[str]):
+            return hp.Choice(key, list(options), default=d[key] if d.get(key) in options else options[0])
+
         values: dict[str, Any] = {}
-        values["conv_layers"] = hp.Int("conv_layers", *s.conv_layers)
+        values["conv_layers"] = hp.Int("conv_layers", *s.conv_layers, default=default("conv_layers", s.conv_layers, 1))
         for i in range(values["conv_layers"]):
-            values[f"filters_{i}"] = hp.Int(f"filters_{i}", *s.filters, step=s.filters_step)
-            values[f"kernel_{i}"] = hp.Int(f"kernel_{i}", *s.kernel_size)
-        values["dense_layers"] = hp.Int("dense_layers", *s.dense_layers)
+            values[f"filters_{i}"] = hp.Int(
+                f"filters_{i}", *s.filters, step=s.filters_step,
+                default=default(f"filters_{i}", s.filters, s.filters[0]),
+            )  # fmt: skip
+            values[f"kernel_{i}"] = hp.Int(
+                f"kernel_{i}", *s.kernel_size, default=default(f"kernel_{i}", s.kernel_size, s.kernel_size[0])
+            )
+        values["dense_layers"] = hp.Int(
+            "dense_layers", *s.dense_layers, default=default("dense_layers", s.dense_layers, 1)
+        )
         for i in range(values["dense_layers"]):
-            values[f"units_{i}"] = hp.Int(f"units_{i}", *s.units, step=s.units_step)
-        values["activation"] = hp.Choice("activation", list(s.activations))
-        values["loss"] = hp.Choice("loss", list(s.losses))
-        values["optimizer"] = hp.Choice("optimizer", list(s.optimizers))
+            values[f"units_{i}"] = hp.Int(
+                f"units_{i}", *s.units, step=s.units_step, default=default(f"units_{i}", s.units, s.units[0])
+            )
+        values["activation"] = choice("activation", s.activations)
+        values["loss"] = choice("loss", s.losses)
+        values["optimizer"] = choice("optimizer", s.optimizers)
         lo, hi = s.learning_rate
         values["learning_rate"] = (
-            hp.Float("learning_rate", lo, hi, sampling="log") if hi > lo else hp.Fixed("learning_rate", lo)
+            hp.Float("learning_rate", lo, hi, sampling="log", default=default("learning_rate", s.learning_rate, lo))
+            if hi > lo
+            else hp.Fixed("learning_rate", lo)
         )
         return values
 

@@ -37,7 +37,7 @@ from xpz.spectra import TARGET_COLUMN, flux_matrix
 if TYPE_CHECKING:
     from xpz.config import Config, ModelConfig, TrainConfig
 
-TEMPERATURE_GRID = np.geomspace(0.25, 4.0, 49)
+TEMPERATURE_GRID = np.geomspace(0.05, 5.0, 81)
 
 
 @dataclass

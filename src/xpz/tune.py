@@ -2,10 +2,12 @@
 
 Resumable: the oracle state lives in `directory/project_name`; calling `tune` again with the same
 directory continues the search (finished trials are kept, only the missing ones run; raise
-`tune.max_trials` to search further). `on_trial_end(TrialRecord)` is called after each trial that
-runs in this call: the tracking layer uses it to log nested MLflow runs (this module never imports
-mlflow). Trials may run on a subsample of train/validation (`tune.max_train_samples`,
-`tune.max_val_samples`) to keep a CPU search small; the scaling is always fitted on all of train.
+`tune.max_trials` to search further). The first trial runs the CPU default architecture
+(`model.default`, clipped to the bounds), so the search always measures it.
+`on_trial_end(TrialRecord)` is called after each trial that runs in this call: the tracking layer
+uses it to log nested MLflow runs (this module never imports mlflow). Trials may run on a
+subsample of train/validation (`tune.max_train_samples`, `tune.max_val_samples`) to keep a CPU
+search small; the scaling is always fitted on all of train.
 """
 
 from __future__ import annotations
@@ -59,8 +61,17 @@ def trial_record(trial: kt.engine.trial.Trial) -> TrialRecord:
     return TrialRecord(str(trial.trial_id), hps, metrics, str(trial.status))
 
 
-class _Tuner(kt.BayesianOptimization):
-    """BayesianOptimization that reports each finished trial to a hook."""
+class _DefaultFirstOracle(kt.oracles.BayesianOptimizationOracle):
+    """Bayesian optimisation whose first trial runs the space's defaults (the CPU default model)."""
+
+    def populate_space(self, trial_id):
+        if not self.trials:
+            return {"status": "RUNNING", "values": {hp.name: hp.default for hp in self.hyperparameters.space}}
+        return super().populate_space(trial_id)
+
+
+class _Tuner(kt.Tuner):
+    """A keras-tuner Tuner (Bayesian oracle above) that reports each finished trial to a hook."""
 
     def __init__(self, *args, on_trial_end: Callable[[TrialRecord], None] | None = None, **kwargs):
         self._hook = on_trial_end
@@ -98,12 +109,15 @@ def tune(
     train_ds = make_dataset(x_train[it], z_train[it], batch_size=cfg.train.batch_size, shuffle=True, seed=tcfg.seed)
     val_ds = make_dataset(x_val[iv], z_val[iv], batch_size=max(cfg.train.batch_size, 1024))
 
-    tuner = _Tuner(
-        hypermodel=RedshiftHyperModel(cfg.model, scaler),
+    oracle = _DefaultFirstOracle(
         objective=kt.Objective(tcfg.objective, direction=tcfg.direction),
         max_trials=tcfg.max_trials,
         num_initial_points=tcfg.num_initial_points,
         seed=tcfg.seed,
+    )
+    tuner = _Tuner(
+        oracle=oracle,
+        hypermodel=RedshiftHyperModel(cfg.model, scaler),
         directory=str(directory),
         project_name=tcfg.project_name,
         overwrite=False,

@@ -1,0 +1,180 @@
+"""Model benchmark: the default pipeline (tune + train) vs the seed recipe at equal wall time vs baselines.
+
+    python benchmarks/bench_model.py                       # 50k default synthetic galaxies
+    python benchmarks/bench_model.py --data data/galaxies.parquet --extra /tmp/big.parquet
+    python benchmarks/bench_model.py --throughput-only
+
+Prints training throughput (samples/s) of the seed model and the default model on this machine,
+then one Markdown table: test MAE, sigma_NMAD, outlier fraction, worst per-bin bias (bins up to
+z = 0.5 with >= evaluate.min_bin_count test objects) and 68%-interval coverage of
+  - the default pipeline (keras-tuner search + training with the params' defaults),
+  - the seed recipe (Table 2 architecture, Adamax 1e-3, Huber, batch 16) given the same wall time,
+  - the training-mean and kNN baselines on the same split,
+and the per-bin table of the default model. `--extra PATH` also evaluates both models on a larger
+independent set (e.g. another generator seed) to judge the sparse high-z bins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from xpz.config import load_config  # noqa: E402
+from xpz.env import quiet_telemetry  # noqa: E402
+
+KEYS = ("mae", "sigma_nmad", "outlier_fraction", "worst_bin_bias", "worst_bin_bias_z", "coverage_68")
+
+
+def throughput(cfg, fluxes: np.ndarray, z: np.ndarray) -> dict[str, float]:
+    """Steady-state training samples/s of the seed model (batch 16 and 256) and the default model."""
+    from xpz.model import build_model, build_seed_model, flat_hyperparameters
+    from xpz.scaling import fit_scaler
+
+    out = {}
+    runs = [
+        ("seed CNN, batch 16", lambda: build_seed_model(fit_scaler(fluxes)), 16, 2048),
+        ("seed CNN, batch 256", lambda: build_seed_model(fit_scaler(fluxes)), 256, 4096),
+        (
+            f"default CNN, batch {cfg.train.batch_size}",
+            lambda: build_model(
+                flat_hyperparameters(cfg.model.default), cfg.model, fit_scaler(fluxes, cfg.model.normalize_flux)
+            ),
+            cfg.train.batch_size,
+            8192,
+        ),
+    ]
+    for name, build, batch, n in runs:
+        model = build()
+        n = min(n, len(fluxes))
+        model.fit(fluxes[: batch * 3], z[: batch * 3], batch_size=batch, epochs=1, verbose=0)  # trace
+        t0 = time.perf_counter()
+        model.fit(fluxes[:n], z[:n], batch_size=batch, epochs=1, verbose=0)
+        out[name] = n / (time.perf_counter() - t0)
+        print(f"throughput  {name:28s} {out[name]:8.0f} samples/s  ({model.count_params():,} params)", flush=True)
+    return out
+
+
+def load_data(args, cfg) -> pd.DataFrame:
+    if args.data:
+        return pd.read_parquet(args.data)
+    from xpz.synthetic import generate
+
+    return generate(cfg.data.model_copy(update={"n_galaxies": args.n}))
+
+
+def make_splits(df: pd.DataFrame, cfg) -> SimpleNamespace:
+    from xpz.split import assign_splits
+
+    lab = assign_splits(df, cfg.split).set_index("source_id")["split"].loc[df["source_id"]].to_numpy()
+    return SimpleNamespace(**{s: df[lab == s].reset_index(drop=True) for s in ("train", "val", "test")})
+
+
+def row(name: str, wall, m: dict, prefix: str) -> str:
+    def f(key, fmt="{:.4f}"):
+        v = m.get(prefix + key, np.nan)
+        return "-" if v is None or np.isnan(v) else fmt.format(v)
+
+    bias = f("worst_bin_bias")
+    if bias != "-":
+        bias += f" ({f('worst_bin_bias_z', '{:.2f}')})"
+    wall_s = "-" if wall is None else f"{wall:.0f} s"
+    return f"| {name} | {wall_s} | {f('mae')} | {f('sigma_nmad')} | {f('outlier_fraction')} | {bias} | {f('coverage_68', '{:.3f}')} |"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--profile", default=None)
+    ap.add_argument("--data", help="dataset Parquet (default: generate --n galaxies)")
+    ap.add_argument("--n", type=int, default=50_000)
+    ap.add_argument("--extra", help="a larger independent dataset to judge per-bin bias")
+    ap.add_argument("--skip-seed", action="store_true")
+    ap.add_argument("--throughput-only", action="store_true")
+    args = ap.parse_args(argv)
+    quiet_telemetry()
+
+    from xpz.evaluate import evaluate, summary_metrics, table_markdown
+    from xpz.predict import predict_redshift
+    from xpz.spectra import flux_matrix
+    from xpz.train import train_model
+    from xpz.tune import tune
+
+    cfg = load_config(args.params, profile=args.profile, overrides={"train.verbose": 0, "tune.enabled": True})
+    df = load_data(args, cfg)
+    splits = make_splits(df, cfg)
+    x_train, z_train = flux_matrix(splits.train), splits.train["z"].to_numpy(np.float32)
+    print(f"data: {len(df)} galaxies; train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}")
+    throughput(cfg, x_train, z_train)
+    if args.throughput_only:
+        return 0
+
+    results = []
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        tuned = tune(splits, cfg, Path(tmp) / "tuning") if cfg.tune.enabled else None
+    t_tune = time.perf_counter() - t0
+    res = train_model(splits, cfg, tuned.best_hyperparameters if tuned else None)
+    wall = time.perf_counter() - t0
+    print(f"default: tune {t_tune:.0f} s, train {res.seconds:.0f} s ({res.epochs} epochs, "
+          f"{res.samples_per_s:.0f} samples/s), calibration {res.calibration.get('prior_alpha')}"
+          f"/{res.calibration.get('temperature')}; hyperparameters {res.hyperparameters}")  # fmt: skip
+    ev = evaluate(res.model, splits, cfg, res.history)
+    results.append(("default pipeline (tune + train)", wall, ev.metrics, "test_", res.model))
+
+    if not args.skip_seed:
+        seed_cfg = load_config(
+            args.params,
+            profile=args.profile,
+            overrides={
+                "model.architecture": "seed", "model.normalize_flux": False, "train.batch_size": 16,
+                "train.epochs": 20, "train.patience": 20, "train.max_seconds": wall, "train.verbose": 0,
+                "train.lr_schedule": "constant", "train.learning_rate": None, "train.balance": 0.0,
+            },
+        )  # fmt: skip
+        t1 = time.perf_counter()
+        seed_res = train_model(splits, seed_cfg)
+        seed_wall = time.perf_counter() - t1
+        print(f"seed recipe: {seed_res.epochs} epochs in {seed_res.seconds:.0f} s, {seed_res.samples_per_s:.0f} samples/s")
+        seed_ev = evaluate(seed_res.model, splits, seed_cfg)
+        results.append(("seed recipe (Table 2, batch 16), equal wall time", seed_wall, seed_ev.metrics, "test_",
+                        seed_res.model))  # fmt: skip
+    results.append(("predict the training mean", None, ev.metrics, "baseline_mean/test_", None))
+    results.append((f"kNN (k={cfg.evaluate.knn_k}) on unit-normalised fluxes", None, ev.metrics, "baseline_knn/test_", None))
+
+    print("\n| model | wall | test MAE | sigma_NMAD | outliers | worst bias z<=0.5 | coverage 68 |")
+    print("|---|---|---|---|---|---|---|")
+    for name, w, m, prefix, _ in results:
+        print(row(name, w, m, prefix))
+    print("\nDefault model, per-bin table (test):\n")
+    print(table_markdown(ev.bin_table))
+
+    if args.extra:
+        extra = pd.read_parquet(args.extra)
+        print(f"\nIndependent set {args.extra} ({len(extra)} galaxies):\n")
+        print("| model | MAE | sigma_NMAD | outliers | worst bias z<=0.5 | coverage 68 |")
+        print("|---|---|---|---|---|---|")
+        tables = {}
+        for name, _, _, _, model in results:
+            if model is None:
+                continue
+            p = predict_redshift(model, flux_matrix(extra))
+            m, t = summary_metrics("", extra["z"].to_numpy(), p["z"], p["z_lower"], p["z_upper"], cfg.evaluate)
+            tables[name] = t
+            print(row(name, None, m, "").replace("| - |", "|", 1))
+        print("\nDefault model, per-bin table (independent set):\n")
+        print(table_markdown(tables[results[0][0]]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
