@@ -716,9 +716,11 @@ def register(
     for _ in range(3):
         promote_it, reason, champ_value, comparison = _decide(tr, candidate, champion, client, test_digest)
         latest = _alias_version(client, name, CHAMPION)
-        if (latest and latest.version) == (champion and champion.version):
+        if (latest and str(latest.version)) == (champion and str(champion.version)):
             break
         champion = latest
+    else:
+        promote_it, reason, champ_value, comparison = _decide(tr, candidate, champion, client, test_digest)
     previous = str(champion.version) if champion is not None else None
     if promote_it:
         client.set_registered_model_alias(name, CHAMPION, version)
