@@ -37,9 +37,13 @@ data: install
 	    xpz data generate --force && dvc add -q data && dvc push -q data.dvc; }; \
 	fi
 
+# dvc repro: validate -> split -> train (the Prefect flow flows/train_pipeline.py: tune, train,
+# evaluate, register/promote in MLflow); then the per-bin table, the run id and the champion.
 pipeline: data
 	dvc repro
 	xpz data show
+	@cat reports/bin_table.md
+	@python -c "import json; r = json.load(open('reports/run.json')); print('MLflow run', r['run_id'], '| model version', r['model_version'], r.get('decision', ''), '| champion version', r['champion_version'])"
 
 run: pipeline
 

@@ -28,6 +28,10 @@ app = typer.Typer(
 data_app = typer.Typer(help="Dataset commands: generate, import, validate, split, show.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
+from xpz.cli_schedule import schedule_app  # noqa: E402
+
+app.add_typer(schedule_app, name="schedule")
+
 ParamsOpt = Annotated[Path, typer.Option("--params", help="Parameters file (one section per stage).")]
 ProfileOpt = Annotated[
     Optional[str], typer.Option("--profile", help="Profile from params.yaml `profiles` (default, smoke, full); XPZ_PROFILE also works.")
