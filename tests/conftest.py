@@ -72,3 +72,8 @@ def random_frame(n: int = 400, seed: int = 0):
     df.insert(0, "z", np.clip(rng.gamma(3.34, 0.142 / 3.34, n), 1e-4, 0.6))
     df.insert(0, "source_id", (np.arange(n, dtype=np.int64) + 1) * 1_000_003)
     return df
+
+
+# Real MLflow and Prefect servers on 127.0.0.1 (session fixture `server_pair`, per-test `servers`):
+# defined in tests/conftest_servers.py, imported here so that one pair serves the whole session.
+from conftest_servers import server_pair, servers  # noqa: E402,F401
