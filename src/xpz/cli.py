@@ -28,9 +28,6 @@ app = typer.Typer(
 data_app = typer.Typer(help="Dataset commands: generate, import, validate, split, show.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-from xpz.cli_schedule import schedule_app  # noqa: E402
-
-app.add_typer(schedule_app, name="schedule")
 
 ParamsOpt = Annotated[Path, typer.Option("--params", help="Parameters file (one section per stage).")]
 ProfileOpt = Annotated[
@@ -171,9 +168,14 @@ def data_show(
         typer.echo(f"  figure: {figure}")
 
 
+# The other command groups live beside their concerns; this is the one place that wires them.
+from xpz import cli_model  # noqa: E402  (tune, train, evaluate, run, models, promote)
 from xpz.cli_predict import predict  # noqa: E402  (streaming batch prediction)
+from xpz.cli_schedule import schedule_app  # noqa: E402  (scheduled retraining)
 
+cli_model.register(app)
 app.command("predict")(predict)
+app.add_typer(schedule_app, name="schedule")
 
 
 def main() -> None:  # pragma: no cover - console entry
