@@ -233,7 +233,7 @@ class TrainConfig(_Section):
     batch_size: int = Field(256, ge=1)
     epochs: int = Field(30, ge=1)
     learning_rate: float | None = Field(None, gt=0)  # None: the hyperparameters' learning rate
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine over max(step, wall-time) progress
     patience: int = Field(5, ge=0)  # early stopping on `monitor`, best weights restored
     monitor: str = "val_loss"
     max_seconds: float | None = Field(None, gt=0)  # wall-time cap for fit (best weights restored)

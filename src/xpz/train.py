@@ -135,6 +135,39 @@ class TimeLimit(keras.callbacks.Callback):
         self._last = now
 
 
+class CosineProgress(keras.callbacks.Callback):
+    """Cosine learning-rate decay over training *progress* = max(step share, wall-time share).
+
+    With a wall-time cap the schedule still anneals fully before the cap, whatever the machine's
+    speed; training stops once progress reaches 1.
+    """
+
+    def __init__(self, base_lr: float, total_steps: int, max_seconds: float | None = None, floor: float = 0.02):
+        super().__init__()
+        self.base_lr, self.total_steps, self.max_seconds, self.floor = base_lr, total_steps, max_seconds, floor
+        self.step = 0
+        self.stopped = False
+
+    def progress(self) -> float:
+        p = self.step / max(self.total_steps, 1)
+        if self.max_seconds:
+            p = max(p, (time.perf_counter() - self._start) / self.max_seconds)
+        return min(p, 1.0)
+
+    def on_train_begin(self, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        factor = self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * self.progress()))
+        self.model.optimizer.learning_rate.assign(self.base_lr * factor)
+        self.step += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.progress() >= 1.0:
+            self.model.stop_training = True
+            self.stopped = True
+
+
 # ----------------------------------------------------------------------------- calibration
 def calibrate_posterior(
     model: keras.Model,
@@ -206,11 +239,6 @@ def resolve_hyperparameters(cfg: "ModelConfig", hyperparameters: Mapping[str, An
     return flat_hyperparameters(cfg.default)
 
 
-def _learning_rate(hp: Mapping[str, Any], tcfg: "TrainConfig", steps_per_epoch: int):
-    lr = float(tcfg.learning_rate or hp.get("learning_rate", 1e-3))
-    if tcfg.lr_schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(lr, decay_steps=tcfg.epochs * steps_per_epoch, alpha=0.02)
-    return lr
 
 
 def train_model(
@@ -229,7 +257,7 @@ def train_model(
     x_val, z_val = flux_matrix(splits.val), splits.val[TARGET_COLUMN].to_numpy(np.float32)
     scaler: Scaler = fit_scaler(x_train, normalize=mcfg.normalize_flux)
     steps = math.ceil(len(x_train) / tcfg.batch_size)
-    lr = _learning_rate(hp, tcfg, steps)
+    lr = float(tcfg.learning_rate or hp.get("learning_rate", 1e-3))
     model = build_seed_model(scaler, mcfg, lr) if seed_arch else build_model(hp, mcfg, scaler, lr)
 
     edges = z_bin_edges(mcfg)
@@ -242,7 +270,9 @@ def train_model(
         monitor=tcfg.monitor, patience=tcfg.patience, restore_best_weights=True
     )
     cbs: list[keras.callbacks.Callback] = [throughput, stopper]
-    if tcfg.max_seconds:
+    if tcfg.lr_schedule == "cosine":
+        cbs.append(CosineProgress(lr, tcfg.epochs * steps, tcfg.max_seconds))
+    elif tcfg.max_seconds:
         cbs.append(TimeLimit(tcfg.max_seconds))
     cbs.extend(callbacks)
 
