@@ -376,10 +376,21 @@ def end_mlflow_run(tr: Any, run_id: str, status: str, metrics: dict[str, float] 
 
 @task(name="write-reports", timeout_seconds=600, cache_policy=NONE)
 def write_reports(result: Any, reports_dir: str, extra: dict[str, Any]) -> dict[str, str]:
-    """DVC outputs: `pipeline.write_reports` (metrics.json, bin_table.csv/.md, run.json) + figures/*.png."""
-    from xpz import pipeline
+    """DVC outputs: `pipeline.write_reports` (metrics.json, bin_table.csv/.md, run.json) + figures/*.png.
+
+    Each file is replaced atomically; a lock keeps two runs finishing together from interleaving
+    (the last run to finish owns the whole set)."""
+    from filelock import FileLock
 
     out = Path(reports_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out / ".write.lock")):
+        return _write_reports(result, out, extra)
+
+
+def _write_reports(result: Any, out: Path, extra: dict[str, Any]) -> dict[str, str]:
+    from xpz import pipeline
+
     paths = {k: str(v) for k, v in pipeline.write_reports(out, result).items()}
     run_json = out / "run.json"
     doc = json.loads(run_json.read_text())

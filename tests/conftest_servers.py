@@ -69,9 +69,10 @@ class ServerProcess:
         try:
             self.proc.wait(grace_s)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+            pass
+        with contextlib.suppress(ProcessLookupError):  # whatever of the group is left (workers)
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
 
 
 def _wait_healthy(server: ServerProcess, health_url: str, timeout_s: float = START_TIMEOUT_S) -> None:
@@ -196,8 +197,8 @@ def server_pair(tmp_path_factory) -> Iterator[Servers]:
     try:
         yield pair
     finally:
-        pair.prefect.stop()
-        pair.mlflow.stop()
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda server: server.stop(grace_s=10), (pair.prefect, pair.mlflow)))
 
 
 @contextlib.contextmanager
@@ -250,8 +251,8 @@ def make_project(
     overrides: dict | None = None,
     split: bool = True,
 ) -> Path:
-    """A checkout-like folder: params.yaml (profile smoke, quiet training, its own MLflow names),
-    flows/, the dataset at data/galaxies.parquet and (optionally) its split."""
+    """A checkout-like folder: params.yaml (profile smoke, quiet training, its own MLflow names,
+    `overrides` as dotted keys), flows/, the dataset at data/galaxies.parquet and (optionally) its split."""
     import shutil
 
     import yaml
@@ -262,8 +263,8 @@ def make_project(
     params["train"]["verbose"] = 0
     params["tracking"]["registered_model"] = registered_model
     params["tracking"]["experiment"] = experiment
-    for dotted, value in (overrides or {}).items():
-        node = params
+    for dotted, value in (overrides or {}).items():  # into the profile, so that they win over it
+        node = params["profiles"].setdefault("smoke", {})
         *parents, leaf = dotted.split(".")
         for part in parents:
             node = node.setdefault(part, {})
@@ -315,9 +316,10 @@ def stop_process_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace_
     try:
         proc.wait(grace_s)
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+        pass
+    with contextlib.suppress(ProcessLookupError):  # whatever of the group is left (children)
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
 
 
 def wait_for(predicate, timeout_s: float, interval_s: float = 0.5, what: str = "condition"):  # type: ignore[no-untyped-def]
