@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from xpz.spectra import FLUX_COLUMNS, flux_matrix
-from xpz_models import fit_coefficients, register_tiny_model, write_gaia_csv, write_gaia_ecsv
+from xpz_models import fit_coefficients, shared_registered, write_gaia_csv, write_gaia_ecsv
 
 OUT_COLUMNS = ["source_id", "z", "z_lower", "z_upper", "model_name", "model_version"]
 
@@ -31,7 +31,7 @@ def dataset(small_dataset_path) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory, dataset):
-    return register_tiny_model(tmp_path_factory.mktemp("store"), flux_matrix(dataset))
+    return shared_registered(tmp_path_factory, flux_matrix(dataset))
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +43,11 @@ def predictor(registered):
 
 @pytest.fixture(scope="module")
 def keras_model(registered):
+    from xpz.batch_predict import use_tracking_uri
     from xpz.tracking import load_keras_model
 
-    import mlflow
-
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(registered.tracking_uri)
-    try:
+    with use_tracking_uri(registered.tracking_uri):
         return load_keras_model(registered.champion)
-    finally:
-        mlflow.set_tracking_uri(previous)
 
 
 def run_cli(*args: str):

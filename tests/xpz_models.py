@@ -53,25 +53,31 @@ def tiny_keras_model(fluxes: np.ndarray, seed: int = 0):
 
 def register_tiny_model(root: Path, fluxes: np.ndarray, name: str = MODEL_NAME) -> Registered:
     """Log + register a tiny model in `sqlite:///<root>/mlflow.db` (artifacts in <root>/mlruns)."""
-    import mlflow
-
     from xpz import tracking
+    from xpz.batch_predict import use_tracking_uri
     from xpz.config import TrackingConfig
 
     root.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     cfg = TrackingConfig(experiment="xpz-predict-test", registered_model=name, artifact_location=str(root / "mlruns"))
-    previous = mlflow.get_tracking_uri()
-    try:
+    with use_tracking_uri(uri):  # configure() sets the process-wide URI; restored afterwards
         tr = tracking.configure(cfg, tracking_uri=uri)
         model = tiny_keras_model(fluxes)
         with tracking.run(tr, "tiny-model") as run_id:
             logged = tracking.log_model(tr, run_id, model, np.asarray(fluxes[:5], np.float32))
             tracking.log_metrics(tr, run_id, {"test_mae": 0.05})
             reg = tracking.register(tr, run_id, logged, {"test_mae": 0.05})
-    finally:
-        mlflow.set_tracking_uri(previous)
     return Registered(uri, name, str(reg.version), root)
+
+
+_SHARED: dict[str, Registered] = {}
+
+
+def shared_registered(tmp_path_factory, fluxes: np.ndarray) -> Registered:
+    """One registered tiny model per test session (prediction, serving and scale-out tests share it)."""
+    if "model" not in _SHARED:
+        _SHARED["model"] = register_tiny_model(tmp_path_factory.mktemp("xpz-models"), fluxes)
+    return _SHARED["model"]
 
 
 def free_port() -> int:

@@ -196,6 +196,29 @@ def resolve_model(model: str, tracking_uri: str | None = None) -> tuple[str, str
     return str(path), path.stem if path.suffix == ".keras" else path.name, ""
 
 
+@contextlib.contextmanager
+def use_tracking_uri(uri: str | None) -> Iterator[None]:
+    """MLflow's process-wide tracking URI set to `uri` for a block (no-op for None), then restored
+    exactly: `mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI, which is put back as it was."""
+    if not uri:
+        yield
+        return
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as _tracking_utils
+
+    saved_uri = _tracking_utils._tracking_uri  # None when never set
+    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved_uri)
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
 def load_predictor(model: str, tracking_uri: str | None = None) -> Predictor:
     """Load a model once (see `resolve_model` for the accepted references)."""
     uri, name, version = resolve_model(model, tracking_uri)
@@ -212,18 +235,11 @@ def load_predictor(model: str, tracking_uri: str | None = None) -> Predictor:
 
     import mlflow
 
-    previous = mlflow.get_tracking_uri()
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    try:
-        pyfunc = mlflow.pyfunc.load_model(uri)
-    except InputError:
-        raise
-    except Exception as err:
-        raise InputError(f"model {model!r}: cannot load {uri}: {err}") from None
-    finally:
-        if tracking_uri:
-            mlflow.set_tracking_uri(previous)
+    with use_tracking_uri(tracking_uri):
+        try:
+            pyfunc = mlflow.pyfunc.load_model(uri)
+        except Exception as err:
+            raise InputError(f"model {model!r}: cannot load {uri}: {err}") from None
     try:
         batch = int(getattr(pyfunc.unwrap_python_model(), "batch_size", DEFAULT_MODEL_BATCH))
     except Exception:  # not a python_model flavour

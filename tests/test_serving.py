@@ -1,0 +1,125 @@
+"""REST serving: a real `mlflow models serve -m models:/<name>@champion --env-manager local` process.
+
+The server is started once for the module on a free 127.0.0.1 port (its own process group), polled
+on /health, and killed at teardown. Posted batches (dataframe_split JSON, as in the README's curl
+example) must come back with the numbers the pyfunc and `xpz predict` give.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from xpz.spectra import FLUX_COLUMNS, flux_matrix
+from xpz_models import free_port, shared_registered
+
+START_TIMEOUT_S = float(os.environ.get("XPZ_TEST_SERVER_START_TIMEOUT", "240"))
+
+
+@pytest.fixture(scope="module")
+def dataset(small_dataset_path) -> pd.DataFrame:
+    from xpz.io import read_dataset
+
+    return read_dataset(small_dataset_path)
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory, dataset):
+    return shared_registered(tmp_path_factory, flux_matrix(dataset))
+
+
+@pytest.fixture(scope="module")
+def server(registered, tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registered.tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "DO_NOT_TRACK": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}  # fmt: skip
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    cmd = [str(mlflow_bin), "models", "serve", "-m", registered.champion, "--env-manager", "local",
+           "-h", "127.0.0.1", "-p", str(port), "-w", "1"]  # fmt: skip
+    with log.open("w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=registered.root, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow models serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
+                    if resp.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow models serve not healthy after {START_TIMEOUT_S:.0f} s:\n{log.read_text()[-4000:]}")
+            time.sleep(1.0)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
+def post(url: str, payload: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"{url}/invocations", data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def test_served_batch_equals_pyfunc_and_batch_predict(server, registered, dataset, small_dataset_path, tmp_path):
+    import mlflow
+
+    from xpz.batch_predict import predict_file
+
+    batch = dataset.iloc[:50]
+    fluxes = flux_matrix(batch)
+    payload = {"dataframe_split": {"columns": list(FLUX_COLUMNS), "data": fluxes.astype(float).tolist()}}
+    status, body = post(server, payload)
+    assert status == 200, body
+    served = pd.DataFrame(body["predictions"])
+    assert list(served.columns) == ["z", "z_lower", "z_upper"] and len(served) == 50
+
+    from xpz.batch_predict import use_tracking_uri
+
+    with use_tracking_uri(registered.tracking_uri):
+        local = mlflow.pyfunc.load_model(registered.champion).predict(fluxes)
+    for column in ("z", "z_lower", "z_upper"):
+        np.testing.assert_array_equal(served[column].to_numpy(), local[column].to_numpy())  # same 50-row batch
+
+    out = predict_file(small_dataset_path, tmp_path / "p.parquet", registered.champion, progress=False,
+                       tracking_uri=registered.tracking_uri).out  # fmt: skip
+    batch_predicted = pd.read_parquet(out).iloc[:50]
+    np.testing.assert_allclose(served["z"].to_numpy(), batch_predicted["z"].to_numpy(), rtol=0, atol=1e-6)
+
+    # the tensor form ("inputs": an (n, 186) array) gives the same numbers
+    status, body = post(server, {"inputs": fluxes.astype(float).tolist()})
+    assert status == 200, body
+    np.testing.assert_array_equal(pd.DataFrame(body["predictions"])["z"].to_numpy(), served["z"].to_numpy())
+
+
+def test_served_bad_batch_is_a_client_error(server, dataset):
+    fluxes = flux_matrix(dataset.iloc[:3])[:, :185]
+    status, body = post(server, {"dataframe_split": {"columns": list(FLUX_COLUMNS[:185]), "data": fluxes.astype(float).tolist()}})
+    assert status == 400, body
+    assert "186" in json.dumps(body) or "flux_185" in json.dumps(body)
