@@ -198,7 +198,7 @@ def server_pair(tmp_path_factory) -> Iterator[Servers]:
         yield pair
     finally:
         with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda server: server.stop(grace_s=10), (pair.prefect, pair.mlflow)))
+            list(pool.map(lambda server: server.stop(grace_s=5), (pair.prefect, pair.mlflow)))
 
 
 @contextlib.contextmanager
