@@ -241,6 +241,11 @@ def test_unknown_alias_version_and_model_name(registered, small_dataset_path, tm
         for needle in needles:
             assert needle in text, f"{model}: {needle!r} not in {text!r}"
         assert not out.exists()
+    missing_store = tmp_path / "nowhere.db"
+    code, text = run_cli(str(small_dataset_path), "--model", registered.champion, "--out", str(out),
+                         "--tracking-uri", f"sqlite:///{missing_store}")  # fmt: skip
+    assert code == 2 and "no MLflow store" in text and str(missing_store) in text
+    assert not missing_store.exists() and not out.exists()  # no empty store created
 
 
 def test_real_process_exit_status_and_stderr(registered, small_dataset_path, tmp_path):

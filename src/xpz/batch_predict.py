@@ -103,9 +103,19 @@ def _as_prediction_frame(output: object, n: int) -> pd.DataFrame:
 
 
 def _client(tracking_uri: str | None):
+    """A client of the store; a local sqlite store must exist (MLflow would create an empty one)."""
+    import mlflow
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri) if tracking_uri else MlflowClient()
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if not path.exists():
+            raise InputError(
+                f"no MLflow store at {uri} ({path.absolute()} does not exist); "
+                "set MLFLOW_TRACKING_URI or --tracking-uri to the store holding the model"
+            )
+    return MlflowClient(tracking_uri=uri)
 
 
 def _store(tracking_uri: str | None) -> str:
@@ -262,20 +272,23 @@ def _prefetch(chunks: Iterator[SpectraChunk], depth: int = PREFETCH) -> Iterator
     stop = threading.Event()
     done = object()
 
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False  # the consumer has gone
+
     def produce() -> None:
         try:
             for chunk in chunks:
-                while not stop.is_set():
-                    try:
-                        q.put(chunk, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(chunk):
                     return
-            q.put(done)
+            put(done)
         except BaseException as err:  # re-raised in the consumer
-            q.put(err)
+            put(err)
 
     thread = threading.Thread(target=produce, name="xpz-reader", daemon=True)
     thread.start()

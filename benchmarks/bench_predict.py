@@ -1,0 +1,258 @@
+"""Benchmark of batch prediction: speed, peak memory, Dask speed-up. Prints figures.
+
+1. Throughput on N spectra (default 200,000) for the seed architecture (Table 2) and the CPU default
+   model: `xpz predict` (Parquet in -> Parquet out, via the registered pyfunc, model loading
+   excluded) against plain `keras_model.predict(x, batch_size=1024)` on the same spectra already in
+   memory, in the same process.
+2. Peak memory (max RSS of the whole process, from wait4) of `xpz predict` on a 2,000,000-row
+   Parquet input, run as a subprocess (target: < 2 GiB).
+3. Dask speed-up: the same partitioned catalogue predicted by one process and by a local Dask
+   cluster of 2 worker processes (TensorFlow default threads, then 1 thread each), models already
+   loaded in both; also checks that the results are bit-identical.
+
+Inputs are cheap: a few thousand generated spectra tiled (with unique source_ids), written in chunks
+to a temporary Parquet. Weights are untrained (speed does not depend on them). The MLflow store is a
+temporary sqlite file; nothing is written to the repository.
+
+    python benchmarks/bench_predict.py                      # the full run
+    python benchmarks/bench_predict.py --n 20000 --memory-rows 500000 --dask-rows 40000   # moderate
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from xpz.env import quiet_telemetry  # noqa: E402
+
+quiet_telemetry()
+
+from xpz.io import schema  # noqa: E402
+from xpz.spectra import FLUX_COLUMNS, ID_COLUMN  # noqa: E402
+
+
+def base_spectra(n: int, seed: int = 42) -> np.ndarray:
+    from xpz.config import DataConfig
+    from xpz.spectra import flux_matrix
+    from xpz.synthetic import generate
+
+    return flux_matrix(generate(DataConfig(n_galaxies=n, seed=seed, chunk_size=n)))
+
+
+def write_tiled(path: Path, base: np.ndarray, rows: int, chunk: int = 65536, first_id: int = 0) -> Path:
+    """`rows` spectra (the base tiled) to Parquet, one row group per chunk (bounded memory)."""
+    sch = schema(with_target=False)
+    with pq.ParquetWriter(path, sch) as writer:
+        for start in range(0, rows, chunk):
+            n = min(chunk, rows - start)
+            idx = (np.arange(start, start + n) % len(base))
+            arrays = [pa.array(np.arange(start, start + n, dtype=np.int64) + first_id)]
+            block = base[idx]
+            arrays += [pa.array(block[:, j]) for j in range(block.shape[1])]
+            writer.write_table(pa.Table.from_arrays(arrays, schema=sch))
+    return path
+
+
+def register(root: Path, name: str, keras_model, example: np.ndarray) -> str:
+    import mlflow
+
+    from xpz import tracking
+    from xpz.config import TrackingConfig
+
+    tr = tracking.configure(
+        TrackingConfig(experiment="xpz-bench", registered_model=name, artifact_location=str(root / "mlruns")),
+        tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+    )
+    with tracking.run(tr, f"bench-{name}") as run_id:
+        logged = tracking.log_model(tr, run_id, keras_model, example[:5])
+        tracking.register(tr, run_id, logged, {tr.primary_metric: 0.0})
+    mlflow.set_tracking_uri(tr.tracking_uri)
+    return tr.tracking_uri
+
+
+def build(arch: str, base: np.ndarray):
+    import keras
+
+    from xpz.config import load_config
+    from xpz.model import build_model, build_seed_model, flat_hyperparameters, trainable_params
+    from xpz.scaling import fit_scaler
+
+    keras.utils.set_random_seed(0)
+    cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml").model
+    if arch == "seed":
+        model = build_seed_model(fit_scaler(base, normalize=False), cfg)
+    else:
+        model = build_model(flat_hyperparameters(cfg.default), cfg, fit_scaler(base, normalize=cfg.normalize_flux))
+    return model, trainable_params(model)
+
+
+def throughput(args, work: Path, base: np.ndarray) -> dict[str, str]:
+    from xpz.batch_predict import load_predictor, predict_file
+
+    source = write_tiled(work / "bench_in.parquet", base, args.n)
+    x = pd.read_parquet(source, columns=list(FLUX_COLUMNS)).to_numpy(np.float32)
+    uris = {}
+    for arch in args.models:
+        model, n_params = build(arch, base)
+        uri = register(work, f"xpz-bench-{arch}", model, base)
+        uris[arch] = uri
+        model.predict(x[:2048], batch_size=1024, verbose=0)  # warm-up (tracing)
+        t = time.perf_counter()
+        model.predict(x, batch_size=1024, verbose=0)
+        plain = time.perf_counter() - t
+        t = time.perf_counter()
+        predictor = load_predictor(f"models:/xpz-bench-{arch}@champion", uri)
+        load_s = time.perf_counter() - t
+        predictor.predict(x[:2048])  # warm-up of the loaded copy
+        result = predict_file(source, work / f"pred_{arch}.parquet", predictor, chunk_size=args.chunk_size, progress=False)
+        assert result.rows == args.n
+        print(
+            f"[speed] {arch:<7} ({n_params:,} params) on {args.n:,} spectra: "
+            f"model.predict(batch 1024) {args.n / plain:,.0f} spectra/s ({plain:.1f} s) | "
+            f"xpz predict (Parquet -> Parquet, pyfunc) {result.spectra_per_s:,.0f} spectra/s ({result.seconds:.1f} s; "
+            f"{100 * result.seconds / plain - 100:+.0f}% time; model load {load_s:.1f} s)",
+            flush=True,
+        )
+    return uris
+
+
+def peak_memory(args, work: Path, base: np.ndarray, uris: dict[str, str]) -> None:
+    arch = args.memory_model
+    if arch not in uris:
+        model, _ = build(arch, base)
+        uris[arch] = register(work, f"xpz-bench-{arch}", model, base)
+    source = write_tiled(work / "big.parquet", base, args.memory_rows)
+    size = source.stat().st_size
+    out = work / "big_pred.parquet"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uris[arch]}
+    cmd = [str(Path(sys.executable).parent / "xpz"), "predict", str(source), "--model", f"models:/xpz-bench-{arch}@champion",
+           "--out", str(out), "--no-progress", "--chunk-size", str(args.chunk_size)]  # fmt: skip
+    t = time.perf_counter()
+    with (work / "mem.out").open("w") as fo, (work / "mem.err").open("w") as fe:
+        proc = subprocess.Popen(cmd, env=env, stdout=fo, stderr=fe, cwd=work)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t
+    stdout, stderr = (work / "mem.out").read_text(), (work / "mem.err").read_text()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"xpz predict failed:\n{stderr[-3000:]}")
+    rows = pq.ParquetFile(out).metadata.num_rows
+    peak_gib = usage.ru_maxrss / 2**20  # KiB on Linux
+    verdict = "OK" if peak_gib < 2 else "OVER"
+    print(
+        f"[memory] xpz predict ({arch}) on {rows:,} rows ({size / 2**30:.2f} GiB Parquet in, "
+        f"{args.memory_rows * 186 * 4 / 2**30:.2f} GiB of float32 fluxes): peak RSS {peak_gib:.2f} GiB "
+        f"[{verdict}: target < 2 GiB], wall {wall:.0f} s incl. start-up ({stdout.strip().splitlines()[-1]})",
+        flush=True,
+    )
+
+
+def _warm(model: str, uri: str) -> int:
+    from xpz.batch_predict import cached_predictor
+
+    p = cached_predictor(model, uri)
+    p.predict(np.ones((2048, len(FLUX_COLUMNS)), np.float32))
+    return os.getpid()
+
+
+def _predict_partition(path: str, out: str, model: str, uri: str, chunk_size: int) -> int:
+    from xpz.batch_predict import cached_predictor, predict_file
+
+    return predict_file(path, out, cached_predictor(model, uri), chunk_size=chunk_size, progress=False).rows
+
+
+def dask_speedup(args, work: Path, base: np.ndarray, uris: dict[str, str]) -> None:
+    from distributed import Client, LocalCluster
+
+    from xpz.batch_predict import load_predictor, predict_file
+
+    arch = args.dask_model
+    if arch not in uris:
+        model, _ = build(arch, base)
+        uris[arch] = register(work, f"xpz-bench-{arch}", model, base)
+    model_ref, uri = f"models:/xpz-bench-{arch}@champion", uris[arch]
+    catalogue = work / "catalogue"
+    catalogue.mkdir(exist_ok=True)
+    per = args.dask_rows // args.partitions
+    parts = [write_tiled(catalogue / f"part-{i:03d}.parquet", base, per, first_id=i * per) for i in range(args.partitions)]
+
+    predictor = load_predictor(model_ref, uri)
+    predictor.predict(base[:2048])
+    single = predict_file(catalogue, work / "single.parquet", predictor, chunk_size=args.chunk_size, progress=False)
+    reference = pd.read_parquet(single.out)
+    print(f"[dask] {arch} on {single.rows:,} spectra in {len(parts)} partitions: one process (TF default threads) "
+          f"{single.seconds:.1f} s ({single.spectra_per_s:,.0f}/s)", flush=True)
+    for tf_threads in (None, 1):
+        env = {} if tf_threads is None else {"TF_NUM_INTRAOP_THREADS": str(tf_threads), "TF_NUM_INTEROP_THREADS": "1",
+                                             "OMP_NUM_THREADS": str(tf_threads)}  # fmt: skip
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", env=env) as cluster, Client(cluster) as client:
+            client.run(_warm, model_ref, uri)  # each worker loads the model once, as in the flow
+            out_dir = work / f"dask_out_{tf_threads}"
+            out_dir.mkdir(exist_ok=True)
+            t = time.perf_counter()
+            futures = [client.submit(_predict_partition, str(p), str(out_dir / p.name), model_ref, uri, args.chunk_size, pure=False) for p in parts]
+            rows = sum(client.gather(futures))
+            dask_s = time.perf_counter() - t
+        distributed = pd.concat([pd.read_parquet(out_dir / p.name) for p in parts], ignore_index=True)
+        same = distributed.equals(reference)
+        close = float((distributed["z"] - reference["z"]).abs().max())
+        label = "TF default threads" if tf_threads is None else f"{tf_threads} TF thread"
+        print(
+            f"[dask] LocalCluster 2 workers x {label}: {dask_s:.1f} s ({rows / dask_s:,.0f}/s), "
+            f"speed-up x{single.seconds / dask_s:.2f} | bit-identical to one process: {same} (max |dz| {close:.1e})",
+            flush=True,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=200_000, help="spectra for the throughput test")
+    parser.add_argument("--models", default="seed,default", help="architectures for the throughput test")
+    parser.add_argument("--memory-rows", type=int, default=2_000_000, help="rows for the peak-memory test (0: skip)")
+    parser.add_argument("--memory-model", default="default", help="architecture for the memory test (seed, default)")
+    parser.add_argument("--dask-rows", type=int, default=200_000, help="rows for the Dask test (0: skip)")
+    parser.add_argument("--dask-model", default="default")
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--chunk-size", type=int, default=16384)
+    parser.add_argument("--base", type=int, default=4000, help="generated spectra that are tiled")
+    parser.add_argument("--work-dir", default=None)
+    args = parser.parse_args()
+    args.models = [m for m in args.models.split(",") if m]
+
+    import tensorflow as tf
+
+    print(
+        f"[env] {platform.node()} {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, "
+        f"TF {tf.__version__}, GPUs {len(tf.config.list_physical_devices('GPU'))}",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="xpz-bench-predict-", dir=args.work_dir) as tmp:
+        work = Path(tmp)
+        t = time.perf_counter()
+        base = base_spectra(args.base)
+        print(f"[input] {len(base):,} generated spectra in {time.perf_counter() - t:.1f} s, tiled as needed", flush=True)
+        uris = throughput(args, work, base) if args.n and args.models else {}
+        if args.memory_rows:
+            peak_memory(args, work, base, uris)
+        if args.dask_rows:
+            dask_speedup(args, work, base, uris)
+    print(f"[env] load average at the end {os.getloadavg()[0]:.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
