@@ -135,6 +135,8 @@ def main(argv=None) -> int:
         print(f"default: tune {t_tune:.0f} s, train {res.seconds:.0f} s ({res.epochs} epochs, "
               f"{res.samples_per_s:.0f} samples/s), calibration {res.calibration}; "
               f"hyperparameters {res.hyperparameters}", flush=True)  # fmt: skip
+        print("val_mae per epoch:", [round(v, 4) for v in res.history.get("val_mae", [])],
+              "best epoch", res.best_epoch, flush=True)  # fmt: skip
         ev = evaluate(res.model, splits, cfg, res.history)
         results.append(("default pipeline (tune + train)", wall, ev.metrics, "test_", res.model))
         if args.save:

@@ -39,7 +39,7 @@ def splits():
 def _cfg(**sections):
     raw = {
         "model": {"default": TINY_DEFAULT, "search": TINY_SEARCH, "bin_width": 0.02},
-        "train": {"epochs": 6, "batch_size": 64, "verbose": 0, "patience": 6},
+        "train": {"epochs": 6, "batch_size": 64, "verbose": 0, "patience": 6, "monitor": "val_mae"},
         "tune": {"epochs": 1, "max_trials": 2, "max_train_samples": 300},
     }
     for key, value in sections.items():

@@ -267,8 +267,8 @@ def train_model(
 
     throughput = Throughput()
     stopper = keras.callbacks.EarlyStopping(
-        monitor=tcfg.monitor, patience=tcfg.patience, restore_best_weights=True
-    )
+        monitor=tcfg.monitor, mode="min", patience=tcfg.patience, restore_best_weights=True
+    )  # every monitored quantity (loss, mae) is an error
     cbs: list[keras.callbacks.Callback] = [throughput, stopper]
     if tcfg.lr_schedule == "cosine":
         cbs.append(CosineProgress(lr, tcfg.epochs * steps, tcfg.max_seconds))
