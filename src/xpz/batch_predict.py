@@ -373,7 +373,9 @@ def predict_file(
     # The reader starts before the model loads: a bad first chunk fails fast, and the first chunks
     # are parsed while the model loads.
     streams = [_prefetch(iter_spectra(files[0], fmt, chunk_size))]
-    first = next(streams[0])
+    first = next(streams[0], None)
+    if first is None:  # the readers raise on empty input; this guards any other reader
+        raise InputError(f"{files[0]}: the file holds no rows")
     loading = time.perf_counter()
     try:
         predictor = model if isinstance(model, Predictor) else load_predictor(model, tracking_uri)
