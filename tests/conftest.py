@@ -76,4 +76,4 @@ def random_frame(n: int = 400, seed: int = 0):
 
 # Real MLflow and Prefect servers on 127.0.0.1 (session fixture `server_pair`, per-test `servers`):
 # defined in tests/conftest_servers.py, imported here so that one pair serves the whole session.
-from conftest_servers import server_pair, servers  # noqa: E402,F401
+from conftest_servers import server_pair, servers, spawned_servers  # noqa: E402,F401

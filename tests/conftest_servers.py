@@ -53,6 +53,11 @@ class ServerProcess:
     proc: subprocess.Popen
     log: Path
     home: Path
+    health_path: str = "/health"
+
+    def wait_healthy(self, timeout_s: float = START_TIMEOUT_S) -> "ServerProcess":
+        _wait_healthy(self, f"{self.url}{self.health_path}", timeout_s)
+        return self
 
     def log_tail(self, chars: int = 4000) -> str:
         try:
@@ -118,7 +123,7 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start_mlflow_server(home: Path) -> ServerProcess:
+def start_mlflow_server(home: Path, wait: bool = True) -> ServerProcess:
     """`mlflow server` with a sqlite backend store and served artifacts (`--artifacts-destination`)."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -132,12 +137,13 @@ def start_mlflow_server(home: Path) -> ServerProcess:
         "--workers", "1",
     ]  # fmt: skip
     proc, log = _spawn("mlflow", cmd, home, base_env())
-    server = ServerProcess("mlflow server", f"http://127.0.0.1:{port}", proc, log, home)
-    _wait_healthy(server, f"{server.url}/health")
+    server = ServerProcess("mlflow server", f"http://127.0.0.1:{port}", proc, log, home, "/health")
+    if wait:
+        server.wait_healthy()
     return server
 
 
-def start_prefect_server(home: Path) -> ServerProcess:
+def start_prefect_server(home: Path, wait: bool = True) -> ServerProcess:
     """`prefect server start` with its own PREFECT_HOME (sqlite database inside), UI off."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -150,8 +156,9 @@ def start_prefect_server(home: Path) -> ServerProcess:
     env.pop("PREFECT_API_URL", None)
     cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"]
     proc, log = _spawn("prefect", cmd, home, env)
-    server = ServerProcess("prefect server", f"http://127.0.0.1:{port}/api", proc, log, home)
-    _wait_healthy(server, f"{server.url}/health")
+    server = ServerProcess("prefect server", f"http://127.0.0.1:{port}/api", proc, log, home, "/health")
+    if wait:
+        server.wait_healthy()
     return server
 
 
@@ -174,31 +181,31 @@ class Servers:
 
 
 @pytest.fixture(scope="session")
-def server_pair(tmp_path_factory) -> Iterator[Servers]:
-    """One real MLflow server and one real Prefect server for the whole session, started in parallel."""
+def spawned_servers(tmp_path_factory) -> Iterator[tuple[ServerProcess, ServerProcess, Path]]:
+    """Both server processes, spawned but not yet waited on: a fixture that needs other slow set-up
+    (a dataset) can request this first, so that the servers start while that set-up runs."""
     root = tmp_path_factory.mktemp("servers")
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(2) as pool:
-        mlflow_future = pool.submit(start_mlflow_server, root / "mlflow")
-        prefect_future = pool.submit(start_prefect_server, root / "prefect")
-        started: list[ServerProcess] = []
-        try:
-            for future in (mlflow_future, prefect_future):
-                started.append(future.result())
-        except BaseException:
-            for future in (mlflow_future, prefect_future):
-                with contextlib.suppress(BaseException):
-                    future.result().stop()
-            raise
-    client_home = root / "client-home"
-    client_home.mkdir()
-    pair = Servers(mlflow=started[0], prefect=started[1], client_home=client_home)
+    started: list[ServerProcess] = []
     try:
-        yield pair
+        started.append(start_mlflow_server(root / "mlflow", wait=False))
+        started.append(start_prefect_server(root / "prefect", wait=False))
+        client_home = root / "client-home"
+        client_home.mkdir()
+        yield started[0], started[1], client_home
     finally:
+        from concurrent.futures import ThreadPoolExecutor
+
         with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda server: server.stop(grace_s=5), (pair.prefect, pair.mlflow)))
+            list(pool.map(lambda server: server.stop(grace_s=5), started))
+
+
+@pytest.fixture(scope="session")
+def server_pair(spawned_servers) -> Servers:
+    """One real MLflow server and one real Prefect server for the whole session, healthy."""
+    mlflow_server, prefect_server, client_home = spawned_servers
+    mlflow_server.wait_healthy()
+    prefect_server.wait_healthy()
+    return Servers(mlflow=mlflow_server, prefect=prefect_server, client_home=client_home)
 
 
 @contextlib.contextmanager

@@ -101,7 +101,8 @@ def prefect_flow_run(flow_run_id):
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, small_dataset_path, server_pair) -> Path:
+def project(spawned_servers, tmp_path_factory, small_dataset_path, server_pair) -> Path:
+    # spawned_servers first: the servers start while the dataset is generated
     root = tmp_path_factory.mktemp("flows") / "project"
     return make_project(
         root, small_dataset_path, MODEL, EXPERIMENT, overrides={"tune.max_trials": MAX_TRIALS, "train.epochs": 2}
