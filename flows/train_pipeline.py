@@ -48,6 +48,7 @@ from prefect.runtime import flow_run as current_flow_run  # noqa: E402
 from prefect.tasks import exponential_backoff  # noqa: E402
 
 from xpz.env import quiet_telemetry  # noqa: E402
+from xpz.io import write_text_atomic  # noqa: E402
 
 quiet_telemetry()
 
@@ -87,26 +88,6 @@ class DataDigest(CachePolicy):
             return None
         section = inputs["cfg"].model_dump(mode="json")
         return _json_digest({"data": file_digest(path), "validate": section})
-
-
-def tuning_directory(cfg: Any, digests: dict[str, str]) -> Path:
-    """`tune.directory/<key>`: the same search (space, settings, split) -> the same folder -> resume."""
-    identity = {
-        "tune": cfg.tune.model_dump(mode="json", exclude={"directory"}),
-        "model": cfg.model.model_dump(mode="json"),
-        "batch_size": cfg.train.batch_size,
-        "splits": dict(sorted(digests.items())),
-    }
-    return Path(cfg.tune.directory) / f"search-{_json_digest(identity)[:12]}"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------- tasks
@@ -239,10 +220,12 @@ def tune(cfg: Any, splits: Any, tr: Any, run_id: str) -> dict[str, Any] | None:
     if not cfg.tune.enabled:
         logger.info("tune.enabled is false: training the %s architecture", cfg.model.architecture)
         return None
-    directory = tuning_directory(cfg, splits.digests)
-    directory.mkdir(parents=True, exist_ok=True)
+    from xpz.tune import search_directory
+
+    directory = search_directory(cfg, splits.digests)
+    directory.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(directory) + ".lock"):
-        result = pipeline.tune_step(splits, cfg, tr, run_id, directory=directory)
+        result = pipeline.tune_step(splits, cfg, tr, run_id)
     logger.info("tuning in %s: %d trials, best %s: %s", directory, len(result.trials), result.best_trial_id,
                 result.best_hyperparameters)  # fmt: skip
     return dict(result.best_hyperparameters)
@@ -395,7 +378,7 @@ def _write_reports(result: Any, out: Path, extra: dict[str, Any]) -> dict[str, s
     run_json = out / "run.json"
     doc = json.loads(run_json.read_text())
     doc.update(extra)
-    _atomic_write_text(run_json, json.dumps(doc, indent=2, default=str) + "\n")
+    write_text_atomic(run_json, json.dumps(doc, indent=2, default=str) + "\n")
     figures = out / "figures"
     staging = Path(tempfile.mkdtemp(prefix=".figures.", dir=out))
     staging.chmod(0o755)

@@ -118,7 +118,7 @@ def crashed_then_resumed(project, server_pair):
     def first_trial_done() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"the flow ended before it could be killed:\n{process_output(proc)[-3000:]}")
-        for trial in tuning.glob("search-*/xpz/trial_*/trial.json"):
+        for trial in tuning.glob("xpz-*/trial_*/trial.json"):
             if json.loads(trial.read_text()).get("status") == "COMPLETED":
                 return True
         return False
@@ -128,7 +128,7 @@ def crashed_then_resumed(project, server_pair):
     finally:
         stop_process_group(proc, signal.SIGKILL)
     completed_before = sorted(
-        p.parent.name for p in tuning.glob("search-*/xpz/trial_*/trial.json")
+        p.parent.name for p in tuning.glob("xpz-*/trial_*/trial.json")
         if json.loads(p.read_text()).get("status") == "COMPLETED"
     )  # fmt: skip
     return {"completed_before": completed_before}
@@ -290,23 +290,6 @@ def test_two_runs_at_once_do_not_corrupt_each_other(servers, first_run, project)
     assert champ_tags["xpz.decision"] in ("promoted", "manual_promotion")
     run_json = json.loads((project / "reports" / "run.json").read_text())
     assert run_json["run_id"] in run_ids  # one of the two wrote last, atomically
-
-
-def test_tuning_directory_is_keyed_on_the_search():
-    from xpz.config import load_config
-
-    flow_mod = _flow_module()
-    cfg = load_config(REPO / "params.yaml", profile="smoke")
-    digests = {"train": "a", "val": "b", "test": "c"}
-    same = flow_mod.tuning_directory(cfg, dict(digests))
-    assert same == flow_mod.tuning_directory(load_config(REPO / "params.yaml", profile="smoke"), digests)
-    assert same.parent == cfg.tune.directory
-    more = load_config(REPO / "params.yaml", profile="smoke", overrides={"tune.max_trials": 9})
-    assert flow_mod.tuning_directory(more, digests) != same
-    assert flow_mod.tuning_directory(cfg, {**digests, "test": "d"}) != same
-    # training-only settings do not start a new search
-    epochs = load_config(REPO / "params.yaml", profile="smoke", overrides={"train.epochs": 1})
-    assert flow_mod.tuning_directory(epochs, digests) == same
 
 
 def test_validation_cache_key_follows_the_data_digest(tmp_path):

@@ -33,7 +33,10 @@ def _frame(n, seed):
 
 @pytest.fixture(scope="module")
 def splits():
-    return SimpleNamespace(train=_frame(600, 1), val=_frame(300, 2), test=_frame(200, 3))
+    from xpz.split import split_digest
+
+    parts = {"train": _frame(600, 1), "val": _frame(300, 2), "test": _frame(200, 3)}
+    return SimpleNamespace(**parts, digests={k: split_digest(v["source_id"]) for k, v in parts.items()})
 
 
 def _cfg(**sections):
@@ -114,6 +117,17 @@ def test_tune_runs_trials_reports_each_and_resumes(splits, tmp_path: Path):
     again = []
     tune(splits, _cfg(tune={"max_trials": 3}), tmp_path / "tuning", on_trial_end=again.append)
     assert again == []
+
+
+def test_search_key_separates_incomparable_searches():
+    from xpz.tune import search_key
+
+    digests = {"train": "a", "val": "b", "test": "c"}
+    base = search_key(_cfg(), digests)
+    assert search_key(_cfg(tune={"max_trials": 9}), digests) == base  # a search may grow and resume
+    assert search_key(_cfg(tune={"epochs": 2}), digests) != base  # scores per trial mean something else
+    assert search_key(_cfg(model={"search": {**TINY_SEARCH, "units": [8, 32]}}), digests) != base
+    assert search_key(_cfg(), {**digests, "val": "other"}) != base  # another split
 
 
 def test_tune_module_does_not_import_mlflow():

@@ -1,8 +1,10 @@
 """keras-tuner BayesianOptimization over the seed's search space (bounds in params `model.search`).
 
-Resumable: the oracle state lives in `directory/project_name`; calling `tune` again with the same
-directory continues the search (finished trials are kept, only the missing ones run; raise
-`tune.max_trials` to search further). The first trial runs the CPU default architecture
+Resumable: the oracle state lives in `directory/<project_name>-<search key>`; calling `tune` again
+with the same parameters continues the search (finished trials are kept, only the missing ones run;
+raise `tune.max_trials` to search further). The search key hashes everything that makes trials
+comparable (search space, per-trial budget, objective, data split), so changing any of it starts a
+new search instead of resuming one whose scores mean something else. The first trial runs the CPU default architecture
 (`model.default`, clipped to the bounds), so the search always measures it.
 `on_trial_end(TrialRecord)` is called after each trial that runs in this call: the tracking layer
 uses it to log nested MLflow runs (this module never imports mlflow). Trials may run on a
@@ -16,6 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import hashlib
+import json
 
 import keras
 import keras_tuner as kt
@@ -83,6 +88,24 @@ class _Tuner(kt.Tuner):
             self._hook(trial_record(self.oracle.get_trial(trial.trial_id)))
 
 
+def search_key(cfg: "Config", digests: dict[str, str]) -> str:
+    """Short hash of what makes trials comparable; `max_trials` is left out so a search can grow."""
+    tune_part = cfg.tune.model_dump(mode="json", exclude={"max_trials", "directory", "project_name"})
+    payload = {
+        "model": cfg.model.model_dump(mode="json"),
+        "tune": tune_part,
+        "batch_size": cfg.train.batch_size,
+        "splits": dict(sorted(digests.items())),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def search_directory(cfg: "Config", digests: dict[str, str], directory: Path | str | None = None) -> Path:
+    """Where the search for these settings lives: `<tune.directory>/<project_name>-<search key>`."""
+    base = Path(directory if directory is not None else cfg.tune.directory)
+    return base / f"{cfg.tune.project_name}-{search_key(cfg, digests)}"
+
+
 def _subsample(n: int, limit: int | None, seed: int) -> np.ndarray:
     idx = np.arange(n)
     if limit is None or limit >= n:
@@ -98,7 +121,6 @@ def tune(
 ) -> TuneResult:
     """Run (or continue) the Bayesian search; returns the best hyperparameters and all trials."""
     tcfg = cfg.tune
-    directory = Path(directory if directory is not None else tcfg.directory)
     keras.utils.set_random_seed(tcfg.seed)
 
     x_train, z_train = flux_matrix(splits.train), splits.train[TARGET_COLUMN].to_numpy(np.float32)
@@ -115,23 +137,35 @@ def tune(
         num_initial_points=tcfg.num_initial_points,
         seed=tcfg.seed,
     )
+    project_dir = search_directory(cfg, splits.digests, directory)
+    ran: list[TrialRecord] = []
+
+    def record(trial: TrialRecord) -> None:
+        ran.append(trial)
+        if on_trial_end is not None:
+            on_trial_end(trial)
+
     tuner = _Tuner(
         oracle=oracle,
         hypermodel=RedshiftHyperModel(cfg.model, scaler),
-        directory=str(directory),
-        project_name=tcfg.project_name,
+        directory=str(project_dir.parent),
+        project_name=project_dir.name,
         overwrite=False,
-        on_trial_end=on_trial_end,
+        on_trial_end=record,
     )
     tuner.search(train_ds, validation_data=val_ds, epochs=tcfg.epochs, verbose=cfg.train.verbose)
 
+    if not hasattr(tuner.oracle, "trials"):
+        # A distributed worker (KERASTUNER_TUNER_ID=tuner*): its oracle is a client of the chief,
+        # which holds the search; the worker knows only the trials it ran.
+        return TuneResult(best_hyperparameters={}, trials=ran, best_trial_id=None, directory=project_dir)
     trials = [trial_record(t) for t in tuner.oracle.trials.values()]
     best = tuner.oracle.get_best_trials(1)
     if not best:
-        raise RuntimeError(f"tune: no successful trial in {directory / tcfg.project_name}")
+        raise RuntimeError(f"tune: no successful trial in {project_dir}")
     return TuneResult(
         best_hyperparameters=prune_hyperparameters(best[0].hyperparameters.values),
         trials=trials,
         best_trial_id=str(best[0].trial_id),
-        directory=directory / tcfg.project_name,
+        directory=project_dir,
     )

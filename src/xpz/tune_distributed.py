@@ -16,7 +16,7 @@ between the workers, none runs twice.
     KERASTUNER_TUNER_ID=tuner0 KERASTUNER_ORACLE_IP=chief-host KERASTUNER_ORACLE_PORT=8000 python -m xpz.tune_distributed
     KERASTUNER_TUNER_ID=tuner1 ...
 
-The chief's oracle state lives in `<directory>/<project_name>` on the chief (resumable as in
+The chief's oracle state lives in `<directory>/<project_name>-<search key>` on the chief (resumable as in
 `xpz.tune`); workers write their trial checkpoints under their own `<directory>`.
 """
 
@@ -64,33 +64,9 @@ def run_distributed_tune(
 ) -> "TuneResult":
     """`xpz.tune.tune` in this process's role. Chief: the full result once all workers are done.
     Worker: the trials it ran (`best_hyperparameters` is the chief's business: empty here)."""
-    from xpz.tune import TuneResult, tune
+    from xpz.tune import tune
 
-    this = role()
-    if this != "worker":
-        return tune(splits, cfg, directory, on_trial_end=on_trial_end)
-
-    ran: list[TrialRecord] = []
-
-    def record(trial: "TrialRecord") -> None:
-        ran.append(trial)
-        if on_trial_end is not None:
-            on_trial_end(trial)
-
-    try:
-        result = tune(splits, cfg, directory, on_trial_end=record)
-    except AttributeError as err:
-        # After the search, xpz.tune reads `tuner.oracle.trials`; on a worker the oracle is
-        # keras-tuner's OracleClient, which proxies only the gRPC calls. The trials this worker ran
-        # were all reported to the chief and recorded above.
-        if "OracleClient" not in str(err):
-            raise
-        result = None
-    if result is not None:  # a future tune() that handles workers itself
-        return result
-    tcfg = cfg.tune
-    base = Path(directory if directory is not None else tcfg.directory)
-    return TuneResult(best_hyperparameters={}, trials=ran, best_trial_id=None, directory=base / tcfg.project_name)
+    return tune(splits, cfg, directory, on_trial_end=on_trial_end)
 
 
 def _result_json(result: "TuneResult") -> dict[str, Any]:
