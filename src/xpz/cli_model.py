@@ -16,6 +16,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from xpz.env import quiet_telemetry
+from xpz.io import write_text_atomic
 
 quiet_telemetry()
 
@@ -134,11 +135,8 @@ def tune(
         pipeline.log_context(tr, run_id, cfg, splits)
         result = pipeline.tune_step(splits, cfg, tr, run_id, directory=directory)
     target = out or Path(directory or cfg.tune.directory) / "best_hyperparameters.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
     doc = {"best_trial_id": result.best_trial_id, "run_id": run_id, "hyperparameters": result.best_hyperparameters}
-    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    tmp.replace(target)
+    write_text_atomic(target, json.dumps(doc, indent=2, default=str) + "\n")
     for trial in result.trials:
         score = trial.metrics.get(cfg.tune.objective, float("nan"))
         typer.echo(f"trial {trial.trial_id:>4s} {trial.status:10s} {cfg.tune.objective}={score:.4f}")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from xpz.io import write_text_atomic
 from xpz.spectra import ID_COLUMN, TARGET_COLUMN, flux_matrix
 
 if TYPE_CHECKING:
@@ -148,14 +149,8 @@ def table_markdown(table: pd.DataFrame, digits: int = 4) -> str:
 def write_table(table: pd.DataFrame, path: Path | str) -> Path:
     """Write the table as CSV (.csv) or Markdown (.md), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if path.suffix == ".md":
-        tmp.write_text(table_markdown(table))
-    else:
-        table.to_csv(tmp, index=False)
-    tmp.replace(path)
-    return path
+    text = table_markdown(table) if path.suffix == ".md" else table.to_csv(index=False)
+    return write_text_atomic(path, text)
 
 
 def summary_metrics(

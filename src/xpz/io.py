@@ -47,9 +47,17 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary files
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path | str, text: str) -> Path:
+    """Write a small text file (JSON, Markdown) so readers never see it half written."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def schema(with_target: bool = True) -> pa.Schema:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xpz import tracking
+from xpz.io import write_text_atomic
 
 if TYPE_CHECKING:
     from xpz.config import Config
@@ -187,11 +188,7 @@ def write_reports(directory: Path | str, result: PipelineResult) -> dict[str, Pa
         },
     }
     for name, doc in docs.items():
-        path = d / f"{name}.json"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
-        tmp.replace(path)
-        paths[name] = path
+        paths[name] = write_text_atomic(d / f"{name}.json", json.dumps(doc, indent=2) + "\n")
     return paths
 
 
