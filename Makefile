@@ -1,6 +1,6 @@
 # xpz: two commands for a fresh clone.
 #   make run   set up .venv, bring the dataset (DVC remote, else regenerate), run the pipeline
-#   make test  set up .venv with the dev extra, run the tests
+#   make test  set up .venv (dev + scale extras), run the tests
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(CURDIR)/$(VENV)/bin
@@ -23,7 +23,7 @@ help:
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,scale]'
 	@touch $@
 
 install: $(VENV)/.installed
