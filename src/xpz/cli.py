@@ -17,8 +17,7 @@ from xpz.env import quiet_telemetry
 
 quiet_telemetry()
 
-from xpz.config import Config, ConfigError, load_config  # noqa: E402
-from xpz.errors import InputError  # noqa: E402
+from xpz.cli_common import ParamsOpt, ProfileOpt, SetOpt, config_from_options, fail, guarded  # noqa: E402
 
 app = typer.Typer(
     help="xpz: galaxy redshifts from Gaia BP/RP (XP) spectra with a 1-D CNN, tracked with MLflow.",
@@ -29,52 +28,8 @@ data_app = typer.Typer(help="Dataset commands: generate, import, validate, split
 app.add_typer(data_app, name="data")
 
 
-ParamsOpt = Annotated[Path, typer.Option("--params", help="Parameters file (one section per stage).")]
-ProfileOpt = Annotated[
-    Optional[str], typer.Option("--profile", help="Profile from params.yaml `profiles` (default, smoke, full); XPZ_PROFILE also works.")
-]
-SetOpt = Annotated[
-    Optional[list[str]], typer.Option("--set", "-S", help="Override a parameter, e.g. -S data.n_galaxies=2000 (repeatable).")
-]
-
-
-def _parse_overrides(items: list[str] | None) -> dict[str, object]:
-    import yaml
-
-    out: dict[str, object] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. split.seed=7")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-def config_from_options(params: Path, profile: str | None, overrides: list[str] | None = None) -> Config:
-    return load_config(params, profile=profile, overrides=_parse_overrides(overrides))
-
-
-def fail(message: str, code: int = 2) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
-
-
-def run_guarded(func):  # type: ignore[no-untyped-def]
-    """Turn user-fixable errors into one clear message and a non-zero exit."""
-    import functools
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
-        try:
-            return func(*args, **kwargs)
-        except (InputError, ConfigError) as err:
-            fail(str(err))
-
-    return wrapper
-
-
 @data_app.command("generate")
-@run_guarded
+@guarded()
 def data_generate(
     params: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
@@ -94,7 +49,7 @@ def data_generate(
 
 
 @data_app.command("import")
-@run_guarded
+@guarded()
 def data_import(
     source: Annotated[Path, typer.Argument(help="Seed CSV (z + 186 fluxes), our Parquet, or Gaia XP continuous CSV/ECSV.")],
     params: ParamsOpt = Path("params.yaml"),
@@ -113,7 +68,7 @@ def data_import(
 
 
 @data_app.command("validate")
-@run_guarded
+@guarded()
 def data_validate(
     params: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
@@ -130,7 +85,7 @@ def data_validate(
 
 
 @data_app.command("split")
-@run_guarded
+@guarded()
 def data_split(
     params: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
@@ -145,7 +100,7 @@ def data_split(
 
 
 @data_app.command("show")
-@run_guarded
+@guarded()
 def data_show(
     params: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,

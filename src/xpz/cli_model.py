@@ -8,13 +8,13 @@ input files, unknown versions) print one line and exit with status 2.
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
+from xpz.cli_common import ParamsOpt, ProfileOpt, SetOpt, config_from_options, guarded
 from xpz.env import quiet_telemetry
 from xpz.io import write_text_atomic
 
@@ -26,15 +26,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-ParamsOpt = Annotated[Path, typer.Option("--params", help="Parameters file (one section per stage).")]
-ProfileOpt = Annotated[
-    Optional[str],
-    typer.Option("--profile", help="Profile from params.yaml `profiles` (default, smoke, full); XPZ_PROFILE also works."),
-]
-SetOpt = Annotated[
-    Optional[list[str]],
-    typer.Option("--set", "-S", help="Override a parameter, e.g. -S train.epochs=3 (repeatable)."),
-]
 HpOpt = Annotated[
     Optional[Path],
     typer.Option("--hyperparameters", help="JSON file of flat hyperparameters (e.g. written by `xpz tune`)."),
@@ -42,38 +33,7 @@ HpOpt = Annotated[
 
 
 def _config(params: Path, profile: str | None, overrides: list[str] | None):
-    import yaml
-
-    from xpz.config import ConfigError, load_config
-
-    values: dict[str, Any] = {}
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.epochs=3")
-        key, value = item.split("=", 1)
-        values[key.strip()] = yaml.safe_load(value)
-    return load_config(params, profile=profile, overrides=values)
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
-
-
-def _guarded(func):  # type: ignore[no-untyped-def]
-    """User-fixable errors -> one message, exit status 2."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
-        from xpz.config import ConfigError
-        from xpz.errors import InputError
-
-        try:
-            return func(*args, **kwargs)
-        except (InputError, ConfigError) as err:
-            _fail(str(err))
-
-    return wrapper
+    return config_from_options(params, profile, overrides)
 
 
 def _read_hyperparameters(path: Path | None) -> dict[str, Any] | None:
@@ -116,7 +76,7 @@ def _print_headline(metrics: dict[str, float]) -> None:
 
 
 @app.command("tune")
-@_guarded
+@guarded()
 def tune(
     params: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
@@ -145,7 +105,7 @@ def tune(
 
 
 @app.command("train")
-@_guarded
+@guarded()
 def train(
     params: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
@@ -170,7 +130,7 @@ def train(
 
 
 @app.command("evaluate")
-@_guarded
+@guarded()
 def evaluate(
     params: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
@@ -205,7 +165,7 @@ def evaluate(
 
 
 @app.command("run")
-@_guarded
+@guarded()
 def run(
     params: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
@@ -238,7 +198,7 @@ def run(
 
 
 @app.command("models")
-@_guarded
+@guarded()
 def models(
     params: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
@@ -268,7 +228,7 @@ def models(
 
 
 @app.command("promote")
-@_guarded
+@guarded()
 def promote(
     version: Annotated[str, typer.Argument(help="Model version to make champion.")],
     params: ParamsOpt = Path("params.yaml"),

@@ -6,30 +6,19 @@ alias) prints one message and exits with status 2, leaving no output file.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from xpz.config import ConfigError, load_config
-from xpz.errors import InputError
+from xpz.config import load_config
+from xpz.cli_common import guarded
 from xpz.io_stream import DEFAULT_CHUNK_SIZE, FORMATS
 
 
-def _guarded(func):  # type: ignore[no-untyped-def]
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
-        try:
-            return func(*args, **kwargs)
-        except (InputError, ConfigError) as err:
-            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
 
 
-@_guarded
+@guarded()
 def predict(
     source: Annotated[
         Path,

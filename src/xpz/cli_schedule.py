@@ -22,6 +22,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from xpz.cli_common import ParamsOpt, ProfileOpt, guarded
+
 FLOW_FILE = Path("flows/train_pipeline.py")
 FLOW_FUNC = "train_pipeline"
 
@@ -30,8 +32,6 @@ schedule_app = typer.Typer(
     no_args_is_help=True,
 )
 
-ParamsOpt = Annotated[Path, typer.Option("--params", help="Parameters file (one section per stage).")]
-ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="Profile from params.yaml `profiles`.")]
 SetOpt = Annotated[
     Optional[list[str]], typer.Option("--set", "-S", help="Override a parameter of the scheduled runs (repeatable).")
 ]
@@ -93,25 +93,10 @@ def load_flow(project_dir: Path):  # type: ignore[no-untyped-def]
     return load_flow_from_entrypoint(f"{_flow_entrypoint(project_dir)}:{FLOW_FUNC}", use_placeholder_flow=False)
 
 
-def _guard(func):  # type: ignore[no-untyped-def]
-    import functools
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
-        from xpz.cli import fail
-        from xpz.config import ConfigError
-        from xpz.errors import InputError
-
-        try:
-            return func(*args, **kwargs)
-        except (InputError, ConfigError, FileNotFoundError) as err:
-            fail(str(err))
-
-    return wrapper
 
 
 @schedule_app.command("show")
-@_guard
+@guarded(FileNotFoundError)
 def show(
     params: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
@@ -136,7 +121,7 @@ def show(
 
 
 @schedule_app.command("serve")
-@_guard
+@guarded(FileNotFoundError)
 def serve(
     params: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
@@ -172,7 +157,7 @@ def serve(
 
 
 @schedule_app.command("deploy")
-@_guard
+@guarded(FileNotFoundError)
 def deploy(
     work_pool: Annotated[str, typer.Option("--work-pool", help="A Prefect work pool (e.g. type `process`).")],
     params: ParamsOpt = Path("params.yaml"),

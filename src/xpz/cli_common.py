@@ -1,0 +1,69 @@
+"""What every `xpz` command group shares: option types, params loading, and the error guard.
+
+User-fixable errors (invalid params, bad input files, unknown versions) print one red line and exit
+with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+
+from xpz.config import Config, ConfigError, load_config
+from xpz.errors import InputError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ParamsOpt = Annotated[Path, typer.Option("--params", help="Parameters file (one section per stage).")]
+ProfileOpt = Annotated[
+    Optional[str],
+    typer.Option("--profile", help="Profile from params.yaml `profiles` (default, smoke, full); XPZ_PROFILE also works."),
+]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-S", help="Override a parameter, e.g. -S train.epochs=3 (repeatable)."),
+]
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """['train.epochs=3', ...] -> {'train.epochs': 3}; values are read as YAML scalars."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.epochs=3")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def config_from_options(params: Path, profile: str | None, overrides: list[str] | None = None) -> Config:
+    """Read params.yaml once, with the profile and -S overrides of the command line."""
+    return load_config(params, profile=profile, overrides=parse_overrides(overrides))
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def guarded(*extra: type[BaseException]) -> Callable[[F], F]:
+    """Decorator: InputError, ConfigError (and `extra` kinds) -> one message, exit status 2."""
+    kinds = (InputError, ConfigError, *extra)
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return func(*args, **kwargs)
+            except kinds as err:
+                fail(str(err))
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
