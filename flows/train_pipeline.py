@@ -521,8 +521,6 @@ def main(argv: list[str] | None = None) -> int:
     (the DVC `train` stage). Exit 0 when the flow run is Completed, 1 otherwise."""
     import argparse
 
-    import yaml
-
     parser = argparse.ArgumentParser(description="Run the xpz train_pipeline flow once.")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--profile", default=None)
@@ -530,12 +528,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sync", action="store_true", help="dvc pull the data and re-split if needed first")
     parser.add_argument("--reports-dir", default=str(REPORTS_DIR))
     args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"override {item!r}: expected KEY=VALUE")
-        overrides[key.strip()] = yaml.safe_load(value)
+    from xpz.cli_common import parse_overrides
+    from xpz.config import ConfigError
+
+    try:
+        overrides = parse_overrides(args.overrides)
+    except ConfigError as err:
+        parser.error(str(err))
     state = train_pipeline(
         params=args.params, profile=args.profile, overrides=overrides or None, sync=args.sync,
         reports_dir=args.reports_dir, return_state=True,

@@ -61,3 +61,15 @@ def test_unknown_profile(repo_root):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_command_line_overrides_are_yaml_values():
+    from xpz.cli_common import parse_overrides
+
+    assert parse_overrides(["train.epochs=3", "model.default.conv_filters=[8, 8]", "tune.enabled=false"]) == {
+        "train.epochs": 3,
+        "model.default.conv_filters": [8, 8],
+        "tune.enabled": False,
+    }
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_overrides(["train.epochs"])

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from xpz.cli_common import ParamsOpt, ProfileOpt, guarded
+from xpz.cli_common import ParamsOpt, ProfileOpt, guarded, parse_overrides
 
 FLOW_FILE = Path("flows/train_pipeline.py")
 FLOW_FUNC = "train_pipeline"
@@ -81,12 +81,6 @@ def deployment_spec(
     }
 
 
-def _overrides(items: list[str] | None) -> dict[str, Any]:
-    from xpz.cli import _parse_overrides
-
-    return _parse_overrides(items)
-
-
 def load_flow(project_dir: Path):  # type: ignore[no-untyped-def]
     from prefect.flows import load_flow_from_entrypoint
 
@@ -106,7 +100,7 @@ def show(
     sync: SyncOpt = True,
 ) -> None:
     """Print the deployment `serve`/`deploy` would create, and its next run times."""
-    spec = deployment_spec(params, profile, _overrides(set_), cron, name, sync)
+    spec = deployment_spec(params, profile, parse_overrides(set_), cron, name, sync)
     try:
         from datetime import datetime
         from zoneinfo import ZoneInfo
@@ -140,7 +134,7 @@ def serve(
 
     from prefect.schedules import Cron
 
-    spec = deployment_spec(params, profile, _overrides(set_), cron, name, sync)
+    spec = deployment_spec(params, profile, parse_overrides(set_), cron, name, sync)
     os.chdir(project_dir)  # runs execute in the checkout: relative params, data and reports paths
     flow = load_flow(Path("."))
     typer.echo(f"serving deployment {FLOW_FUNC}/{spec['name']} (cron {spec['cron']!r} {spec['timezone']}); Ctrl-C stops")
@@ -172,7 +166,7 @@ def deploy(
     from prefect import Flow
     from prefect.schedules import Cron
 
-    spec = deployment_spec(params, profile, _overrides(set_), cron, name, sync)
+    spec = deployment_spec(params, profile, parse_overrides(set_), cron, name, sync)
     source = project_dir.resolve()
     _flow_entrypoint(source)
     flow = Flow.from_source(source=str(source), entrypoint=f"{FLOW_FILE.as_posix()}:{FLOW_FUNC}")
