@@ -47,6 +47,23 @@ def small_dataset(small_dataset_path) -> pd.DataFrame:
     return read_dataset(small_dataset_path)
 
 
+@pytest.fixture(scope="module")
+def dataset(small_dataset_path) -> pd.DataFrame:
+    """The small generated dataset, read once per test module."""
+    from xpz.io import read_dataset
+
+    return read_dataset(small_dataset_path)
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory, dataset):
+    """A tiny model logged and registered through xpz.tracking (champion alias), once per module."""
+    from xpz.spectra import flux_matrix
+    from xpz_models import shared_registered
+
+    return shared_registered(tmp_path_factory, flux_matrix(dataset))
+
+
 @pytest.fixture()
 def workdir(tmp_path, monkeypatch) -> Path:
     """Run a test inside an empty folder (relative outputs land there, never in the repo)."""

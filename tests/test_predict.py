@@ -17,21 +17,9 @@ import pytest
 from typer.testing import CliRunner
 
 from xpz.spectra import FLUX_COLUMNS, flux_matrix
-from xpz_models import fit_coefficients, shared_registered, write_gaia_csv, write_gaia_ecsv
+from xpz_models import fit_coefficients, write_gaia_csv, write_gaia_ecsv
 
 OUT_COLUMNS = ["source_id", "z", "z_lower", "z_upper", "model_name", "model_version"]
-
-
-@pytest.fixture(scope="module")
-def dataset(small_dataset_path) -> pd.DataFrame:
-    from xpz.io import read_dataset
-
-    return read_dataset(small_dataset_path)
-
-
-@pytest.fixture(scope="module")
-def registered(tmp_path_factory, dataset):
-    return shared_registered(tmp_path_factory, flux_matrix(dataset))
 
 
 @pytest.fixture(scope="module")

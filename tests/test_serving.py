@@ -22,30 +22,20 @@ import pandas as pd
 import pytest
 
 from xpz.spectra import FLUX_COLUMNS, flux_matrix
-from xpz_models import free_port, shared_registered
+from xpz_models import free_port
 
 START_TIMEOUT_S = float(os.environ.get("XPZ_TEST_SERVER_START_TIMEOUT", "240"))
-
-
-@pytest.fixture(scope="module")
-def dataset(small_dataset_path) -> pd.DataFrame:
-    from xpz.io import read_dataset
-
-    return read_dataset(small_dataset_path)
-
-
-@pytest.fixture(scope="module")
-def registered(tmp_path_factory, dataset):
-    return shared_registered(tmp_path_factory, flux_matrix(dataset))
 
 
 @pytest.fixture(scope="module")
 def server(registered, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
+    venv_bin = Path(sys.executable).parent  # `mlflow models serve` execs `uvicorn` from PATH
     env = {**os.environ, "MLFLOW_TRACKING_URI": registered.tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true",
-           "DO_NOT_TRACK": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}  # fmt: skip
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
+           "DO_NOT_TRACK": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    mlflow_bin = venv_bin / "mlflow"
     cmd = [str(mlflow_bin), "models", "serve", "-m", registered.champion, "--env-manager", "local",
            "-h", "127.0.0.1", "-p", str(port), "-w", "1"]  # fmt: skip
     with log.open("w") as fh:
