@@ -481,17 +481,8 @@ def train_pipeline(
         raise
     end_mlflow_run(tr, run_id, "FINISHED", {"pipeline_seconds": time.perf_counter() - t0})
 
-    result = PipelineResult(
-        run_id=run_id,
-        model_version=registration.version,
-        champion_version=aliases.get("champion", registration.champion_version),
-        promoted=registration.promoted,
-        evaluation=evaluation,
-        model_uri=logged.model_uri,
-        registration=registration,
-        hyperparameters=trained.hyperparameters,
-        tracking_uri=tr.tracking_uri,
-        experiment_id=tr.experiment_id,
+    result = PipelineResult.from_steps(
+        tr, run_id, trained, evaluation, logged, registration, champion_version=aliases.get("champion")
     )
     info = {
         "mlflow_run_id": run_id,

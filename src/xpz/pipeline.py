@@ -46,6 +46,31 @@ class PipelineResult:
     tracking_uri: str | None = None
     experiment_id: str | None = None
 
+    @classmethod
+    def from_steps(
+        cls,
+        tr: tracking.Tracking,
+        run_id: str,
+        trained: "TrainResult",
+        evaluation: "Evaluation",
+        logged: Any,
+        registration: tracking.Registration | None,
+        champion_version: str | None = None,
+    ) -> "PipelineResult":
+        """Assemble the result of the steps (the flow and `run_pipeline` both end here)."""
+        return cls(
+            run_id=run_id,
+            model_version=registration.version if registration else None,
+            champion_version=champion_version or (registration.champion_version if registration else None),
+            promoted=bool(registration and registration.promoted),
+            evaluation=evaluation,
+            model_uri=logged.model_uri,
+            registration=registration,
+            hyperparameters=trained.hyperparameters,
+            tracking_uri=tr.tracking_uri,
+            experiment_id=tr.experiment_id,
+        )
+
 
 # ----------------------------------------------------------------------------------------- steps
 
@@ -252,18 +277,7 @@ def run_pipeline(
             echo(f"registered {tr.registered_model} v{registration.version}: {registration.reason}")
         tracking.log_metrics(tr, run_id, {"pipeline_seconds": time.perf_counter() - t0})
 
-    result = PipelineResult(
-        run_id=run_id,
-        model_version=registration.version if registration else None,
-        champion_version=registration.champion_version if registration else None,
-        promoted=bool(registration and registration.promoted),
-        evaluation=evaluation,
-        model_uri=logged.model_uri,
-        registration=registration,
-        hyperparameters=trained.hyperparameters,
-        tracking_uri=tr.tracking_uri,
-        experiment_id=tr.experiment_id,
-    )
+    result = PipelineResult.from_steps(tr, run_id, trained, evaluation, logged, registration)
     if reports_dir is not None:
         write_reports(reports_dir, result)
     return result
