@@ -118,9 +118,14 @@ def crashed_then_resumed(project, server_pair):
     def first_trial_done() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"the flow ended before it could be killed:\n{process_output(proc)[-3000:]}")
-        for trial in tuning.glob("xpz-*/trial_*/trial.json"):
-            if json.loads(trial.read_text()).get("status") == "COMPLETED":
-                return True
+        # the oracle records a finished trial in oracle.json (end_order) after its trial.json: wait
+        # for that, or a kill in between leaves a trial the resumed search must run again
+        for oracle in tuning.glob("xpz-*/oracle.json"):
+            try:
+                if json.loads(oracle.read_text()).get("end_order"):
+                    return True
+            except json.JSONDecodeError:  # being written
+                pass
         return False
 
     try:
