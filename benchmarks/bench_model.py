@@ -1,6 +1,6 @@
 """Model benchmark: the default pipeline (tune + train) vs the seed recipe at equal wall time vs baselines.
 
-    python benchmarks/bench_model.py                       # 50k default synthetic galaxies
+    python benchmarks/bench_model.py                       # the default synthetic galaxies (data section)
     python benchmarks/bench_model.py --data data/galaxies.parquet --extra /tmp/big.parquet
     python benchmarks/bench_model.py --throughput-only
 
@@ -22,7 +22,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -69,14 +68,7 @@ def load_data(args, cfg) -> pd.DataFrame:
         return pd.read_parquet(args.data)
     from xpz.synthetic import generate
 
-    return generate(cfg.data.model_copy(update={"n_galaxies": args.n}))
-
-
-def make_splits(df: pd.DataFrame, cfg) -> SimpleNamespace:
-    from xpz.split import assign_splits
-
-    lab = assign_splits(df, cfg.split).set_index("source_id")["split"].loc[df["source_id"]].to_numpy()
-    return SimpleNamespace(**{s: df[lab == s].reset_index(drop=True) for s in ("train", "val", "test")})
+    return generate(cfg.data.model_copy(update={"n_galaxies": args.n or cfg.data.n_galaxies}))
 
 
 def row(name: str, wall, m: dict, prefix: str) -> str:
@@ -96,7 +88,7 @@ def main(argv=None) -> int:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--profile", default=None)
     ap.add_argument("--data", help="dataset Parquet (default: generate --n galaxies)")
-    ap.add_argument("--n", type=int, default=50_000)
+    ap.add_argument("--n", type=int, default=None, help="galaxies to generate (default: data.n_galaxies)")
     ap.add_argument("--extra", help="a larger independent dataset to judge per-bin bias")
     ap.add_argument("--skip-seed", action="store_true")
     ap.add_argument("--skip-default", action="store_true", help="only the seed recipe (needs --budget)")
@@ -110,12 +102,13 @@ def main(argv=None) -> int:
     from xpz.evaluate import evaluate, summary_metrics, table_markdown
     from xpz.predict import predict_redshift
     from xpz.spectra import flux_matrix
+    from xpz.split import split_dataset
     from xpz.train import train_model
     from xpz.tune import tune
 
     cfg = load_config(args.params, profile=args.profile, overrides={"train.verbose": 0, "tune.enabled": True})
     df = load_data(args, cfg)
-    splits = make_splits(df, cfg)
+    splits = split_dataset(df, cfg.split)
     x_train, z_train = flux_matrix(splits.train), splits.train["z"].to_numpy(np.float32)
     print(f"data: {len(df)} galaxies; train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}")
     if not args.skip_throughput:
@@ -150,6 +143,7 @@ def main(argv=None) -> int:
                 "model.architecture": "seed", "model.normalize_flux": False, "train.batch_size": 16,
                 "train.epochs": 20, "train.patience": 20, "train.max_seconds": wall, "train.verbose": 0,
                 "train.lr_schedule": "constant", "train.learning_rate": None, "train.balance": 0.0,
+                "train.members": 1,
             },
         )  # fmt: skip
         t1 = time.perf_counter()

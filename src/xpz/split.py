@@ -128,9 +128,19 @@ def load_splits(data_path: Path | str, split_path: Path | str) -> Splits:
             f"{len(data)} rows; unassigned source_id {describe_rows(missing.tolist())}); "
             "re-run `xpz data split`"
         )
+    return partition(merged)
+
+
+def partition(labelled: pd.DataFrame) -> Splits:
+    """Cut a dataset carrying a `split` column into `Splits` (the column dropped, digests computed)."""
     parts = {
-        name: merged.loc[merged[SPLIT_COLUMN] == name].drop(columns=SPLIT_COLUMN).reset_index(drop=True)
+        name: labelled.loc[labelled[SPLIT_COLUMN] == name].drop(columns=SPLIT_COLUMN).reset_index(drop=True)
         for name in SPLIT_NAMES
     }
     digests = {name: split_digest(frame[ID_COLUMN]) for name, frame in parts.items()}
     return Splits(**parts, digests=digests)
+
+
+def split_dataset(data: pd.DataFrame, cfg: SplitConfig) -> Splits:
+    """Assign and cut in memory (benchmarks, experiments): the same splits `xpz data split` stores."""
+    return partition(data.merge(assign_splits(data, cfg), on=ID_COLUMN, how="left", validate="one_to_one"))
