@@ -119,6 +119,21 @@ def test_tune_runs_trials_reports_each_and_resumes(splits, tmp_path: Path):
     assert again == []
 
 
+def test_search_keeps_the_default_unless_clearly_better():
+    from xpz.tune import TrialRecord, keep_default_unless_better
+
+    default_hp, other_hp = {"conv_layers": 2, "units_0": 16}, {"conv_layers": 1, "units_0": 8}
+    trials = [
+        TrialRecord("00", default_hp, {"score": 0.0200}, "COMPLETED"),
+        TrialRecord("01", other_hp, {"score": 0.0196}, "COMPLETED"),
+    ]
+    assert keep_default_unless_better(trials, "01", default_hp, 0.03, "min").trial_id == "00"  # 2% < 3%
+    assert keep_default_unless_better(trials, "01", default_hp, 0.01, "min").trial_id == "01"
+    assert keep_default_unless_better(trials, "01", default_hp, 0.0, "min").trial_id == "01"
+    # without a finished default trial the best one stands
+    assert keep_default_unless_better(trials[1:], "01", default_hp, 0.5, "min").trial_id == "01"
+
+
 def test_search_key_separates_incomparable_searches():
     from xpz.tune import search_key
 

@@ -217,6 +217,7 @@ class TuneConfig(_Section):
     max_train_samples: int | None = Field(None, ge=100)  # subsample of train per trial (None: all)
     max_val_samples: int | None = Field(None, ge=100)  # subsample of validation per trial
     num_initial_points: int | None = Field(None, ge=1)
+    min_improvement: float = Field(0.0, ge=0)  # relative proxy gain a trial needs to replace the default
     seed: int = 42
 
     @model_validator(mode="after")

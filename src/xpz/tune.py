@@ -5,7 +5,8 @@ with the same parameters continues the search (finished trials are kept, only th
 raise `tune.max_trials` to search further). The search key hashes everything that makes trials
 comparable (search space, per-trial budget, objective, data split), so changing any of it starts a
 new search instead of resuming one whose scores mean something else. The first trial runs the CPU default architecture
-(`model.default`, clipped to the bounds), so the search always measures it.
+(`model.default`, clipped to the bounds), so the search always measures it, and the default is kept
+unless the best trial beats it by `tune.min_improvement` (`keep_default_unless_better`).
 `on_trial_end(TrialRecord)` is called after each trial that runs in this call: the tracking layer
 uses it to log nested MLflow runs (this module never imports mlflow). Trials may run on a
 subsample of train/validation (`tune.max_train_samples`, `tune.max_val_samples`) to keep a CPU
@@ -163,9 +164,26 @@ def tune(
     best = tuner.oracle.get_best_trials(1)
     if not best:
         raise RuntimeError(f"tune: no successful trial in {project_dir}")
+    defaults = prune_hyperparameters({hp.name: hp.default for hp in tuner.oracle.hyperparameters.space})
+    chosen = keep_default_unless_better(trials, str(best[0].trial_id), defaults, tcfg.min_improvement, tcfg.direction)
     return TuneResult(
-        best_hyperparameters=prune_hyperparameters(best[0].hyperparameters.values),
+        best_hyperparameters=chosen.hyperparameters,
         trials=trials,
-        best_trial_id=str(best[0].trial_id),
+        best_trial_id=chosen.trial_id,
         directory=project_dir,
     )
+
+
+def keep_default_unless_better(
+    trials: list[TrialRecord], best_id: str, defaults: dict[str, Any], min_improvement: float, direction: str
+) -> TrialRecord:
+    """The search's best trial, or the default architecture's trial when the best beats it by less
+    than `min_improvement` (relative): short proxy trials are noisy, and a proxy win that small is
+    more often noise than a better final model."""
+    by_id = {t.trial_id: t for t in trials}
+    best = by_id[best_id]
+    default = next((t for t in trials if t.hyperparameters == defaults and "score" in t.metrics), None)
+    if default is None or default is best or "score" not in best.metrics:
+        return best
+    gain = (default.metrics["score"] - best.metrics["score"]) * (1 if direction == "min" else -1)
+    return best if gain > min_improvement * abs(default.metrics["score"]) else default
