@@ -68,7 +68,9 @@ def test_save_load_gives_identical_predictions(tmp_path, loss):
     cfg = ModelConfig(bin_width=0.05)
     model = build_model({**TINY, "loss": loss}, cfg, fit_scaler(x, normalize=True))
     if loss == "crossentropy":
-        posterior_layer(model).set_calibration(log_prior=np.linspace(-1, -3, 12), alpha=0.5, temperature=0.7)
+        posterior_layer(model).set_calibration(
+            log_prior=np.linspace(-1, -3, 12), alpha=0.5, temperature=0.7, shift_z=0.3, shift_gain=0.4
+        )
     model.fit(x, np.linspace(0.01, 0.5, 40), epochs=1, batch_size=16, verbose=0)
     path = tmp_path / "model.keras"
     model.save(path)
@@ -78,6 +80,7 @@ def test_save_load_gives_identical_predictions(tmp_path, loss):
     assert a.equals(b)
     if loss == "crossentropy":
         assert float(posterior_layer(loaded).alpha.numpy()) == pytest.approx(0.5)
+        assert posterior_layer(loaded).point_estimate() == pytest.approx({"shift_z": 0.3, "shift_gain": 0.4})
 
 
 def test_predict_redshift_regression_has_nan_interval():
@@ -107,6 +110,38 @@ def test_posterior_quantiles_hand_computed():
     assert q[2] == pytest.approx([0.15, 0.116, 0.184])
     z, lo, hi = redshifts_from_output(probs, edges)
     assert z == pytest.approx(q[:, 0]) and lo == pytest.approx(q[:, 1])
+
+
+def test_shifted_point_estimate_is_the_quantile_raised_by_high_z_mass():
+    edges = np.array([0.0, 0.1, 0.2, 0.3, 0.4])
+    probs = np.array([[0.25, 0.25, 0.25, 0.25], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    z, lo, hi = redshifts_from_output(probs, edges, shift_z=0.2, shift_gain=0.4)
+    # row 0: P(z > 0.2) = 0.5 -> quantile 0.7; the 68% interval [0.32, 1.0] is moved inside [0, 1]
+    assert z[0] == pytest.approx(0.28) and lo[0] == pytest.approx(0.128) and hi[0] == pytest.approx(0.4)
+    # row 1: no mass above 0.2 -> the median and the central interval, as without a shift
+    assert z[1] == pytest.approx(0.05) and (lo[1], hi[1]) == pytest.approx((0.016, 0.084))
+    # row 2: all mass above -> quantile 0.9, clipped interval [0.32, 1.0]
+    assert z[2] == pytest.approx(0.39) and (lo[2], hi[2]) == pytest.approx((0.332, 0.4))
+    assert ((lo <= z) & (z <= hi)).all()
+    # a zero gain is the median, whatever shift_z
+    assert redshifts_from_output(probs, edges, shift_z=0.2)[0] == pytest.approx([0.2, 0.05, 0.35])
+
+
+def test_choose_candidate_prefers_accuracy_within_the_bias_target():
+    from xpz.train import Candidate, choose_candidate
+
+    def cand(mae, bias, gain):
+        return Candidate(0.0, 1.0, 0.35, gain, {"mae": mae, "worst_bin_bias": bias})
+
+    median, mild, strong = cand(0.0120, -0.05, 0.0), cand(0.0124, -0.019, 0.2), cand(0.0130, -0.005, 0.5)
+    assert choose_candidate([median, mild, strong], bias_target=0.02, mae_tolerance=0.05) is mild
+    assert choose_candidate([median, mild, strong], bias_target=0.01, mae_tolerance=0.05) is strong
+    # nothing meets the target: the least biased within the MAE tolerance (strong is 8% worse)
+    assert choose_candidate([median, mild, strong], bias_target=0.001, mae_tolerance=0.05) is mild
+    assert choose_candidate([median, mild, strong], bias_target=0.001, mae_tolerance=0.10) is strong
+    # no populated bin (NaN bias) counts as unbiased
+    nan = cand(0.0119, float("nan"), 0.0)
+    assert choose_candidate([median, nan], bias_target=0.02, mae_tolerance=0.0) is nan
 
 
 def test_posterior_alpha_divides_out_prior_and_temperature_sharpens():

@@ -238,12 +238,16 @@ class TrainConfig(_Section):
     patience: int = Field(5, ge=0)  # early stopping on `monitor`, best weights restored
     monitor: str = "val_loss"
     max_seconds: float | None = Field(None, gt=0)  # wall-time cap for fit (best weights restored)
+    members: int = Field(1, ge=1, le=16)  # networks (seeds) averaged into one model; share max_seconds
     verbose: int = Field(2, ge=0, le=2)  # Keras progress: 0 silent, 1 bar, 2 one line per epoch
     balance: float = Field(0.0, ge=0, le=1)  # sample weight ~ n(z)^-balance (high-z emphasis)
     balance_max_weight: float = Field(10.0, ge=1)
     calibrate: bool = True  # choose prior_alpha and temperature on the validation split
     prior_alpha: float | None = Field(None, ge=-2, le=1)  # fixed alpha instead of a search
     alpha_grid: list[float] = [0.0, 0.25, 0.5, 0.75, 1.0]
+    shift_z_grid: list[float] = [0.3, 0.35, 0.4]  # point estimate: quantile 0.5 + gain * P(z > shift_z)
+    shift_gain_grid: list[float] = [0.0]  # 0 only: the posterior median
+    bias_target: float = Field(0.02, ge=0)  # |worst per-bin bias| on validation to aim for
     mae_tolerance: float = Field(0.03, ge=0)  # relative val MAE increase allowed for less bias
     interval: float = Field(0.68, gt=0, lt=1)  # target coverage of the central interval
 
@@ -251,6 +255,10 @@ class TrainConfig(_Section):
     def _grid(self) -> "TrainConfig":
         if not self.alpha_grid or any(not -2 <= a <= 1 for a in self.alpha_grid):
             raise ValueError(f"alpha_grid must be non-empty with values in [-2, 1], got {self.alpha_grid}")
+        if any(not 0 <= g <= 1 for g in self.shift_gain_grid):
+            raise ValueError(f"shift_gain_grid values must lie in [0, 1], got {self.shift_gain_grid}")
+        if not self.shift_z_grid and any(g > 0 for g in self.shift_gain_grid):
+            raise ValueError("shift_z_grid must not be empty when shift_gain_grid has a gain > 0")
         return self
 
 

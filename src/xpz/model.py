@@ -14,7 +14,8 @@ the training redshift prior and two calibration constants fitted on validation a
     p(z | x) = softmax((logits - alpha * log p_train(z)) / T)
 
 alpha in [0, 1] divides out part of the training prior (the pull towards the many low-z objects
-that biases high-z predictions low); T rescales the width so the central 68% interval covers 68%.
+that biases high-z predictions low); T rescales the width so the 68% interval covers 68%. The layer
+also carries the point estimate's quantile shift (`shift_z`, `shift_gain`), with which
 `xpz.predict` turns the model's output into z and the interval.
 """
 
@@ -106,6 +107,9 @@ class RedshiftPosterior(keras.layers.Layer):
         self.temperature = self.add_weight(
             name="temperature", shape=(), initializer="ones", trainable=False
         )
+        # the point estimate's quantile shift (xpz.predict): read by predict_redshift, not by call()
+        self.shift_z = self.add_weight(name="shift_z", shape=(), initializer="zeros", trainable=False)
+        self.shift_gain = self.add_weight(name="shift_gain", shape=(), initializer="zeros", trainable=False)
 
     def call(self, logits):
         return keras.ops.softmax((logits - self.alpha * self.log_prior) / self.temperature, axis=-1)
@@ -113,13 +117,19 @@ class RedshiftPosterior(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
-    def set_calibration(self, log_prior=None, alpha=None, temperature=None) -> None:
+    def set_calibration(
+        self, log_prior=None, alpha=None, temperature=None, shift_z=None, shift_gain=None
+    ) -> None:
         if log_prior is not None:
             self.log_prior.assign(np.asarray(log_prior, dtype="float32"))
-        if alpha is not None:
-            self.alpha.assign(float(alpha))
-        if temperature is not None:
-            self.temperature.assign(float(temperature))
+        for name, value in (("alpha", alpha), ("temperature", temperature), ("shift_z", shift_z),
+                            ("shift_gain", shift_gain)):  # fmt: skip
+            if value is not None:
+                getattr(self, name).assign(float(value))
+
+    def point_estimate(self) -> dict[str, float]:
+        """The quantile shift of the point estimate (`xpz.predict.redshifts_from_output` keywords)."""
+        return {"shift_z": float(self.shift_z.numpy()), "shift_gain": float(self.shift_gain.numpy())}
 
     def get_config(self):
         return {**super().get_config(), "edges": self.edges}

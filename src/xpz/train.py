@@ -1,21 +1,27 @@
-"""Training: tf.data pipeline, seeds, early stopping, a wall-time cap, throughput, calibration.
+"""Training: tf.data pipeline, seeds, early stopping, a wall-time cap, throughput, ensembles, calibration.
 
 `train_model` fits the scaling on the training split, builds the model (given hyperparameters, or
-`cfg.model.architecture`: the CPU default or the seed's Table 2), trains it with early stopping on
-validation (best weights restored), and, for a softmax head, calibrates it on the validation split:
+`cfg.model.architecture`: the CPU default or the seed's Table 2), trains `train.members` networks
+with early stopping on validation (best weights restored) and averages them into one model
+(`ensemble_model`), and, for a softmax head, calibrates it on the validation split:
 
 1. the training redshift prior p_train(z) (the histogram of the training labels, as weighted in
    training, smoothed like the labels) is stored in the model's `RedshiftPosterior` layer;
-2. for each alpha of `train.alpha_grid` the temperature T that gives 68% coverage on validation is
-   found; among the alphas whose validation MAE is within `mae_tolerance` of the best, the one with
-   the smallest worst per-bin bias is kept (or `train.prior_alpha` when set).
+2. for each alpha of `train.alpha_grid` (the share of that prior divided out) the temperature T
+   that gives 68% coverage on validation is found;
+3. the point estimate: the posterior median, or the quantile 0.5 + gain * P(z > shift_z | x)
+   (`xpz.predict`), for each shift of `train.shift_z_grid` x `train.shift_gain_grid`;
+4. of all these candidates, the one with the smallest validation MAE whose worst per-bin bias is
+   within `train.bias_target` is kept; if none is, the one with the smallest worst bias among
+   those within `train.mae_tolerance` of the best MAE (`choose_candidate`). A shifted estimate
+   moves its interval too, so T is then fitted again.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +31,8 @@ import numpy as np
 from xpz.model import (
     SEED_HYPERPARAMETERS,
     build_model,
+    RedshiftMAE,
+    RedshiftPosterior,
     build_seed_model,
     flat_hyperparameters,
     is_distribution,
@@ -50,6 +58,7 @@ class TrainResult:
     samples_per_s: float  # training throughput (training batches only)
     calibration: dict[str, float] = field(default_factory=dict)
     best_epoch: int | None = None
+    members: int = 1  # networks averaged into `model`
 
 
 # ----------------------------------------------------------------------------- data
@@ -169,6 +178,33 @@ class CosineProgress(keras.callbacks.Callback):
 
 
 # ----------------------------------------------------------------------------- calibration
+@dataclass(frozen=True)
+class Candidate:
+    """One calibration setting and its validation metrics (`xpz.evaluate.summary_metrics`)."""
+
+    alpha: float
+    temperature: float
+    shift_z: float
+    shift_gain: float
+    metrics: dict[str, float]
+
+    @property
+    def abs_bias(self) -> float:
+        b = self.metrics["worst_bin_bias"]
+        return 0.0 if np.isnan(b) else abs(b)
+
+
+def choose_candidate(candidates: Sequence[Candidate], bias_target: float, mae_tolerance: float) -> Candidate:
+    """The smallest validation MAE among candidates whose worst per-bin bias is within `bias_target`;
+    if none is, the smallest worst bias among those within `mae_tolerance` (relative) of the best MAE."""
+    feasible = [c for c in candidates if c.abs_bias <= bias_target]
+    if feasible:
+        return min(feasible, key=lambda c: c.metrics["mae"])
+    best_mae = min(c.metrics["mae"] for c in candidates)
+    near = [c for c in candidates if c.metrics["mae"] <= best_mae * (1 + mae_tolerance)]
+    return min(near, key=lambda c: (c.abs_bias, c.metrics["mae"]))
+
+
 def calibrate_posterior(
     model: keras.Model,
     val_fluxes: np.ndarray,
@@ -176,7 +212,8 @@ def calibrate_posterior(
     log_prior: np.ndarray,
     cfg: "Config",
 ) -> dict[str, float]:
-    """Set the prior, choose alpha and temperature on validation (see module doc). Returns the choice."""
+    """Set the prior and choose alpha, the temperature and the point estimate's quantile shift on
+    validation (see module doc). Returns the choice and its validation metrics."""
     from xpz.evaluate import summary_metrics
     from xpz.predict import redshifts_from_output
 
@@ -187,46 +224,57 @@ def calibrate_posterior(
     logits = logits_model.predict(np.asarray(val_fluxes, np.float32), batch_size=2048, verbose=0)
     logits = logits.astype(np.float64)
 
-    def posterior(alpha: float, temperature: float) -> np.ndarray:
+    def assess(alpha: float, temperature: float, shift_z: float = 0.0, shift_gain: float = 0.0) -> Candidate:
         a = (logits - alpha * log_prior[None, :]) / temperature
         a -= a.max(axis=1, keepdims=True)
         p = np.exp(a)
-        return p / p.sum(axis=1, keepdims=True)
-
-    def assess(alpha: float, temperature: float) -> dict[str, float]:
-        z, lo, hi = redshifts_from_output(posterior(alpha, temperature), edges, tcfg.interval)
+        p /= p.sum(axis=1, keepdims=True)
+        z, lo, hi = redshifts_from_output(p, edges, tcfg.interval, shift_z, shift_gain)
         m, _ = summary_metrics("", val_z, z, lo, hi, cfg.evaluate)
-        return m
+        return Candidate(alpha, float(temperature), shift_z, shift_gain, m)
 
-    alphas = [tcfg.prior_alpha] if tcfg.prior_alpha is not None else list(tcfg.alpha_grid)
-    results = []
-    for alpha in alphas:
-        # coverage grows with T: bisect on the grid for the T closest to the target coverage
+    def with_temperature(alpha: float, shift_z: float = 0.0, shift_gain: float = 0.0) -> Candidate:
+        """Coverage grows with T: bisect on the grid for the T closest to the target coverage."""
         lo_i, hi_i = 0, len(TEMPERATURE_GRID) - 1
-        cache: dict[int, dict[str, float]] = {}
+        cache: dict[int, Candidate] = {}
         while hi_i - lo_i > 1:
             mid = (lo_i + hi_i) // 2
-            cache[mid] = assess(alpha, TEMPERATURE_GRID[mid])
-            if cache[mid]["coverage_68"] < tcfg.interval:
+            cache[mid] = assess(alpha, TEMPERATURE_GRID[mid], shift_z, shift_gain)
+            if cache[mid].metrics["coverage_68"] < tcfg.interval:
                 lo_i = mid
             else:
                 hi_i = mid
         for i in (lo_i, hi_i):
-            cache.setdefault(i, assess(alpha, TEMPERATURE_GRID[i]))
-        best_i = min((lo_i, hi_i), key=lambda i: abs(cache[i]["coverage_68"] - tcfg.interval))
-        results.append((alpha, float(TEMPERATURE_GRID[best_i]), cache[best_i]))
-    best_mae = min(r[2]["mae"] for r in results)
-    ok = [r for r in results if r[2]["mae"] <= best_mae * (1 + tcfg.mae_tolerance)]
-    alpha, temperature, m = min(
-        ok, key=lambda r: abs(r[2]["worst_bin_bias"]) if not np.isnan(r[2]["worst_bin_bias"]) else 0.0
-    )
-    layer.set_calibration(log_prior=log_prior, alpha=alpha, temperature=temperature)
-    out = {"prior_alpha": float(alpha), "temperature": temperature}
-    out.update({f"val_{k}": float(v) for k, v in m.items()})
-    for a, t, mm in results:
-        out[f"alpha_{a:g}/val_mae"] = float(mm["mae"])
-        out[f"alpha_{a:g}/val_worst_bin_bias"] = float(mm["worst_bin_bias"])
-        out[f"alpha_{a:g}/temperature"] = t
+            if i not in cache:
+                cache[i] = assess(alpha, TEMPERATURE_GRID[i], shift_z, shift_gain)
+        return min((cache[lo_i], cache[hi_i]), key=lambda c: abs(c.metrics["coverage_68"] - tcfg.interval))
+
+    alphas = [tcfg.prior_alpha] if tcfg.prior_alpha is not None else list(tcfg.alpha_grid)
+    medians = [with_temperature(alpha) for alpha in alphas]  # the posterior median, per alpha
+    candidates = list(medians)
+    for base in medians:
+        for shift_z in tcfg.shift_z_grid:
+            for gain in tcfg.shift_gain_grid:
+                if gain > 0:
+                    candidates.append(assess(base.alpha, base.temperature, shift_z, gain))
+    chosen = choose_candidate(candidates, tcfg.bias_target, tcfg.mae_tolerance)
+    if chosen.shift_gain > 0:  # the interval moved with the point estimate: re-fit its width
+        chosen = with_temperature(chosen.alpha, chosen.shift_z, chosen.shift_gain)
+    layer.set_calibration(
+        log_prior=log_prior, alpha=chosen.alpha, temperature=chosen.temperature,
+        shift_z=chosen.shift_z, shift_gain=chosen.shift_gain,
+    )  # fmt: skip
+    out = {
+        "prior_alpha": float(chosen.alpha),
+        "temperature": chosen.temperature,
+        "shift_z": float(chosen.shift_z),
+        "shift_gain": float(chosen.shift_gain),
+    }
+    out.update({f"val_{k}": float(v) for k, v in chosen.metrics.items()})
+    for c in medians:
+        out[f"alpha_{c.alpha:g}/val_mae"] = float(c.metrics["mae"])
+        out[f"alpha_{c.alpha:g}/val_worst_bin_bias"] = float(c.metrics["worst_bin_bias"])
+        out[f"alpha_{c.alpha:g}/temperature"] = c.temperature
     return out
 
 
@@ -241,13 +289,90 @@ def resolve_hyperparameters(cfg: "ModelConfig", hyperparameters: Mapping[str, An
 
 
 
+@dataclass
+class MemberFit:
+    """One trained network (an ensemble member, or the whole model when `train.members` is 1)."""
+
+    model: keras.Model
+    history: dict[str, list[float]]
+    seconds: float
+    samples_per_s: float
+    best_epoch: int | None
+
+
+def fit_member(
+    build: Callable[[], keras.Model],
+    train_ds,
+    val_ds,
+    n_train: int,
+    tcfg: "TrainConfig",
+    lr: float,
+    seed: int,
+    max_seconds: float | None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> MemberFit:
+    """Fit one network: early stopping on `tcfg.monitor` (best weights restored), the learning-rate
+    schedule of `tcfg` over `tcfg.epochs` or `max_seconds`, whichever ends first."""
+    keras.utils.set_random_seed(seed)
+    model = build()
+    steps = math.ceil(n_train / tcfg.batch_size)
+    throughput = Throughput()
+    stopper = keras.callbacks.EarlyStopping(
+        monitor=tcfg.monitor, mode="min", patience=tcfg.patience, restore_best_weights=True
+    )  # every monitored quantity (loss, mae) is an error
+    cbs: list[keras.callbacks.Callback] = [throughput, stopper]
+    if tcfg.lr_schedule == "cosine":
+        cbs.append(CosineProgress(lr, tcfg.epochs * steps, max_seconds))
+    elif max_seconds:
+        cbs.append(TimeLimit(max_seconds))
+    cbs.extend(callbacks)
+    t0 = time.perf_counter()
+    fit = model.fit(
+        train_ds, validation_data=val_ds, epochs=tcfg.epochs, callbacks=cbs, verbose=tcfg.verbose, shuffle=False
+    )  # train_ds shuffles itself
+    seconds = time.perf_counter() - t0
+    history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+    # steady-state throughput: skip the first epoch (graph tracing) when there are more
+    times = throughput.train_seconds[1:] if len(throughput.train_seconds) > 1 else throughput.train_seconds
+    samples_per_s = n_train * len(times) / sum(times) if times and sum(times) > 0 else float("nan")
+    best_epoch = getattr(stopper, "best_epoch", None)
+    return MemberFit(model, history, seconds, float(samples_per_s), None if best_epoch is None else int(best_epoch) + 1)
+
+
+def ensemble_model(members: Sequence[keras.Model], name: str = "xpz_ensemble") -> keras.Model:
+    """One Keras model from several trained networks: their logits (softmax head) or outputs
+    (regression) averaged, then one `RedshiftPosterior`. Raw fluxes in, as for a single network,
+    so prediction, serving and calibration treat an ensemble like any model."""
+    if len(members) == 1:
+        return members[0]
+    inputs = keras.Input(shape=members[0].inputs[0].shape[1:], name="fluxes")
+    heads = [posterior_layer(m) for m in members]
+    outs = [
+        keras.Model(m.inputs, m.outputs[0] if head is None else head.input, name=f"member_{k}")(inputs)
+        for k, (m, head) in enumerate(zip(members, heads))
+    ]
+    x = keras.layers.Average(name="member_average")(outs)
+    if heads[0] is not None:
+        x = RedshiftPosterior(heads[0].edges, name="posterior")(x)
+    model = keras.Model(inputs, x, name=name)
+    centres = None if heads[0] is None else [0.5 * (a + b) for a, b in zip(heads[0].edges[:-1], heads[0].edges[1:])]
+    model.compile(loss=members[0].loss, metrics=[RedshiftMAE(centres=centres)])
+    return model
+
+
 def train_model(
     splits,
     cfg: "Config",
     hyperparameters: Mapping[str, Any] | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> TrainResult:
-    """Train on `splits.train`, early-stop on `splits.val`; calibrate a softmax head on `splits.val`."""
+    """Train on `splits.train`, early-stop on `splits.val`; calibrate a softmax head on `splits.val`.
+
+    With `train.members` > 1, that many networks (seeds `train.seed`, `train.seed + 1`, ...) share
+    the wall-time cap and are averaged into one model (`ensemble_model`) before calibration.
+    The history, best epoch and throughput reported are the first member's; the others' curves are
+    in the history as `member_<k>/<metric>`.
+    """
     tcfg, mcfg = cfg.train, cfg.model
     keras.utils.set_random_seed(tcfg.seed)
     hp = resolve_hyperparameters(mcfg, hyperparameters)
@@ -256,34 +381,26 @@ def train_model(
     x_train, z_train = flux_matrix(splits.train), splits.train[TARGET_COLUMN].to_numpy(np.float32)
     x_val, z_val = flux_matrix(splits.val), splits.val[TARGET_COLUMN].to_numpy(np.float32)
     scaler: Scaler = fit_scaler(x_train, normalize=mcfg.normalize_flux)
-    steps = math.ceil(len(x_train) / tcfg.batch_size)
     lr = float(tcfg.learning_rate or hp.get("learning_rate", 1e-3))
-    model = build_seed_model(scaler, mcfg, lr) if seed_arch else build_model(hp, mcfg, scaler, lr)
+
+    def build() -> keras.Model:
+        return build_seed_model(scaler, mcfg, lr) if seed_arch else build_model(hp, mcfg, scaler, lr)
 
     edges = z_bin_edges(mcfg)
     weights = balance_weights(z_train, edges, tcfg.balance, tcfg.balance_max_weight)
     train_ds = make_dataset(x_train, z_train, weights, tcfg.batch_size, shuffle=True, seed=tcfg.seed)
     val_ds = make_dataset(x_val, z_val, batch_size=max(tcfg.batch_size, 1024))
+    share = tcfg.max_seconds / tcfg.members if tcfg.max_seconds else None
 
-    throughput = Throughput()
-    stopper = keras.callbacks.EarlyStopping(
-        monitor=tcfg.monitor, mode="min", patience=tcfg.patience, restore_best_weights=True
-    )  # every monitored quantity (loss, mae) is an error
-    cbs: list[keras.callbacks.Callback] = [throughput, stopper]
-    if tcfg.lr_schedule == "cosine":
-        cbs.append(CosineProgress(lr, tcfg.epochs * steps, tcfg.max_seconds))
-    elif tcfg.max_seconds:
-        cbs.append(TimeLimit(tcfg.max_seconds))
-    cbs.extend(callbacks)
-
-    t0 = time.perf_counter()
-    fit = model.fit(train_ds, validation_data=val_ds, epochs=tcfg.epochs, callbacks=cbs, verbose=tcfg.verbose)
-    seconds = time.perf_counter() - t0
-    history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
-    epochs_run = len(history.get("loss", []))
-    # steady-state throughput: skip the first epoch (graph tracing) when there are more
-    times = throughput.train_seconds[1:] if len(throughput.train_seconds) > 1 else throughput.train_seconds
-    samples_per_s = len(x_train) * len(times) / sum(times) if times and sum(times) > 0 else float("nan")
+    fits: list[MemberFit] = []
+    for k in range(tcfg.members):
+        if tcfg.members > 1 and tcfg.verbose:
+            print(f"ensemble member {k + 1}/{tcfg.members}", flush=True)
+        fits.append(fit_member(build, train_ds, val_ds, len(x_train), tcfg, lr, tcfg.seed + k, share, callbacks))
+    model = ensemble_model([f.model for f in fits])
+    history = dict(fits[0].history)
+    for k, f in enumerate(fits[1:], start=1):
+        history.update({f"member_{k}/{key}": values for key, values in f.history.items()})
 
     calibration: dict[str, float] = {}
     layer = posterior_layer(model)
@@ -294,14 +411,14 @@ def train_model(
         else:
             layer.set_calibration(log_prior=log_prior, alpha=tcfg.prior_alpha or 0.0, temperature=1.0)
             calibration = {"prior_alpha": float(tcfg.prior_alpha or 0.0), "temperature": 1.0}
-    best_epoch = getattr(stopper, "best_epoch", None)
     return TrainResult(
         model=model,
         history=history,
         hyperparameters=hp,
-        epochs=epochs_run,
-        seconds=seconds,
-        samples_per_s=float(samples_per_s),
+        epochs=len(fits[0].history.get("loss", [])),
+        seconds=sum(f.seconds for f in fits),
+        samples_per_s=fits[0].samples_per_s,
         calibration=calibration,
-        best_epoch=None if best_epoch is None else int(best_epoch) + 1,
+        best_epoch=fits[0].best_epoch,
+        members=len(fits),
     )
