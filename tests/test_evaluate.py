@@ -154,3 +154,15 @@ def test_evaluate_end_to_end_on_a_tiny_model():
 def test_evaluate_config_rejects_bad_bins():
     with pytest.raises(ValueError, match="bias_z_max"):
         EvaluateConfig(bias_z_max=0.7)
+
+
+def test_loss_curves_show_every_ensemble_member():
+    from xpz.evaluate import loss_curves_figure
+
+    single = {"loss": [2, 1], "val_loss": [2.5, 1.5], "mae": [0.1, 0.05], "val_mae": [0.1, 0.06]}
+    members = {f"member_1/{k}": [v * 1.1 for v in values] for k, values in single.items()}
+    loss_ax, mae_ax = loss_curves_figure(single).axes
+    assert len(loss_ax.lines) == 2 and "members" not in loss_ax.get_title()
+    loss_ax, mae_ax = loss_curves_figure({**single, **members}).axes
+    assert len(loss_ax.lines) == len(mae_ax.lines) == 4 and "(2 members)" in mae_ax.get_title()
+    assert list(mae_ax.lines[1].get_ydata()) == pytest.approx([0.11, 0.055])  # member 1's training MAE

@@ -214,15 +214,22 @@ def _figure(**kw) -> "Figure":
 
 
 def loss_curves_figure(history: dict[str, list[float]]) -> "Figure":
-    """Training and validation loss and MAE per epoch."""
+    """Training and validation loss and MAE per epoch (an ensemble's other members, `member_<k>/...`,
+    as thin lines in the same colours)."""
     fig = _figure(figsize=(10, 4), layout="constrained")
+    members = sorted({k.split("/", 1)[0] for k in history if k.startswith("member_") and "/" in k})
     for ax, key in zip(fig.subplots(1, 2), ("loss", "mae")):
-        for name, style in ((key, "-"), (f"val_{key}", "--")):
+        for name, style, colour in ((key, "-", "C0"), (f"val_{key}", "--", "C1")):
             if history.get(name):
-                ax.plot(range(1, len(history[name]) + 1), history[name], style, label=name)
+                ax.plot(range(1, len(history[name]) + 1), history[name], style, color=colour, label=name)
+            for member in members:
+                values = history.get(f"{member}/{name}")
+                if values:
+                    ax.plot(range(1, len(values) + 1), values, style, color=colour, lw=0.8, alpha=0.5)
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
-        ax.set_title(f"{'loss' if key == 'loss' else 'MAE'}: training and validation")
+        title = f"{'loss' if key == 'loss' else 'MAE'}: training and validation"
+        ax.set_title(title + (f" ({len(members) + 1} members)" if members else ""))
         ax.legend()
     return fig
 
