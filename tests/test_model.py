@@ -127,6 +127,17 @@ def test_shifted_point_estimate_is_the_quantile_raised_by_high_z_mass():
     assert redshifts_from_output(probs, edges, shift_z=0.2)[0] == pytest.approx([0.2, 0.05, 0.35])
 
 
+def test_posterior_layer_loads_weights_saved_before_the_shift_existed():
+    from xpz.model import RedshiftPosterior
+
+    layer = RedshiftPosterior([0.0, 0.1, 0.2, 0.3])
+    layer.build((None, 3))
+    layer.load_own_variables({"0": np.log([0.5, 0.3, 0.2]), "1": np.float32(0.25), "2": np.float32(0.8)})
+    assert layer.log_prior.numpy() == pytest.approx(np.log([0.5, 0.3, 0.2]))
+    assert float(layer.alpha.numpy()) == 0.25 and float(layer.temperature.numpy()) == pytest.approx(0.8)
+    assert layer.point_estimate() == {"shift_z": 0.0, "shift_gain": 0.0}  # the median, as saved
+
+
 def test_choose_candidate_prefers_accuracy_within_the_bias_target():
     from xpz.train import Candidate, choose_candidate
 

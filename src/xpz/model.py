@@ -127,6 +127,14 @@ class RedshiftPosterior(keras.layers.Layer):
             if value is not None:
                 getattr(self, name).assign(float(value))
 
+    def load_own_variables(self, store):
+        """Models saved before the point-estimate shift existed hold 3 variables: load them, no shift."""
+        if len(store.keys()) == 3:
+            for i, variable in enumerate((self.log_prior, self.alpha, self.temperature)):
+                variable.assign(store[str(i)])
+            return
+        super().load_own_variables(store)
+
     def point_estimate(self) -> dict[str, float]:
         """The quantile shift of the point estimate (`xpz.predict.redshifts_from_output` keywords)."""
         return {"shift_z": float(self.shift_z.numpy()), "shift_gain": float(self.shift_gain.numpy())}
