@@ -1,7 +1,7 @@
 """Benchmark of batch prediction: speed, peak memory, Dask speed-up. Prints figures.
 
 1. Throughput on N spectra (default 200,000) for the seed architecture (Table 2) and the CPU default
-   model: `xpz predict` (Parquet in -> Parquet out, via the registered pyfunc, model loading
+   model (an ensemble of `train.members` networks): `xpz predict` (Parquet in -> Parquet out, via the registered pyfunc, model loading
    excluded) against plain `keras_model.predict(x, batch_size=1024)` on the same spectra already in
    memory, in the same process.
 2. Peak memory (max RSS of the whole process, from wait4) of `xpz predict` on a 2,000,000-row
@@ -92,12 +92,17 @@ def build(arch: str, base: np.ndarray):
     from xpz.model import build_model, build_seed_model, flat_hyperparameters, trainable_params
     from xpz.scaling import fit_scaler
 
+    from xpz.train import ensemble_model
+
     keras.utils.set_random_seed(0)
-    cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml").model
+    params = load_config(Path(__file__).resolve().parents[1] / "params.yaml")
+    cfg = params.model
     if arch == "seed":
         model = build_seed_model(fit_scaler(base, normalize=False), cfg)
-    else:
-        model = build_model(flat_hyperparameters(cfg.default), cfg, fit_scaler(base, normalize=cfg.normalize_flux))
+    else:  # the default: `train.members` networks averaged into one model, as `xpz.train` builds it
+        scaler = fit_scaler(base, normalize=cfg.normalize_flux)
+        model = ensemble_model([build_model(flat_hyperparameters(cfg.default), cfg, scaler)
+                                for _ in range(params.train.members)])  # fmt: skip
     return model, trainable_params(model)
 
 
