@@ -138,23 +138,30 @@ def test_posterior_layer_loads_weights_saved_before_the_shift_existed():
     assert layer.point_estimate() == {"shift_z": 0.0, "shift_gain": 0.0}  # the median, as saved
 
 
-def test_choose_candidate_balances_the_bias_and_mae_budgets():
+def test_choose_candidate_takes_the_cheapest_candidate_that_reaches_the_bias_it_can():
     from xpz.train import Candidate, choose_candidate
 
     def cand(mae, bias, gain):
         return Candidate(0.0, 1.0, 0.35, gain, {"mae": mae, "worst_bin_bias": bias})
 
     median, mild, strong = cand(0.0120, -0.05, 0.0), cand(0.0124, -0.019, 0.2), cand(0.0130, -0.005, 0.5)
-    # budgets: bias 0.02, MAE 0.0126 (5% over the best): mild keeps both (scores 0.98 / 0.95), strong
-    # overshoots the MAE budget (1.03), the median the bias budget (2.5)
-    assert choose_candidate([median, mild, strong], bias_target=0.02, mae_tolerance=0.05) is mild
-    # a tight bias budget: strong overshoots least (MAE 1.03 vs mild's bias 1.9)
-    assert choose_candidate([median, mild, strong], bias_target=0.01, mae_tolerance=0.05) is strong
-    # a bias budget the median already keeps: any shift only costs MAE
-    assert choose_candidate([median, mild, strong], bias_target=0.06, mae_tolerance=0.0) is median
+    # mild and strong reach the target: the cheaper one wins
+    assert choose_candidate([median, mild, strong], bias_target=0.02, bias_slack=0.005) is mild
+    # only strong reaches a tight target
+    assert choose_candidate([median, mild, strong], bias_target=0.01, bias_slack=0.005) is strong
+    # a target the median already keeps: any shift only costs MAE
+    assert choose_candidate([median, mild, strong], bias_target=0.06, bias_slack=0.005) is median
+    # out of reach (least bias 0.026): within the slack of it (<= 0.031), the smallest MAE wins,
+    # not the last thousandth of bias at 0.0141
+    floor, near, far = cand(0.0141, -0.026, 0.8), cand(0.0129, 0.030, 0.6), cand(0.0124, -0.035, 0.6)
+    assert choose_candidate([median, far, near, floor], bias_target=0.025, bias_slack=0.005) is near
+    assert choose_candidate([median, far, near, floor], bias_target=0.025, bias_slack=0.0) is floor
+    # equal MAE: the smaller bias
+    twin = cand(0.0129, -0.027, 0.8)
+    assert choose_candidate([near, twin, floor], bias_target=0.025, bias_slack=0.005) is twin
     # no populated bin (NaN bias) counts as unbiased
     nan = cand(0.0119, float("nan"), 0.0)
-    assert choose_candidate([median, nan], bias_target=0.02, mae_tolerance=0.0) is nan
+    assert choose_candidate([median, nan], bias_target=0.02, bias_slack=0.0) is nan
 
 
 def test_posterior_alpha_divides_out_prior_and_temperature_sharpens():

@@ -247,8 +247,8 @@ class TrainConfig(_Section):
     alpha_grid: list[float] = [0.0, 0.25, 0.5, 0.75, 1.0]
     shift_z_grid: list[float] = [0.3, 0.35, 0.4]  # point estimate: quantile 0.5 + gain * P(z > shift_z)
     shift_gain_grid: list[float] = [0.0]  # 0 only: the posterior median
-    bias_target: float = Field(0.02, ge=0)  # budget for the |worst per-bin bias| on validation
-    mae_tolerance: float = Field(0.03, ge=0)  # budget: relative val MAE increase allowed for less bias
+    bias_target: float = Field(0.025, ge=0)  # |worst per-bin bias| on validation to reach ...
+    bias_slack: float = Field(0.005, ge=0)  # ... or, if out of reach, the least bias + this
     interval: float = Field(0.68, gt=0, lt=1)  # target coverage of the central interval
 
     @model_validator(mode="after")
