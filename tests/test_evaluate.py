@@ -69,6 +69,8 @@ def test_bin_table_hand_computed_and_shares_sum_to_100():
     first = t.iloc[0]
     assert first["count"] == 2 and first["mean_error"] == pytest.approx(0.0)
     assert first["std"] == pytest.approx(0.02) and first["mae"] == pytest.approx(0.02)
+    assert first["mean_error_se"] == pytest.approx(np.std([0.02, -0.02], ddof=1) / np.sqrt(2))
+    assert np.isnan(t.iloc[1]["mean_error_se"])  # one object: no standard error
     assert first["coverage_68"] == pytest.approx(0.0)  # both off by 0.02 > 0.015
     assert t.iloc[1]["coverage_68"] == pytest.approx(1.0)
     last = t.iloc[-1]  # z = 0.6 belongs to the last bin (closed on the right)

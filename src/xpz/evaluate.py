@@ -5,8 +5,10 @@ The one place that defines the bins and the metrics (the training-time calibrati
 - dz = z_pred - z_true; MAE, RMSE, bias = mean(dz);
 - sigma_NMAD = 1.4826 * median(|dz - median(dz)| / (1 + z_true));
 - outlier fraction = share of |dz| / (1 + z_true) > 0.15;
-- per bin of z_true (width 0.05 on [0, 0.6], the last bin closed on the right): mean error, std
-  (population, ddof=0), MAE, count, share of the binned objects in %, coverage of the 68% interval;
+- per bin of z_true (width 0.05 on [0, 0.6], the last bin closed on the right): mean error, its
+  standard error (sample std / sqrt(count): a sparse high-z bin's mean error is only known to
+  about +-0.02), std (population, ddof=0), MAE, count, share of the binned objects in %, coverage
+  of the 68% interval;
 - worst per-bin bias = the mean error of largest magnitude over bins ending at or below
   `bias_z_max` (0.5) that hold at least `min_bin_count` objects.
 """
@@ -34,8 +36,8 @@ BIN_WIDTH = 0.05
 BIN_Z_MAX = 0.6
 BIAS_Z_MAX = 0.5
 MIN_BIN_COUNT = 20
-BIN_COLUMNS = ("bin", "z_lo", "z_hi", "mean_error", "std", "mae", "count", "share", "coverage_68")
-BIN_METRICS = ("mean_error", "std", "mae", "count", "share", "coverage_68")
+BIN_COLUMNS = ("bin", "z_lo", "z_hi", "mean_error", "mean_error_se", "std", "mae", "count", "share", "coverage_68")
+BIN_METRICS = ("mean_error", "mean_error_se", "std", "mae", "count", "share", "coverage_68")
 
 
 # ----------------------------------------------------------------------------- pure metrics
@@ -104,6 +106,7 @@ def bin_table(z_true, z_pred, z_lower=None, z_upper=None, edges=None) -> pd.Data
                 "z_lo": float(edges[b]),
                 "z_hi": float(edges[b + 1]),
                 "mean_error": float(dz.mean()) if n else np.nan,
+                "mean_error_se": float(dz.std(ddof=1) / np.sqrt(n)) if n > 1 else np.nan,
                 "std": float(dz.std()) if n else np.nan,
                 "mae": float(np.abs(dz).mean()) if n else np.nan,
                 "count": n,
@@ -235,15 +238,19 @@ def loss_curves_figure(history: dict[str, list[float]]) -> "Figure":
 
 
 def bin_bias_figure(table: pd.DataFrame) -> "Figure":
-    """Mean error per bin with std error bars (the seed's Figure 16)."""
+    """Mean error per bin with std error bars (the seed's Figure 16), and the standard error of the
+    mean as thick bars: what tells a real bias from a sparse bin's noise."""
     fig = _figure(figsize=(7, 4), layout="constrained")
     ax = fig.add_subplot()
     centres = 0.5 * (table["z_lo"] + table["z_hi"])
-    ax.errorbar(centres, table["mean_error"], yerr=table["std"], fmt="o", capsize=3)
+    ax.errorbar(centres, table["mean_error"], yerr=table["std"], fmt="o", capsize=3, lw=0.8, label="std")
+    ax.errorbar(centres, table["mean_error"], yerr=table["mean_error_se"], fmt="none", lw=3,
+                label="standard error of the mean")
     ax.axhline(0.0, color="grey", lw=0.8)
     ax.set_xlabel("true redshift bin")
     ax.set_ylabel("mean error (z_pred - z_true)")
-    ax.set_title("Mean error and standard deviation per redshift bin")
+    ax.set_title("Mean error per redshift bin: std and standard error of the mean")
+    ax.legend()
     return fig
 
 
