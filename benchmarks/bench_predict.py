@@ -1,9 +1,10 @@
 """Benchmark of batch prediction: speed, peak memory, Dask speed-up. Prints figures.
 
 1. Throughput on N spectra (default 200,000) for the seed architecture (Table 2) and the CPU default
-   model (an ensemble of `train.members` networks): `xpz predict` (Parquet in -> Parquet out, via the registered pyfunc, model loading
-   excluded) against plain `keras_model.predict(x, batch_size=1024)` on the same spectra already in
-   memory, in the same process.
+   model (an ensemble of `train.members` networks): `xpz predict` (Parquet in -> Parquet out, via
+   the registered pyfunc, model loading excluded) against plain
+   `keras_model.predict(x, batch_size=1024)` on the same spectra already in memory, in the same
+   process.
 2. Peak memory (max RSS of the whole process, from wait4) of `xpz predict` on a 2,000,000-row
    Parquet input, run as a subprocess (target: < 2 GiB).
 3. Dask speed-up: the same partitioned catalogue predicted by one process and by a local Dask
@@ -91,7 +92,6 @@ def build(arch: str, base: np.ndarray):
     from xpz.config import load_config
     from xpz.model import build_model, build_seed_model, flat_hyperparameters, trainable_params
     from xpz.scaling import fit_scaler
-
     from xpz.train import ensemble_model
 
     keras.utils.set_random_seed(0)

@@ -36,8 +36,8 @@ BIN_WIDTH = 0.05
 BIN_Z_MAX = 0.6
 BIAS_Z_MAX = 0.5
 MIN_BIN_COUNT = 20
-BIN_COLUMNS = ("bin", "z_lo", "z_hi", "mean_error", "mean_error_se", "std", "mae", "count", "share", "coverage_68")
 BIN_METRICS = ("mean_error", "mean_error_se", "std", "mae", "count", "share", "coverage_68")
+BIN_COLUMNS = ("bin", "z_lo", "z_hi", *BIN_METRICS)
 
 
 # ----------------------------------------------------------------------------- pure metrics

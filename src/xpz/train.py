@@ -199,10 +199,10 @@ def choose_candidate(candidates: Sequence[Candidate], bias_target: float, bias_s
     max(`bias_target`, least |worst bias| of all candidates + `bias_slack`).
 
     Bias comes first because it is what the median gets wrong (the seed's open problem), but
-    only down to what this model can reach: once the least-biased candidates are within
-    `bias_slack` of each other (about the validation noise of a sparse high-z bin), the cheapest
-    in MAE wins instead of the last thousandth of bias bought at any MAE. Ties go to the smaller
-    bias."""
+    only down to what this model can reach: among candidates within `bias_slack` of the least
+    biased one (differences far below the +-0.01 that a ~100-galaxy validation bin resolves),
+    the cheapest in MAE wins instead of the last thousandth of bias bought at any MAE. Ties go to
+    the smaller bias."""
     limit = max(bias_target, min(c.abs_bias for c in candidates) + bias_slack)
     eligible = [c for c in candidates if c.abs_bias <= limit]
     return min(eligible, key=lambda c: (c.metrics["mae"], c.abs_bias))
