@@ -73,7 +73,7 @@ def main() -> None:
     os.chdir(root)
 
     from xpz.config import load_config
-    from xpz.data_stages import generate_dataset, split_dataset
+    from xpz.data.stages import generate_dataset, split_dataset
 
     cfg = load_config("params.yaml", profile=args.profile, overrides=base)
     t0 = time.perf_counter()

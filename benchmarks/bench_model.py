@@ -36,8 +36,8 @@ KEYS = ("mae", "sigma_nmad", "outlier_fraction", "worst_bin_bias", "worst_bin_bi
 
 def throughput(cfg, fluxes: np.ndarray, z: np.ndarray) -> dict[str, float]:
     """Steady-state training samples/s of the seed model (batch 16 and 256) and the default model."""
-    from xpz.model import build_model, build_seed_model, flat_hyperparameters
-    from xpz.scaling import fit_scaler
+    from xpz.model.architectures import build_model, build_seed_model, flat_hyperparameters
+    from xpz.model.scaling import fit_scaler
 
     out = {}
     runs = [
@@ -66,7 +66,7 @@ def throughput(cfg, fluxes: np.ndarray, z: np.ndarray) -> dict[str, float]:
 def load_data(args, cfg) -> pd.DataFrame:
     if args.data:
         return pd.read_parquet(args.data)
-    from xpz.synthetic import generate
+    from xpz.data.synthetic import generate
 
     return generate(cfg.data.model_copy(update={"n_galaxies": args.n or cfg.data.n_galaxies}))
 
@@ -99,12 +99,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     quiet_telemetry()
 
-    from xpz.evaluate import evaluate, summary_metrics, table_markdown
-    from xpz.predict import predict_redshift
+    from xpz.model.evaluate import evaluate, summary_metrics, table_markdown
+    from xpz.model.posterior import predict_redshift
     from xpz.spectra import flux_matrix
-    from xpz.split import split_dataset
-    from xpz.train import train_model
-    from xpz.tune import tune
+    from xpz.data.split import split_dataset
+    from xpz.model.train import train_model
+    from xpz.model.tune import tune
 
     cfg = load_config(args.params, profile=args.profile, overrides={"train.verbose": 0, "tune.enabled": True})
     df = load_data(args, cfg)

@@ -43,14 +43,14 @@ from xpz.env import quiet_telemetry  # noqa: E402
 
 quiet_telemetry()
 
-from xpz.io import schema  # noqa: E402
-from xpz.spectra import FLUX_COLUMNS, ID_COLUMN  # noqa: E402
+from xpz.data.io import schema  # noqa: E402
+from xpz.spectra import FLUX_COLUMNS  # noqa: E402
 
 
 def base_spectra(n: int, seed: int = 42) -> np.ndarray:
     from xpz.config import DataConfig
     from xpz.spectra import flux_matrix
-    from xpz.synthetic import generate
+    from xpz.data.synthetic import generate
 
     return flux_matrix(generate(DataConfig(n_galaxies=n, seed=seed, chunk_size=n)))
 
@@ -90,16 +90,16 @@ def build(arch: str, base: np.ndarray):
     import keras
 
     from xpz.config import load_config
-    from xpz.model import build_model, build_seed_model, flat_hyperparameters, trainable_params
-    from xpz.scaling import fit_scaler
-    from xpz.train import ensemble_model
+    from xpz.model.architectures import build_model, build_seed_model, flat_hyperparameters, trainable_params
+    from xpz.model.scaling import fit_scaler
+    from xpz.model.train import ensemble_model
 
     keras.utils.set_random_seed(0)
     params = load_config(Path(__file__).resolve().parents[1] / "params.yaml")
     cfg = params.model
     if arch == "seed":
         model = build_seed_model(fit_scaler(base, normalize=False), cfg)
-    else:  # the default: `train.members` networks averaged into one model, as `xpz.train` builds it
+    else:  # the default: `train.members` networks averaged into one model, as `xpz.model.train` builds it
         scaler = fit_scaler(base, normalize=cfg.normalize_flux)
         model = ensemble_model([build_model(flat_hyperparameters(cfg.default), cfg, scaler)
                                 for _ in range(params.train.members)])  # fmt: skip
@@ -107,7 +107,7 @@ def build(arch: str, base: np.ndarray):
 
 
 def throughput(args, work: Path, base: np.ndarray) -> dict[str, str]:
-    from xpz.batch_predict import load_predictor, predict_file
+    from xpz.serving.batch import load_predictor, predict_file
 
     source = write_tiled(work / "bench_in.parquet", base, args.n)
     x = pd.read_parquet(source, columns=list(FLUX_COLUMNS)).to_numpy(np.float32)
@@ -168,7 +168,7 @@ def peak_memory(args, work: Path, base: np.ndarray, uris: dict[str, str]) -> Non
 
 
 def _warm(model: str, uri: str) -> int:
-    from xpz.batch_predict import cached_predictor
+    from xpz.serving.batch import cached_predictor
 
     p = cached_predictor(model, uri)
     p.predict(np.ones((2048, len(FLUX_COLUMNS)), np.float32))
@@ -176,7 +176,7 @@ def _warm(model: str, uri: str) -> int:
 
 
 def _predict_partition(path: str, out: str, model: str, uri: str, chunk_size: int) -> int:
-    from xpz.batch_predict import cached_predictor, predict_file
+    from xpz.serving.batch import cached_predictor, predict_file
 
     return predict_file(path, out, cached_predictor(model, uri), chunk_size=chunk_size, progress=False).rows
 
@@ -184,7 +184,7 @@ def _predict_partition(path: str, out: str, model: str, uri: str, chunk_size: in
 def dask_speedup(args, work: Path, base: np.ndarray, uris: dict[str, str]) -> None:
     from distributed import Client, LocalCluster
 
-    from xpz.batch_predict import load_predictor, predict_file
+    from xpz.serving.batch import load_predictor, predict_file
 
     arch = args.dask_model
     if arch not in uris:

@@ -2,7 +2,7 @@
 
 The model is judged on spectra from outside its training distribution (real Gaia data, or another
 implementation of the same physics). This script measures how far the figures move when the data
-do: it generates test sets with the embedded generator (`xpz.synthetic`) and prints, for each, MAE,
+do: it generates test sets with the embedded generator (`xpz.data.synthetic`) and prints, for each, MAE,
 sigma_NMAD, outlier fraction, worst per-bin mean error (bins up to z = 0.5 with >= 20 objects) and
 68%-interval coverage:
 
@@ -54,10 +54,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     quiet_telemetry()
 
-    from xpz.batch_predict import load_predictor
-    from xpz.evaluate import summary_metrics
+    from xpz.serving.batch import load_predictor
+    from xpz.model.evaluate import summary_metrics
     from xpz.spectra import TARGET_COLUMN, flux_matrix
-    from xpz.synthetic import generate
+    from xpz.data.synthetic import generate
 
     cfg = load_config(args.params)
     model = args.model or f"models:/{cfg.tracking.registered_model}@champion"

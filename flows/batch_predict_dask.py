@@ -1,6 +1,6 @@
 """Prefect flow `xpz-batch-predict`: batch prediction over a partitioned catalogue on Dask.
 
-Thin wiring of `xpz.batch_predict`: one Prefect task per partition file, run by prefect-dask's
+Thin wiring of `xpz.serving.batch`: one Prefect task per partition file, run by prefect-dask's
 `DaskTaskRunner` on a local cluster (default: 2 worker processes, 1 Dask thread each) or on an existing
 Dask scheduler (`--address tcp://scheduler:8786`, e.g. dask-jobqueue, dask-kubernetes, Coiled).
 
@@ -63,7 +63,7 @@ def predict_partition(
     partition: str, out: str, model_uri: str, tracking_uri: str | None, fmt: str, chunk_size: int
 ) -> dict[str, Any]:
     """Predict one partition file into `out` (the model is loaded once per worker process)."""
-    from xpz.batch_predict import cached_predictor, predict_file
+    from xpz.serving.batch import cached_predictor, predict_file
 
     predictor = cached_predictor(model_uri, tracking_uri)
     result = predict_file(partition, out, predictor, fmt=fmt, chunk_size=chunk_size, progress=False)
@@ -80,8 +80,8 @@ def batch_predict(
     chunk_size: int = 16384,
 ) -> dict[str, Any]:
     """Predict every partition of `catalogue` (a folder of Parquet/CSV/ECSV files) into `out_dir`."""
-    from xpz.batch_predict import default_tracking_uri, resolve_model
-    from xpz.io_stream import list_partitions
+    from xpz.serving.batch import default_tracking_uri, resolve_model
+    from xpz.data.stream import list_partitions
 
     start = time.perf_counter()
     tracking_uri = tracking_uri or default_tracking_uri(None)  # the argument, else MLFLOW_TRACKING_URI

@@ -32,7 +32,7 @@ def smoke_config():
 @pytest.fixture(scope="session")
 def small_dataset_path(tmp_path_factory, smoke_config) -> Path:
     """A 1,500-galaxy synthetic dataset in our Parquet schema, generated once per session."""
-    from xpz.data_stages import generate_dataset
+    from xpz.data.stages import generate_dataset
 
     cfg = smoke_config.data.model_copy(update={"n_galaxies": 1500, "chunk_size": 500})
     path = tmp_path_factory.mktemp("data") / "galaxies.parquet"
@@ -42,7 +42,7 @@ def small_dataset_path(tmp_path_factory, smoke_config) -> Path:
 
 @pytest.fixture()
 def small_dataset(small_dataset_path) -> pd.DataFrame:
-    from xpz.io import read_dataset
+    from xpz.data.io import read_dataset
 
     return read_dataset(small_dataset_path)
 
@@ -50,7 +50,7 @@ def small_dataset(small_dataset_path) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def dataset(small_dataset_path) -> pd.DataFrame:
     """The small generated dataset, read once per test module."""
-    from xpz.io import read_dataset
+    from xpz.data.io import read_dataset
 
     return read_dataset(small_dataset_path)
 

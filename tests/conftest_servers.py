@@ -282,7 +282,7 @@ def make_project(
     shutil.copy(dataset, root / "data" / "galaxies.parquet")
     if split:
         from xpz.config import load_config
-        from xpz.data_stages import split_dataset
+        from xpz.data.stages import split_dataset
 
         cfg = load_config(root / "params.yaml")
         old = Path.cwd()

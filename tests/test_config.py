@@ -64,7 +64,7 @@ def test_missing_file(tmp_path):
 
 
 def test_command_line_overrides_are_yaml_values():
-    from xpz.cli_common import parse_overrides
+    from xpz.cli.common import parse_overrides
 
     assert parse_overrides(["train.epochs=3", "model.default.conv_filters=[8, 8]", "tune.enabled=false"]) == {
         "train.epochs": 3,

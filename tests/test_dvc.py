@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import REPO, random_frame
-from xpz.io import write_dataset
+from xpz.data.io import write_dataset
 
 pytestmark = pytest.mark.integration
 

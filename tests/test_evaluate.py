@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from xpz.config import EvaluateConfig, config_from_dict
-from xpz.evaluate import (
+from xpz.model.evaluate import (
     bin_edges,
     bin_metrics,
     bin_table,
@@ -132,8 +132,8 @@ def _frame(n, seed):
 
 
 def test_evaluate_end_to_end_on_a_tiny_model():
-    from xpz.model import build_model
-    from xpz.scaling import fit_scaler
+    from xpz.model.architectures import build_model
+    from xpz.model.scaling import fit_scaler
     from xpz.spectra import flux_matrix
 
     cfg = config_from_dict({"evaluate": {"knn_k": 3}})
@@ -159,7 +159,7 @@ def test_evaluate_config_rejects_bad_bins():
 
 
 def test_loss_curves_show_every_ensemble_member():
-    from xpz.evaluate import loss_curves_figure
+    from xpz.model.evaluate import loss_curves_figure
 
     single = {"loss": [2, 1], "val_loss": [2.5, 1.5], "mae": [0.1, 0.05], "val_mae": [0.1, 0.06]}
     members = {f"member_1/{k}": [v * 1.1 for v in values] for k, values in single.items()}

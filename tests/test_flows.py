@@ -230,7 +230,7 @@ def test_rerun_after_a_crash_in_tuning_resumes_the_search(servers, first_run):
 
 
 def test_invalid_data_fails_the_flow_with_the_summary_and_registers_nothing(servers, first_run, project, tmp_path):
-    from xpz.io import read_dataset, write_dataset
+    from xpz.data.io import read_dataset, write_dataset
 
     flow_mod = _flow_module()
     bad = tmp_path / "bad"

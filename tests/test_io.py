@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from conftest import copy_params, random_frame
 from xpz.cli import app
 from xpz.errors import InputError
-from xpz.io import atomic_path, read_dataset, read_seed_csv, write_dataset
+from xpz.data.io import read_dataset, read_seed_csv, write_dataset
+from xpz.files import atomic_path
 from xpz.spectra import FLUX_COLUMNS
 
 runner = CliRunner()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from xpz.config import ConfigError, ModelConfig, config_from_dict
-from xpz.model import (
+from xpz.model.architectures import (
     SEED_TRAINABLE_PARAMS,
     RedshiftHyperModel,
     build_model,
@@ -18,8 +18,8 @@ from xpz.model import (
     prune_hyperparameters,
     trainable_params,
 )
-from xpz.predict import posterior_quantiles, predict_redshift, redshifts_from_output
-from xpz.scaling import fit_scaler
+from xpz.model.posterior import posterior_quantiles, predict_redshift, redshifts_from_output
+from xpz.model.scaling import fit_scaler
 from xpz.spectra import N_FLUX
 
 TINY = {
@@ -128,7 +128,7 @@ def test_shifted_point_estimate_is_the_quantile_raised_by_high_z_mass():
 
 
 def test_posterior_layer_loads_weights_saved_before_the_shift_existed():
-    from xpz.model import RedshiftPosterior
+    from xpz.model.architectures import RedshiftPosterior
 
     layer = RedshiftPosterior([0.0, 0.1, 0.2, 0.3])
     layer.build((None, 3))
@@ -139,7 +139,7 @@ def test_posterior_layer_loads_weights_saved_before_the_shift_existed():
 
 
 def test_choose_candidate_takes_the_cheapest_candidate_that_reaches_the_bias_it_can():
-    from xpz.train import Candidate, choose_candidate
+    from xpz.model.calibration import Candidate, choose_candidate
 
     def cand(mae, bias, gain):
         return Candidate(0.0, 1.0, 0.35, gain, {"mae": mae, "worst_bin_bias": bias})
@@ -165,7 +165,7 @@ def test_choose_candidate_takes_the_cheapest_candidate_that_reaches_the_bias_it_
 
 
 def test_posterior_alpha_divides_out_prior_and_temperature_sharpens():
-    from xpz.model import RedshiftPosterior
+    from xpz.model.architectures import RedshiftPosterior
 
     layer = RedshiftPosterior([0.0, 0.1, 0.2, 0.3])
     log_prior = np.log([0.7, 0.2, 0.1])

@@ -26,7 +26,7 @@ def env(tmp_path_factory, small_dataset_path):
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
         from xpz import pipeline, tracking
-        from xpz.data_stages import split_dataset
+        from xpz.data.stages import split_dataset
 
         overrides = {
             "data.path": str(small_dataset_path),
@@ -97,7 +97,7 @@ def test_first_model_is_champion_and_serves_raw_fluxes(env, small_dataset_path):
 def test_second_run_follows_the_champion_rule_and_cli(env):
     """A second, untuned run: champion only if its test MAE is lower; then the CLI lists and promotes."""
     from xpz import pipeline
-    from xpz.cli_model import app
+    from xpz.cli.model import app
 
     cfg, tr, first = env["cfg"], env["tr"], env["result"]
     cfg2 = load_config(REPO / "params.yaml", profile="smoke", overrides={**env["overrides"], "train.epochs": 1, "evaluate.baselines": False})
@@ -131,7 +131,7 @@ def test_second_run_follows_the_champion_rule_and_cli(env):
 
 
 def test_cli_help_texts():
-    from xpz.cli_model import COMMANDS, app
+    from xpz.cli.model import COMMANDS, app
 
     runner = CliRunner()
     for name in COMMANDS:

@@ -24,14 +24,14 @@ OUT_COLUMNS = ["source_id", "z", "z_lower", "z_upper", "model_name", "model_vers
 
 @pytest.fixture(scope="module")
 def predictor(registered):
-    from xpz.batch_predict import load_predictor
+    from xpz.serving.batch import load_predictor
 
     return load_predictor(registered.champion, registered.tracking_uri)
 
 
 @pytest.fixture(scope="module")
 def keras_model(registered):
-    from xpz.batch_predict import use_tracking_uri
+    from xpz.serving.batch import use_tracking_uri
     from xpz.tracking import load_keras_model
 
     with use_tracking_uri(registered.tracking_uri):
@@ -56,7 +56,7 @@ def cli_predict(registered, source: Path, out: Path, *extra: str):
 
 
 def test_parquet_predictions_match_the_models_own(registered, dataset, small_dataset_path, keras_model, tmp_path):
-    from xpz.predict import predict_redshift
+    from xpz.model.posterior import predict_redshift
 
     out = cli_predict(registered, small_dataset_path, tmp_path / "pred.parquet")
     assert list(out.columns) == OUT_COLUMNS
@@ -72,7 +72,7 @@ def test_parquet_predictions_match_the_models_own(registered, dataset, small_dat
 
 
 def test_chunked_equals_unchunked_bit_for_bit(registered, small_dataset_path, predictor, tmp_path):
-    from xpz.batch_predict import predict_file
+    from xpz.serving.batch import predict_file
 
     frames = []
     for chunk_size in (7, 500, 1024, 1_000_000):
@@ -86,9 +86,9 @@ def test_chunked_equals_unchunked_bit_for_bit(registered, small_dataset_path, pr
 def test_gaia_coefficient_files_use_the_importers_conversion(registered, dataset, predictor, tmp_path):
     """Coefficients fitted with gaiaxpy's DR3 bases to generated spectra, written as the archive's
     CSV and as ECSV: predictions equal the model's on the importer's fluxes (and on the coefficients
-    converted by xpz.xp directly)."""
-    from xpz.io import read_gaia_xp_continuous
-    from xpz.xp import coefficients_to_fluxes
+    converted by xpz.data.xp directly)."""
+    from xpz.data.io import read_gaia_xp_continuous
+    from xpz.data.xp import coefficients_to_fluxes
 
     subset = dataset.iloc[:300]
     bp, rp = fit_coefficients(flux_matrix(subset))
@@ -106,7 +106,7 @@ def test_gaia_coefficient_files_use_the_importers_conversion(registered, dataset
 
 
 def test_seed_csv_and_partitioned_folder(registered, dataset, small_dataset_path, predictor, tmp_path):
-    from xpz.batch_predict import predict_file
+    from xpz.serving.batch import predict_file
 
     reference = pd.read_parquet(predict_file(small_dataset_path, tmp_path / "ref.parquet", predictor, progress=False).out)
     # the seed's layout: z then 186 fluxes, no header, no source_id (row numbers become ids)

@@ -44,8 +44,8 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_dask_flow_equals_single_process(small_dataset_path, tmp_path, tmp_path_factory):
-    from xpz.batch_predict import predict_file
-    from xpz.io import read_dataset
+    from xpz.serving.batch import predict_file
+    from xpz.data.io import read_dataset
 
     dataset = read_dataset(small_dataset_path)
     registered = shared_registered(tmp_path_factory, flux_matrix(dataset))
@@ -86,12 +86,12 @@ def test_dask_flow_equals_single_process(small_dataset_path, tmp_path, tmp_path_
 DRIVER = """
 import sys, time
 from pathlib import Path
-import xpz.tune, xpz.tune_distributed  # TensorFlow and keras-tuner imported before the barrier
+import xpz.model.tune, xpz.model.tune_distributed  # TensorFlow and keras-tuner imported before the barrier
 ready, go = Path(sys.argv[1]), Path(sys.argv[2])
 ready.touch()
 while not go.exists():
     time.sleep(0.2)
-sys.exit(xpz.tune_distributed.main(sys.argv[3:]))
+sys.exit(xpz.model.tune_distributed.main(sys.argv[3:]))
 """
 
 TINY_SEARCH = [
@@ -106,7 +106,7 @@ TINY_SEARCH = [
 @pytest.mark.integration
 def test_keras_tuner_chief_and_two_workers_share_one_search(small_dataset_path, tmp_path):
     from xpz.config import load_config
-    from xpz.data_stages import split_dataset
+    from xpz.data.stages import split_dataset
 
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     cfg = load_config(tmp_path / "params.yaml", profile="smoke")

@@ -80,7 +80,7 @@ def post(url: str, payload: dict) -> tuple[int, dict]:
 def test_served_batch_equals_pyfunc_and_batch_predict(server, registered, dataset, small_dataset_path, tmp_path):
     import mlflow
 
-    from xpz.batch_predict import predict_file
+    from xpz.serving.batch import predict_file
 
     batch = dataset.iloc[:50]
     fluxes = flux_matrix(batch)
@@ -90,7 +90,7 @@ def test_served_batch_equals_pyfunc_and_batch_predict(server, registered, datase
     served = pd.DataFrame(body["predictions"])
     assert list(served.columns) == ["z", "z_lower", "z_upper"] and len(served) == 50
 
-    from xpz.batch_predict import use_tracking_uri
+    from xpz.serving.batch import use_tracking_uri
 
     with use_tracking_uri(registered.tracking_uri):
         local = mlflow.pyfunc.load_model(registered.champion).predict(fluxes)

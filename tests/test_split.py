@@ -10,8 +10,8 @@ import pytest
 from conftest import random_frame
 from xpz.config import SplitConfig
 from xpz.errors import InputError
-from xpz.io import write_dataset
-from xpz.split import SPLIT_NAMES, assign_splits, load_splits, redshift_strata, split_digest, write_split
+from xpz.data.io import write_dataset
+from xpz.data.split import SPLIT_NAMES, assign_splits, load_splits, redshift_strata, split_digest, write_split
 
 
 @pytest.fixture()

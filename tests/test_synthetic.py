@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from xpz import synthetic
+from xpz.data import sed, synthetic
 from xpz.config import DataConfig
 from xpz.spectra import DATASET_COLUMNS, FLUX_COLUMNS, N_BP, flux_matrix
 
@@ -130,8 +130,8 @@ def test_g_magnitude_matches_speclite():
     z = synthetic._draw_z(synthetic._rng(cfg.seed, 0, 0), 200, cfg.z_max)
     sed, g = synthetic._block_physics(cfg, 0, 200, z)
     assert (g >= cfg.g_min).all() and (g <= cfg.g_max).all()
-    mod = synthetic._model()
-    lam_nm = np.exp(mod.ln_obs0 + synthetic._LNL_STEP * np.arange(mod.n_obs))
+    mod = synthetic.instrument()
+    lam_nm = np.exp(mod.ln_obs0 + synthetic.LNL_STEP * np.arange(mod.n_obs))
     flux = sed * 100.0 * u.erg / (u.s * u.cm**2 * u.AA)  # 1 W m^-2 nm^-1 = 100 erg s^-1 cm^-2 A^-1
     g_ab = np.asarray(speclite.filters.load_filter("gaiadr3-G").get_ab_magnitude(flux, lam_nm * 10 * u.AA))
     np.testing.assert_allclose(g_ab + synthetic.G_AB_TO_VEGA, g, atol=0.01)
@@ -141,4 +141,4 @@ def test_distance_modulus_is_planck18():
     from astropy.cosmology import Planck18
 
     z = np.linspace(0.001, 0.7, 200)
-    np.testing.assert_allclose(synthetic.distance_modulus(z), Planck18.distmod(z).value, atol=0.003)
+    np.testing.assert_allclose(sed.distance_modulus(z), Planck18.distmod(z).value, atol=0.003)

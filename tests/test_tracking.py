@@ -19,7 +19,7 @@ import pytest
 
 from xpz.config import Config, TrackingConfig, config_from_dict
 from xpz.spectra import FLUX_COLUMNS
-from xpz.split import Splits, split_digest
+from xpz.data.split import Splits, split_digest
 
 NAME = "xpz-test-model"
 
@@ -65,7 +65,7 @@ def tiny_model():
     """A tiny Keras regression model with the fitted min-max layer inside (raw fluxes in)."""
     import keras
 
-    from xpz.scaling import fit_scaler
+    from xpz.model.scaling import fit_scaler
 
     keras.utils.set_random_seed(0)
     train = make_splits().train
@@ -288,7 +288,7 @@ def _logged_run(store, model, mae, splits):
 
 def test_champion_challenger_promotion_and_pyfunc(store, tiny_model):
     from xpz import tracking
-    from xpz.predict import predict_redshift
+    from xpz.model.posterior import predict_redshift
 
     splits = make_splits()
     client = store.client

@@ -33,7 +33,7 @@ def _frame(n, seed):
 
 @pytest.fixture(scope="module")
 def splits():
-    from xpz.split import split_digest
+    from xpz.data.split import split_digest
 
     parts = {"train": _frame(600, 1), "val": _frame(300, 2), "test": _frame(200, 3)}
     return SimpleNamespace(**parts, digests={k: split_digest(v["source_id"]) for k, v in parts.items()})
@@ -51,9 +51,9 @@ def _cfg(**sections):
 
 
 def test_training_lowers_the_loss_and_calibrates(splits):
-    from xpz.model import posterior_layer
-    from xpz.predict import predict_redshift
-    from xpz.train import train_model
+    from xpz.model.architectures import posterior_layer
+    from xpz.model.posterior import predict_redshift
+    from xpz.model.train import train_model
 
     result = train_model(splits, _cfg(train={"alpha_grid": [0.0, 1.0]}))
     h = result.history
@@ -72,9 +72,9 @@ def test_training_lowers_the_loss_and_calibrates(splits):
 def test_ensemble_averages_member_logits_and_survives_save_load(splits, tmp_path: Path):
     import keras
 
-    from xpz.model import posterior_layer
-    from xpz.predict import predict_redshift
-    from xpz.train import train_model
+    from xpz.model.architectures import posterior_layer
+    from xpz.model.posterior import predict_redshift
+    from xpz.model.train import train_model
 
     result = train_model(splits, _cfg(train={"members": 2, "alpha_grid": [0.5]}))
     model = result.model
@@ -99,7 +99,7 @@ def test_ensemble_averages_member_logits_and_survives_save_load(splits, tmp_path
 
 
 def test_training_regression_head_with_balance_and_time_cap(splits):
-    from xpz.train import train_model
+    from xpz.model.train import train_model
 
     cfg = _cfg(
         model={"default": {**TINY_DEFAULT, "loss": "huber"}},
@@ -112,7 +112,7 @@ def test_training_regression_head_with_balance_and_time_cap(splits):
 
 
 def test_balance_weights_emphasise_rare_redshifts():
-    from xpz.train import balance_weights
+    from xpz.model.train import balance_weights
 
     z = np.r_[np.full(90, 0.1), np.full(10, 0.4)]
     w = balance_weights(z, np.linspace(0, 0.6, 13), balance=1.0)
@@ -121,7 +121,7 @@ def test_balance_weights_emphasise_rare_redshifts():
 
 
 def test_tune_runs_trials_reports_each_and_resumes(splits, tmp_path: Path):
-    from xpz.tune import tune
+    from xpz.model.tune import tune
 
     seen = []
     first = tune(splits, _cfg(), tmp_path / "tuning", on_trial_end=seen.append)
@@ -149,7 +149,7 @@ def test_tune_runs_trials_reports_each_and_resumes(splits, tmp_path: Path):
 
 
 def test_search_keeps_the_default_unless_clearly_better():
-    from xpz.tune import TrialRecord, keep_default_unless_better
+    from xpz.model.tune import TrialRecord, keep_default_unless_better
 
     default_hp, other_hp = {"conv_layers": 2, "units_0": 16}, {"conv_layers": 1, "units_0": 8}
     trials = [
@@ -164,7 +164,7 @@ def test_search_keeps_the_default_unless_clearly_better():
 
 
 def test_search_key_separates_incomparable_searches():
-    from xpz.tune import search_key
+    from xpz.model.tune import search_key
 
     digests = {"train": "a", "val": "b", "test": "c"}
     base = search_key(_cfg(), digests)
@@ -175,7 +175,7 @@ def test_search_key_separates_incomparable_searches():
 
 
 def test_tune_module_does_not_import_mlflow():
-    import xpz.tune
+    import xpz.model.tune
 
-    source = Path(xpz.tune.__file__).read_text()
+    source = Path(xpz.model.tune.__file__).read_text()
     assert "import mlflow" not in source and "from mlflow" not in source

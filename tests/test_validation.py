@@ -8,7 +8,7 @@ import pytest
 
 from conftest import random_frame
 from xpz.config import ValidateConfig
-from xpz.validation import row_summary, validate_frame
+from xpz.data.validation import row_summary, validate_frame
 
 
 @pytest.fixture(scope="module")

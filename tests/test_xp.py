@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xpz import xp
+from xpz.data import xp
 from xpz._gaiaxpy import gaiaxpy
 from xpz.spectra import N_BP, N_COEFFS, N_FLUX, N_RP, kept_pwl
 

@@ -1,6 +1,6 @@
 """Helpers for the prediction / serving / scale-out tests: tiny real models in a real MLflow store.
 
-The model is an xpz CNN (`xpz.model.build_model`, softmax-z head, fitted scaling inside) with a few
+The model is an xpz CNN (`xpz.model.architectures.build_model`, softmax-z head, fitted scaling inside) with a few
 hundred weights, logged through `xpz.tracking.log_model` (the real `XpzRedshiftModel` pyfunc) and
 registered with `xpz.tracking.register` (first model -> alias `champion`) in a sqlite store in a
 temporary folder.
@@ -39,8 +39,8 @@ def tiny_keras_model(fluxes: np.ndarray, seed: int = 0):
     import keras
 
     from xpz.config import ModelConfig
-    from xpz.model import build_model, posterior_layer, z_bin_edges
-    from xpz.scaling import fit_scaler
+    from xpz.model.architectures import build_model, posterior_layer, z_bin_edges
+    from xpz.model.scaling import fit_scaler
 
     keras.utils.set_random_seed(seed)
     cfg = ModelConfig()
@@ -54,7 +54,7 @@ def tiny_keras_model(fluxes: np.ndarray, seed: int = 0):
 def register_tiny_model(root: Path, fluxes: np.ndarray, name: str = MODEL_NAME) -> Registered:
     """Log + register a tiny model in `sqlite:///<root>/mlflow.db` (artifacts in <root>/mlruns)."""
     from xpz import tracking
-    from xpz.batch_predict import use_tracking_uri
+    from xpz.serving.batch import use_tracking_uri
     from xpz.config import TrackingConfig
 
     root.mkdir(parents=True, exist_ok=True)
@@ -101,7 +101,7 @@ def smooth_coefficients(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def fit_coefficients(fluxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Least-squares DR3 XP coefficients (gaiaxpy's bases) reproducing sampled fluxes (80 BP + 106 RP)."""
     from xpz.spectra import N_BP
-    from xpz.xp import design_matrix
+    from xpz.data.xp import design_matrix
 
     x = np.asarray(fluxes, np.float64)
     coeffs = []

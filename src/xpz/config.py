@@ -134,7 +134,7 @@ def _check_choices(name: str, values: tuple[str, ...] | list[str], allowed: tupl
 
 
 class HyperparametersConfig(_Section):
-    """One fixed architecture (the CPU default); `xpz.model.flat_hyperparameters` flattens it."""
+    """One fixed architecture (the CPU default); `xpz.model.architectures.flat_hyperparameters` flattens it."""
 
     conv_filters: list[int] = [64, 64, 32, 16]
     conv_kernels: list[int] = [5, 5, 3, 2]

@@ -1,0 +1,108 @@
+"""`xpz data ...`: generate, import, validate, split, show (options -> `xpz.data.stages`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from xpz.cli.common import ParamsOpt, ProfileOpt, SetOpt, config_from_options, fail, guarded
+
+data_app = typer.Typer(help="Dataset commands: generate, import, validate, split, show.", no_args_is_help=True)
+
+
+@data_app.command("generate")
+@guarded()
+def data_generate(
+    params: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output Parquet (default: data.path).")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing dataset.")] = False,
+) -> None:
+    """Generate the embedded synthetic Gaia XP galaxy dataset (deterministic for data.seed)."""
+    from xpz.data.stages import generate_dataset
+
+    cfg = config_from_options(params, profile, set_)
+    path = out or cfg.data.path
+    if path.exists() and not force:
+        fail(f"{path} exists; pass --force to overwrite it")
+    rows = generate_dataset(cfg.data, path)
+    typer.echo(f"wrote {rows:,} galaxies to {path}")
+
+
+@data_app.command("import")
+@guarded()
+def data_import(
+    source: Annotated[Path, typer.Argument(help="Seed CSV (z + 186 fluxes), our Parquet, or Gaia XP continuous CSV/ECSV.")],
+    params: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    fmt: Annotated[str, typer.Option("--format", help="auto, csv, parquet or gaia.")] = "auto",
+    redshifts: Annotated[Optional[Path], typer.Option(help="Redshift table (source_id, z) for Gaia XP input.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output Parquet (default: data.path).")] = None,
+) -> None:
+    """Import real spectra into the dataset schema; the file is validated before anything is written."""
+    from xpz.data.stages import import_dataset
+
+    cfg = config_from_options(params, profile)
+    path = out or cfg.data.path
+    rows = import_dataset(source, path, cfg.validation, fmt=fmt, redshifts=redshifts)
+    typer.echo(f"imported {rows:,} galaxies from {source} to {path}")
+
+
+@data_app.command("validate")
+@guarded()
+def data_validate(
+    params: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    path: Annotated[Optional[Path], typer.Option(help="Dataset Parquet (default: data.path).")] = None,
+) -> None:
+    """Run the Great Expectations suite; exit 1 with a readable summary if the dataset fails it."""
+    from xpz.data.stages import validate_dataset
+
+    cfg = config_from_options(params, profile)
+    report = validate_dataset(path or cfg.data.path, cfg.validation)
+    typer.echo(report.summary())
+    if not report.success:
+        raise typer.Exit(1)
+
+
+@data_app.command("split")
+@guarded()
+def data_split(
+    params: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Write the deterministic, z-stratified train/val/test split and its digests."""
+    from xpz.data.stages import split_dataset
+
+    cfg = config_from_options(params, profile, set_)
+    summary = split_dataset(cfg.data.path, cfg.split)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@data_app.command("show")
+@guarded()
+def data_show(
+    params: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    path: Annotated[Optional[Path], typer.Option(help="Dataset Parquet (default: data.path).")] = None,
+    out_dir: Annotated[Path, typer.Option(help="Where the PNG figures go.")] = Path("reports/data"),
+) -> None:
+    """Counts, redshift statistics and figures (redshift histogram, random spectra, mean spectra per z range)."""
+    from xpz.data.describe import plot_dataset, redshift_statistics
+    from xpz.data.io import read_dataset
+    from xpz.spectra import TARGET_COLUMN
+
+    cfg = config_from_options(params, profile)
+    source = path or cfg.data.path
+    df = read_dataset(source)
+    stats = redshift_statistics(df[TARGET_COLUMN].to_numpy())
+    typer.echo(f"{source}: {len(df):,} galaxies, 186 fluxes each")
+    for key, value in stats.items():
+        typer.echo(f"  z {key:<9} {value:.4f}" if key != "count" else f"  z {key:<9} {int(value)}")
+    for figure in plot_dataset(df, out_dir):
+        typer.echo(f"  figure: {figure}")

@@ -1,0 +1,45 @@
+"""The command line of the training flow (`python flows/train_pipeline.py ...`, the DVC `train` stage)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from xpz.cli.common import parse_overrides
+from xpz.config import ConfigError
+
+
+def flow_arguments(argv: list[str] | None, default_reports_dir: str = "reports") -> argparse.Namespace:
+    """Parse `[--params P] [--profile NAME] [-S key=value ...] [--sync] [--reports-dir D]`; a bad
+    override exits with status 2 and one message (argparse's `error`)."""
+    parser = argparse.ArgumentParser(description="Run the xpz train_pipeline flow once.")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--profile", default=None)
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--sync", action="store_true", help="dvc pull the data and re-split if needed first")
+    parser.add_argument("--reports-dir", default=default_reports_dir)
+    args = parser.parse_args(argv)
+    try:
+        args.overrides = parse_overrides(args.overrides) or None
+    except ConfigError as err:
+        parser.error(str(err))
+    return args
+
+
+def run_flow_from_argv(flow: Callable[..., Any], argv: list[str] | None, default_reports_dir: str = "reports") -> int:
+    """Run `flow` once with options from `argv`: 0 when its flow run is Completed (its summary as one
+    JSON line on stdout), 1 otherwise (the state's message on stderr)."""
+    args = flow_arguments(argv, default_reports_dir)
+    state = flow(
+        params=args.params, profile=args.profile, overrides=args.overrides, sync=args.sync,
+        reports_dir=args.reports_dir, return_state=True,
+    )  # fmt: skip
+    if not state.is_completed():
+        print(f"train_pipeline: flow run {state.name}: {state.message}", file=sys.stderr)
+        return 1
+    info = state.result()
+    print(json.dumps({k: info.get(k) for k in ("mlflow_run_id", "model_version", "decision", "champion_version")}))
+    return 0

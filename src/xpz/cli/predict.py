@@ -1,0 +1,69 @@
+"""`xpz predict INPUT --model models:/<name>@champion --out predictions.parquet`: streaming batch prediction.
+
+Thin: options -> `xpz.serving.batch.predict_file`. Bad input (a file, its rows, an unknown model or
+alias) prints one message and exits with status 2, leaving no output file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from xpz.config import load_config
+from xpz.cli.common import guarded
+from xpz.data.stream import DEFAULT_CHUNK_SIZE, FORMATS
+
+
+
+
+@guarded()
+def predict(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            metavar="INPUT",
+            help="Spectra: our Parquet (source_id + flux_000..flux_185), the seed's CSV (186 fluxes, "
+            "optionally after z), Gaia archive XP continuous CSV/ECSV (55 BP + 55 RP coefficients), "
+            "or a folder of such files (a partitioned catalogue, read in path order).",
+        ),
+    ],
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            "--model",
+            "-m",
+            help="models:/<name>@<alias>, models:/<name>/<version>, runs:/<run_id>/model, an MLflow "
+            "model folder or a .keras file [default: models:/<tracking.registered_model>@champion].",
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output Parquet (written atomically).")] = Path(
+        "predictions.parquet"
+    ),
+    fmt: Annotated[str, typer.Option("--format", help=f"Input format: {', '.join(FORMATS)}.")] = "auto",
+    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Spectra read per chunk (bounds memory).")] = DEFAULT_CHUNK_SIZE,
+    params: Annotated[Path, typer.Option("--params", help="Parameters file (tracking section).")] = Path("params.yaml"),
+    tracking_uri: Annotated[
+        Optional[str], typer.Option("--tracking-uri", help="MLflow store [default: MLFLOW_TRACKING_URI, else tracking.uri].")
+    ] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Predict redshifts (z and its 68% interval) for every spectrum of INPUT, streaming in chunks."""
+    from xpz.serving.batch import default_tracking_uri, predict_file
+
+    configured_uri = None
+    registered = "xpz-redshift"
+    if params.exists():
+        cfg = load_config(params)
+        configured_uri, registered = cfg.tracking.uri, cfg.tracking.registered_model
+    uri = tracking_uri or default_tracking_uri(configured_uri)
+    result = predict_file(
+        source, out, model or f"models:/{registered}@champion", fmt=fmt, chunk_size=chunk_size,
+        progress=progress, tracking_uri=uri,
+    )  # fmt: skip
+    version = f" v{result.model_version}" if result.model_version else ""
+    typer.echo(
+        f"wrote {result.rows:,} predictions ({result.model_name}{version}) to {result.out} "
+        f"in {result.seconds:.1f} s ({result.spectra_per_s:,.0f} spectra/s; model loaded in {result.load_seconds:.1f} s)"
+    )

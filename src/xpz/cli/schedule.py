@@ -1,0 +1,184 @@
+"""`xpz schedule`: scheduled retraining as a Prefect deployment of the `train_pipeline` flow.
+
+- `xpz schedule serve`  : create the deployment (cron from params `schedule`) and serve it from this
+                          process (`flow.serve`); every scheduled or triggered run executes here.
+- `xpz schedule deploy` : register the deployment on a work pool (a `process` pool and
+                          `prefect worker start --pool NAME` run it) instead of serving it here.
+- `xpz schedule show`   : print the deployment that would be created (name, cron, parameters).
+
+Scheduled runs pass `sync=True`: the flow first brings the data to its DVC version (`dvc pull`) and
+re-splits if needed, then validates, retrains, and promotes only a model that beats the champion.
+The Prefect server comes from `PREFECT_API_URL` (see README, "Orchestration and real servers").
+
+This module is orchestration wiring (the only Prefect import under src/xpz is inside functions here);
+the flow itself lives in `flows/train_pipeline.py`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from xpz.cli.common import ParamsOpt, ProfileOpt, guarded, parse_overrides
+
+FLOW_FILE = Path("flows/train_pipeline.py")
+FLOW_FUNC = "train_pipeline"
+
+schedule_app = typer.Typer(
+    help="Scheduled retraining: a Prefect deployment of the train_pipeline flow (cron from params `schedule`).",
+    no_args_is_help=True,
+)
+
+SetOpt = Annotated[
+    Optional[list[str]], typer.Option("--set", "-S", help="Override a parameter of the scheduled runs (repeatable).")
+]
+ProjectOpt = Annotated[
+    Path, typer.Option("--project-dir", help="Checkout holding flows/, params.yaml and the data (runs execute here).")
+]
+CronOpt = Annotated[Optional[str], typer.Option("--cron", help="Override params schedule.cron.")]
+NameOpt = Annotated[Optional[str], typer.Option("--name", help="Override params schedule.deployment.")]
+SyncOpt = Annotated[bool, typer.Option("--sync/--no-sync", help="dvc pull + re-split before each run.")]
+
+
+def _flow_entrypoint(project_dir: Path) -> Path:
+    path = (project_dir / FLOW_FILE).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: flow file not found; run from the xpz checkout or pass --project-dir")
+    return path
+
+
+def deployment_spec(
+    params: Path,
+    profile: str | None,
+    overrides: dict[str, Any],
+    cron: str | None = None,
+    name: str | None = None,
+    sync: bool = True,
+) -> dict[str, Any]:
+    """Name, cron, timezone and flow parameters of the deployment, from params.yaml `schedule`."""
+    from xpz.config import load_config
+
+    cfg = load_config(params, profile=profile, overrides=overrides)
+    sched = cfg.schedule
+    if cron is not None:
+        from xpz.config import ScheduleConfig
+
+        sched = ScheduleConfig(cron=cron, deployment=sched.deployment, timezone=sched.timezone)
+    parameters: dict[str, Any] = {"params": str(params), "sync": sync}
+    if profile:
+        parameters["profile"] = profile
+    if overrides:
+        parameters["overrides"] = overrides
+    return {
+        "name": name or sched.deployment,
+        "cron": sched.cron,
+        "timezone": sched.timezone,
+        "parameters": parameters,
+        "profile": cfg.profile,
+    }
+
+
+def load_flow(project_dir: Path):  # type: ignore[no-untyped-def]
+    from prefect.flows import load_flow_from_entrypoint
+
+    return load_flow_from_entrypoint(f"{_flow_entrypoint(project_dir)}:{FLOW_FUNC}", use_placeholder_flow=False)
+
+
+
+
+@schedule_app.command("show")
+@guarded(FileNotFoundError)
+def show(
+    params: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    cron: CronOpt = None,
+    name: NameOpt = None,
+    sync: SyncOpt = True,
+) -> None:
+    """Print the deployment `serve`/`deploy` would create, and its next run times."""
+    spec = deployment_spec(params, profile, parse_overrides(set_), cron, name, sync)
+    try:
+        from datetime import datetime
+        from zoneinfo import ZoneInfo
+
+        from prefect._vendor.croniter import croniter  # Prefect's own (private) copy
+
+        it = croniter(spec["cron"], datetime.now(ZoneInfo(spec["timezone"])))
+        spec["next_runs"] = [it.get_next(datetime).isoformat() for _ in range(3)]
+    except Exception:  # noqa: BLE001 - the listing is informative only
+        pass
+    typer.echo(json.dumps({"flow": f"{FLOW_FILE}:{FLOW_FUNC}", **spec}, indent=2))
+
+
+@schedule_app.command("serve")
+@guarded(FileNotFoundError)
+def serve(
+    params: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    cron: CronOpt = None,
+    name: NameOpt = None,
+    sync: SyncOpt = True,
+    project_dir: ProjectOpt = Path("."),
+    limit: Annotated[Optional[int], typer.Option(help="Most flow runs at once in this process.")] = 1,
+    pause_on_shutdown: Annotated[
+        bool, typer.Option("--pause-on-shutdown/--keep-schedule", help="Pause the schedule when this process stops.")
+    ] = False,
+) -> None:
+    """Create the deployment with the cron from params `schedule` and serve it until interrupted."""
+    import os
+
+    from prefect.schedules import Cron
+
+    spec = deployment_spec(params, profile, parse_overrides(set_), cron, name, sync)
+    os.chdir(project_dir)  # runs execute in the checkout: relative params, data and reports paths
+    flow = load_flow(Path("."))
+    typer.echo(f"serving deployment {FLOW_FUNC}/{spec['name']} (cron {spec['cron']!r} {spec['timezone']}); Ctrl-C stops")
+    flow.serve(
+        name=spec["name"],
+        schedules=[Cron(spec["cron"], timezone=spec["timezone"])],
+        parameters=spec["parameters"],
+        tags=["xpz", f"profile:{spec['profile']}"],
+        description="xpz scheduled retraining: sync data -> validate -> tune -> train -> evaluate -> register/promote",
+        limit=limit,
+        pause_on_shutdown=pause_on_shutdown,
+        print_starting_message=True,
+    )
+
+
+@schedule_app.command("deploy")
+@guarded(FileNotFoundError)
+def deploy(
+    work_pool: Annotated[str, typer.Option("--work-pool", help="A Prefect work pool (e.g. type `process`).")],
+    params: ParamsOpt = Path("params.yaml"),
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    cron: CronOpt = None,
+    name: NameOpt = None,
+    sync: SyncOpt = True,
+    project_dir: ProjectOpt = Path("."),
+) -> None:
+    """Register the deployment on a work pool (no serving here): `prefect worker start --pool NAME` runs it."""
+    from prefect import Flow
+    from prefect.schedules import Cron
+
+    spec = deployment_spec(params, profile, parse_overrides(set_), cron, name, sync)
+    source = project_dir.resolve()
+    _flow_entrypoint(source)
+    flow = Flow.from_source(source=str(source), entrypoint=f"{FLOW_FILE.as_posix()}:{FLOW_FUNC}")
+    deployment_id = flow.deploy(
+        name=spec["name"],
+        work_pool_name=work_pool,
+        schedules=[Cron(spec["cron"], timezone=spec["timezone"])],
+        parameters=spec["parameters"],
+        tags=["xpz", f"profile:{spec['profile']}"],
+        build=False,
+        push=False,
+        print_next_steps=False,
+    )
+    typer.echo(f"deployment {FLOW_FUNC}/{spec['name']} ({deployment_id}) on work pool {work_pool!r}; "
+               f"start a worker: prefect worker start --pool {work_pool}")  # fmt: skip

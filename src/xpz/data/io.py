@@ -1,0 +1,289 @@
+"""Reading and writing spectra datasets in the formats users bring.
+
+- our Parquet schema: `source_id`, `z`, `flux_000..flux_185` (float32);
+- the seed's CSV: column 0 `z`, then 186 fluxes (a header row is optional);
+- Gaia archive `xp_continuous_mean_spectrum` (CSV or ECSV, 55 coefficients per band), converted to
+  the 186-sample grid by `xpz.data.xp.coefficients_to_fluxes`, joined with a redshift table on source_id.
+
+Every reader raises `InputError` naming the file, the column and the rows; every writer goes through
+`atomic_path`, so a failure leaves no partial file behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from xpz.errors import InputError, describe_rows
+from xpz.files import atomic_path
+from xpz.spectra import (
+    DATASET_COLUMNS,
+    FLUX_COLUMNS,
+    FLUX_DTYPE,
+    ID_COLUMN,
+    N_COEFFS,
+    N_FLUX,
+    TARGET_COLUMN,
+)
+
+GAIA_BANDS = ("bp", "rp")
+REDSHIFT_ALIASES = ("z", "redshift", "z_sdss", "zspec")
+
+
+def schema(with_target: bool = True) -> pa.Schema:
+    """The Arrow schema of a dataset (or of prediction inputs, without `z`)."""
+    fields = [pa.field(ID_COLUMN, pa.int64())]
+    if with_target:
+        fields.append(pa.field(TARGET_COLUMN, pa.float64()))
+    fields += [pa.field(c, pa.float32()) for c in FLUX_COLUMNS]
+    return pa.schema(fields)
+
+
+def conform(df: pd.DataFrame, source: str, with_target: bool = True) -> pd.DataFrame:
+    """Check columns and coerce dtypes to the dataset schema; name what is wrong."""
+    wanted = list(DATASET_COLUMNS) if with_target else [ID_COLUMN, *FLUX_COLUMNS]
+    missing = [c for c in wanted if c not in df.columns]
+    if missing:
+        raise InputError(f"{source}: missing column(s) {describe_rows(missing, 8)}")
+    out = df.loc[:, wanted].copy()
+    for column in wanted:
+        values = pd.to_numeric(out[column], errors="coerce")
+        bad = values.isna() & out[column].notna()
+        if bad.any():
+            rows = out.index[bad].tolist()
+            raise InputError(
+                f"{source}: column {column!r} has non-numeric values in rows {describe_rows(rows)}"
+                f" (e.g. {out.loc[rows[0], column]!r})"
+            )
+        out[column] = values
+    if out[ID_COLUMN].isna().any():
+        rows = out.index[out[ID_COLUMN].isna()].tolist()
+        raise InputError(f"{source}: column {ID_COLUMN!r} is empty in rows {describe_rows(rows)}")
+    out[ID_COLUMN] = out[ID_COLUMN].astype(np.int64)
+    if with_target:
+        out[TARGET_COLUMN] = out[TARGET_COLUMN].astype(np.float64)
+    out[list(FLUX_COLUMNS)] = out[list(FLUX_COLUMNS)].astype(FLUX_DTYPE)
+    return out.reset_index(drop=True)
+
+
+def write_dataset(df: pd.DataFrame, path: Path | str, with_target: bool = True) -> Path:
+    """Write a frame in the dataset schema as Parquet, atomically."""
+    path = Path(path)
+    table = pa.Table.from_pandas(conform(df, str(path), with_target), schema=schema(with_target), preserve_index=False)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return path
+
+
+def write_dataset_chunks(chunks: Iterator[pd.DataFrame], path: Path | str) -> int:
+    """Stream frames into one Parquet file (bounded memory), atomically. Returns the row count."""
+    path = Path(path)
+    rows = 0
+    with atomic_path(path) as tmp:
+        with pq.ParquetWriter(tmp, schema()) as writer:
+            for chunk in chunks:
+                table = pa.Table.from_pandas(conform(chunk, str(path)), schema=schema(), preserve_index=False)
+                writer.write_table(table)
+                rows += len(chunk)
+    return rows
+
+
+def read_dataset(path: Path | str, with_target: bool = True) -> pd.DataFrame:
+    """Read a dataset Parquet file, checking its schema."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    try:
+        df = pd.read_parquet(path)
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise InputError(f"{path}: not a readable Parquet file (truncated or corrupt?): {err}") from None
+    if df.empty:
+        raise InputError(f"{path}: the file holds no rows")
+    return conform(df, str(path), with_target)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def seed_csv_header(path: Path | str) -> int | None:
+    """0 when the seed CSV's first line is a header row (not all numbers), else None."""
+    with Path(path).open() as fh:
+        first = fh.readline().strip().split(",")
+    return 0 if first and not all(_is_number(v) for v in first if v.strip()) else None
+
+
+def parse_seed_frame(raw: pd.DataFrame, source: str, with_target: bool = True, has_header: bool = False) -> pd.DataFrame:
+    """Rows of the seed's CSV read as strings (`z` then 186 fluxes, optional `source_id` column)
+    -> the dataset schema. Without a `source_id` column the row number (the frame's index) is used.
+    Shared by `read_seed_csv` and the chunked readers of `xpz.data.stream`."""
+    raw = raw.copy()
+    ids = None
+    if has_header and ID_COLUMN in raw.columns:
+        ids = raw.pop(ID_COLUMN)
+    expected = N_FLUX + (1 if with_target else 0)
+    if raw.shape[1] != expected:
+        what = "z and 186 fluxes" if with_target else "186 fluxes"
+        raise InputError(f"{source}: expected {expected} columns ({what}), found {raw.shape[1]}")
+    names = ([TARGET_COLUMN] if with_target else []) + list(FLUX_COLUMNS)
+    raw.columns = names
+    raw = raw.replace("", np.nan)
+    raw.insert(0, ID_COLUMN, ids if ids is not None else raw.index.to_numpy(dtype=np.int64))
+    return conform(raw, source, with_target)
+
+
+def read_seed_csv(path: Path | str, with_target: bool = True) -> pd.DataFrame:
+    """Read the seed's CSV: `z` then 186 fluxes (or 186 fluxes alone when `with_target` is False).
+
+    A header row is optional. A `source_id` column is used when present; otherwise the galaxy's row
+    number (0-based, header excluded) becomes its source_id, so error messages can name rows.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty")
+    header = seed_csv_header(path)
+    try:
+        raw = pd.read_csv(path, header=header, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise InputError(f"{path}: not a readable CSV: {err}") from None
+    if raw.empty:
+        raise InputError(f"{path}: the file holds no rows")
+    return parse_seed_frame(raw, str(path), with_target, has_header=header is not None)
+
+
+def _parse_coefficients(values: pd.Series, column: str, source: str, ids: pd.Series) -> np.ndarray:
+    """Archive array cells ('[1.0, 2.0, ...]', '(...)', or arrays) -> (n, 55) float64."""
+    out = np.full((len(values), N_COEFFS), np.nan)
+    bad: list[object] = []
+    for i, cell in enumerate(values):
+        if isinstance(cell, str):
+            text = cell.strip().strip("[]()").replace(",", " ")
+            try:
+                arr = np.array(text.split(), dtype=float)
+            except ValueError:
+                arr = np.array([])
+        elif cell is None or (np.isscalar(cell) and pd.isna(cell)):
+            arr = np.array([])
+        else:
+            arr = np.ma.filled(np.ma.asarray(cell, dtype=float), np.nan).ravel()
+        if arr.size != N_COEFFS or not np.all(np.isfinite(arr)):
+            bad.append(ids.iloc[i])
+            continue
+        out[i] = arr
+    if bad:
+        raise InputError(
+            f"{source}: column {column!r} must hold {N_COEFFS} finite coefficients; "
+            f"missing or malformed for source_id {describe_rows(bad)}"
+        )
+    return out
+
+
+def read_gaia_xp_continuous(path: Path | str) -> pd.DataFrame:
+    """Gaia archive XP continuous mean spectra (CSV or ECSV) -> frame of source_id + 186 fluxes."""
+    from astropy.table import Table
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty")
+    try:
+        if path.suffix.lower() == ".ecsv":
+            frame = Table.read(path, format="ascii.ecsv").to_pandas()
+        else:
+            frame = pd.read_csv(path, comment="#")
+    except Exception as err:  # astropy and pandas raise many kinds; the message is what matters
+        raise InputError(f"{path}: not a readable Gaia XP file: {err}") from None
+    if frame.empty:
+        raise InputError(f"{path}: the file holds no rows")
+    return parse_gaia_frame(frame, str(path))
+
+
+def parse_gaia_frame(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Rows of an archive XP continuous table -> source_id + the 186 fluxes (`coefficients_to_fluxes`).
+    Shared by `read_gaia_xp_continuous` and the chunked readers of `xpz.data.stream`."""
+    from xpz.data.xp import coefficients_to_fluxes
+
+    needed = [ID_COLUMN] + [f"{band}_coefficients" for band in GAIA_BANDS]
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise InputError(f"{source}: missing column(s) {', '.join(missing)} (both BP and RP bands are required)")
+    ids = pd.to_numeric(frame[ID_COLUMN], errors="coerce")
+    if ids.isna().any():
+        raise InputError(f"{source}: column 'source_id' is empty or non-numeric in rows {describe_rows(frame.index[ids.isna()].tolist())}")
+    coeffs = {
+        band: _parse_coefficients(frame[f"{band}_coefficients"], f"{band}_coefficients", source, ids)
+        for band in GAIA_BANDS
+    }
+    fluxes = coefficients_to_fluxes(coeffs["bp"], coeffs["rp"])
+    out = pd.DataFrame(fluxes, columns=list(FLUX_COLUMNS))
+    out.insert(0, ID_COLUMN, ids.astype(np.int64).to_numpy())
+    return out
+
+
+def read_redshift_table(path: Path | str) -> pd.DataFrame:
+    """A table of `source_id` and redshift (`z`, `redshift`, `z_sdss` or `zspec`), CSV or Parquet."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    try:
+        table = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path, comment="#")
+    except Exception as err:
+        raise InputError(f"{path}: not a readable redshift table: {err}") from None
+    column = next((c for c in REDSHIFT_ALIASES if c in table.columns), None)
+    if ID_COLUMN not in table.columns or column is None:
+        raise InputError(f"{path}: needs columns 'source_id' and one of {', '.join(REDSHIFT_ALIASES)}")
+    return table[[ID_COLUMN, column]].rename(columns={column: TARGET_COLUMN})
+
+
+def join_redshifts(spectra: pd.DataFrame, redshifts: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Attach redshifts by source_id; galaxies without one are an error naming them."""
+    merged = spectra.merge(redshifts, on=ID_COLUMN, how="left")
+    lacking = merged.loc[merged[TARGET_COLUMN].isna(), ID_COLUMN]
+    if len(lacking):
+        raise InputError(f"{source}: no redshift for source_id {describe_rows(lacking.tolist())}")
+    return merged[list(DATASET_COLUMNS)]
+
+
+def detect_format(path: Path | str) -> str:
+    """'parquet', 'gaia' (archive XP continuous) or 'csv' (the seed's layout), from name and header."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return "parquet"
+    if suffix == ".ecsv":
+        return "gaia"
+    if suffix == ".csv" and path.exists():
+        with path.open() as fh:
+            for line in fh:
+                if not line.startswith("#"):
+                    return "gaia" if "bp_coefficients" in line or "rp_coefficients" in line else "csv"
+    return "csv"
+
+
+def read_spectra(path: Path | str, fmt: str = "auto", with_target: bool = True, redshifts: Path | str | None = None) -> pd.DataFrame:
+    """Read any supported input into the dataset schema (without `z` when `with_target` is False)."""
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt == "parquet":
+        return read_dataset(path, with_target=with_target)
+    if fmt == "csv":
+        return read_seed_csv(path, with_target=with_target)
+    if fmt == "gaia":
+        spectra = read_gaia_xp_continuous(path)
+        if not with_target:
+            return spectra
+        if redshifts is None:
+            raise InputError(f"{path}: Gaia XP spectra carry no redshift; pass a redshift table (--redshifts)")
+        return join_redshifts(spectra, read_redshift_table(redshifts), str(path))
+    raise InputError(f"{path}: unknown format {fmt!r} (expected parquet, csv or gaia)")

@@ -1,0 +1,99 @@
+"""The data stages (generate/import -> validate -> split) as plain functions of paths and config.
+
+The CLI, the DVC stages and the Prefect flows all call these, so each stage has one definition.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from xpz.config import DataConfig, SplitConfig, ValidateConfig
+from xpz.errors import InputError
+from xpz.data.io import read_dataset, read_spectra, write_dataset, write_dataset_chunks
+from xpz.files import atomic_path
+from xpz.data.split import assign_splits, write_split
+from xpz.data.validation import ValidationReport, validate_frame
+
+VALIDATION_RESULT = "result.json"
+
+
+def generate_dataset(cfg: DataConfig, path: Path, progress: bool = True) -> int:
+    """Generate the synthetic dataset in chunks straight to Parquet (bounded memory)."""
+    from xpz.data.synthetic import generate_chunks
+
+    return write_dataset_chunks(generate_chunks(cfg, progress=progress), path)
+
+
+def import_dataset(
+    source: Path, path: Path, cfg: ValidateConfig, fmt: str = "auto", redshifts: Path | None = None
+) -> int:
+    """Read real spectra, validate them, and only then write them in our schema."""
+    df = read_spectra(source, fmt=fmt, redshifts=redshifts)
+    report = validate_frame(df, cfg, source=str(source))
+    if not report.success:
+        raise InputError(report.summary())
+    write_dataset(df, path)
+    return len(df)
+
+
+def validate_dataset(path: Path, cfg: ValidateConfig) -> ValidationReport:
+    """Validate the raw dataset; on success write `<report_dir>/result.json` (the DVC output that
+    the split stage depends on), on failure remove it so nothing downstream can run on bad data."""
+    df = read_dataset(path)
+    report = validate_frame(df, cfg, source=str(path), report_dir=cfg.report_dir)
+    result_path = Path(cfg.report_dir) / VALIDATION_RESULT
+    if report.success:
+        with atomic_path(result_path) as tmp:
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "success": True,
+                        "rows": report.n_rows,
+                        "expectations": report.n_expectations,
+                        "warnings": [w.line() for w in report.warnings],
+                        **report.statistics,
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
+    else:
+        result_path.unlink(missing_ok=True)
+    return report
+
+
+def split_dataset(data_path: Path, cfg: SplitConfig) -> dict[str, object]:
+    """Assign every galaxy to train/val/test and store the assignment with its digests."""
+    df = read_dataset(data_path)
+    return write_split(assign_splits(df, cfg), cfg.path, cfg.digests)
+
+
+def sync_dataset(cfg: DataConfig, dvc_file: Path | str = "data.dvc", log=print) -> str:
+    """Bring `cfg.path` to the version recorded in `dvc_file` (`dvc pull`), else generate it.
+
+    Returns how the data got there: "dvc" (pulled), "local" (pull failed or no DVC checkout, the local
+    file is used) or "generated". Raises RuntimeError when the pull fails and there is no local file.
+    """
+    import subprocess
+    import sys
+
+    path = Path(cfg.path)
+    if Path(".dvc").is_dir() and Path(dvc_file).is_file():
+        done = subprocess.run(
+            [sys.executable, "-m", "dvc", "pull", "-q", str(dvc_file)],
+            capture_output=True, text=True, timeout=3000,
+        )  # fmt: skip
+        if done.returncode == 0:
+            log(f"dvc pull {dvc_file}: {path} is at the recorded version")
+            return "dvc"
+        if not path.exists():
+            raise RuntimeError(f"dvc pull {dvc_file} failed and {path} is missing:\n{done.stderr[-2000:]}")
+        log(f"dvc pull {dvc_file} failed; using the local {path}:\n{done.stderr[-1000:]}")
+        return "local"
+    if path.exists():
+        log(f"not a DVC checkout: using the local {path}")
+        return "local"
+    rows = generate_dataset(cfg, path, progress=False)
+    log(f"generated {rows} galaxies to {path}")
+    return "generated"

@@ -1,0 +1,271 @@
+"""Chunked readers of prediction inputs: memory stays bounded whatever the file size.
+
+The same formats as `xpz.data.io` (our Parquet, the seed's CSV, Gaia archive XP continuous CSV/ECSV),
+parsed by the same code: each chunk goes through `xpz.data.io.conform`, `xpz.data.io.parse_seed_frame` or
+`xpz.data.io.parse_gaia_frame` (-> `xpz.data.xp.coefficients_to_fluxes`), exactly what `xpz data import` runs
+on a whole file. Prediction inputs need no redshift: a `z` column (our Parquet, the seed's CSV
+layout) is accepted and ignored.
+
+Each chunk is a `SpectraChunk` (source ids, (n, 186) float32 fluxes, the file's row number of its
+first row). Errors are `InputError`s naming the file and the rows (0-based data rows, header
+excluded) or source ids; non-finite fluxes are rejected here (the model cannot use them).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from xpz.errors import InputError, describe_rows
+from xpz.data.io import conform, detect_format, parse_gaia_frame, parse_seed_frame, seed_csv_header
+from xpz.spectra import FLUX_COLUMNS, FLUX_DTYPE, ID_COLUMN, N_FLUX, TARGET_COLUMN
+
+FORMATS = ("auto", "parquet", "csv", "gaia")
+DEFAULT_CHUNK_SIZE = 16384
+INPUT_SUFFIXES = (".parquet", ".csv", ".ecsv")
+
+
+@dataclass
+class SpectraChunk:
+    source_id: np.ndarray  # (n,) int64
+    fluxes: np.ndarray  # (n, 186) float32, all finite
+    first_row: int  # row number (0-based, header excluded) of the chunk's first row in its file
+
+    def __len__(self) -> int:
+        return len(self.source_id)
+
+
+def _check_finite(chunk: SpectraChunk, source: str) -> SpectraChunk:
+    finite = np.isfinite(chunk.fluxes)
+    if not finite.all():
+        bad_rows = np.flatnonzero(~finite.all(axis=1))
+        bad_cols = np.flatnonzero(~finite.all(axis=0))
+        rows = (bad_rows + chunk.first_row).tolist()
+        ids = chunk.source_id[bad_rows].tolist()
+        raise InputError(
+            f"{source}: non-finite flux (NaN or inf) in rows {describe_rows(rows)} "
+            f"(source_id {describe_rows(ids)}), column(s) {describe_rows([FLUX_COLUMNS[c] for c in bad_cols], 3)}"
+        )
+    return chunk
+
+
+def _from_frame(frame: pd.DataFrame, first_row: int, source: str) -> SpectraChunk:
+    """A frame already in the schema (source_id + 186 flux columns) -> a checked chunk."""
+    ids = frame[ID_COLUMN].to_numpy(dtype=np.int64)
+    fluxes = np.ascontiguousarray(frame.loc[:, list(FLUX_COLUMNS)].to_numpy(dtype=FLUX_DTYPE))
+    return _check_finite(SpectraChunk(ids, fluxes, first_row), source)
+
+
+def check_file(path: Path) -> None:
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; pass one file (or use the catalogue functions)")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty")
+
+
+# ------------------------------------------------------------------------------------ Parquet
+
+
+def parquet_rows(path: Path | str) -> int | None:
+    """Row count from the Parquet footer (None if unreadable)."""
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception:  # the reader reports the real error
+        return None
+
+
+def _numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t)
+
+
+def iter_parquet(path: Path, chunk_size: int) -> Iterator[SpectraChunk]:
+    source = str(path)
+    try:
+        pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+        schema = pf.schema_arrow
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise InputError(f"{path}: not a readable Parquet file (truncated or corrupt?): {err}") from None
+    wanted = [ID_COLUMN, *FLUX_COLUMNS]
+    missing = [c for c in wanted if c not in schema.names]
+    if missing:
+        n_flux = sum(1 for c in schema.names if c.startswith("flux_"))
+        hint = f" (found {n_flux} flux columns, expected {N_FLUX})" if n_flux != N_FLUX else ""
+        raise InputError(f"{path}: missing column(s) {describe_rows(missing, 8)}{hint}")
+    if pf.metadata.num_rows == 0:
+        raise InputError(f"{path}: the file holds no rows")
+    fast = all(_numeric(schema.field(c).type) for c in wanted)
+    row = 0
+    try:
+        for batch in pf.iter_batches(batch_size=chunk_size, columns=wanted, use_threads=False):
+            n = batch.num_rows
+            if fast:
+                id_col = batch.column(0)
+                if id_col.null_count:
+                    nulls = np.flatnonzero(id_col.is_null().to_numpy(zero_copy_only=False)) + row
+                    raise InputError(f"{path}: column {ID_COLUMN!r} is empty in rows {describe_rows(nulls.tolist())}")
+                ids = id_col.to_numpy().astype(np.int64, copy=False)
+                fluxes = np.empty((n, N_FLUX), dtype=FLUX_DTYPE)
+                for j in range(N_FLUX):
+                    col = batch.column(j + 1)
+                    fluxes[:, j] = col.to_numpy(zero_copy_only=False) if col.null_count == 0 else (
+                        col.cast(pa.float64()).fill_null(np.nan).to_numpy()
+                    )
+                yield _check_finite(SpectraChunk(ids, fluxes, row), source)
+            else:  # string or other columns: conform names the offending rows
+                frame = batch.to_pandas()
+                frame.index = pd.RangeIndex(row, row + n)
+                yield _from_frame(conform(frame, source, with_target=False).set_axis(frame.index), row, source)
+            row += n
+    except (pa.ArrowException, OSError) as err:
+        raise InputError(f"{path}: not a readable Parquet file (truncated or corrupt?) near row {row}: {err}") from None
+
+
+# -------------------------------------------------------------------------------- seed CSV
+
+
+def iter_seed_csv(path: Path, chunk_size: int) -> Iterator[SpectraChunk]:
+    """The seed's CSV: 186 fluxes, or `z` then 186 fluxes (the seed's layout; z is ignored);
+    optional header row, optional `source_id` column (else the row number is the source_id)."""
+    source = str(path)
+    header = seed_csv_header(path)
+    try:
+        reader = pd.read_csv(path, header=header, dtype=str, keep_default_na=False, chunksize=chunk_size)
+        empty = True
+        for raw in reader:
+            if raw.empty:
+                continue
+            empty = False
+            first_row = int(raw.index[0])
+            n_values = raw.shape[1] - (1 if header is not None and ID_COLUMN in raw.columns else 0)
+            if n_values not in (N_FLUX, N_FLUX + 1):
+                raise InputError(
+                    f"{path}: expected {N_FLUX} flux columns (or z and {N_FLUX} fluxes, the seed's layout), "
+                    f"found {n_values} value columns"
+                )
+            with_target = n_values == N_FLUX + 1
+            frame = parse_seed_frame(raw, source, with_target=with_target, has_header=header is not None)
+            frame.index = raw.index
+            if with_target:
+                frame = frame.drop(columns=[TARGET_COLUMN])
+            yield _from_frame(frame, first_row, source)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not a readable CSV: {err}") from None
+    if empty:
+        raise InputError(f"{path}: the file holds no rows")
+
+
+# ------------------------------------------------------------------------ Gaia XP continuous
+
+
+def _gaia_chunk(frame: pd.DataFrame, first_row: int, source: str) -> SpectraChunk:
+    frame.index = pd.RangeIndex(first_row, first_row + len(frame))
+    return _from_frame(parse_gaia_frame(frame, source), first_row, source)
+
+
+def _iter_gaia_csv(path: Path, chunk_size: int) -> Iterator[SpectraChunk]:
+    source = str(path)
+    row = 0
+    for frame in pd.read_csv(path, comment="#", chunksize=chunk_size):
+        yield _gaia_chunk(frame, row, source)
+        row += len(frame)
+    if row == 0:
+        raise InputError(f"{path}: the file holds no rows")
+
+
+def _iter_gaia_ecsv(path: Path, chunk_size: int) -> Iterator[SpectraChunk]:
+    """ECSV in blocks of lines: each block is the file's header + `chunk_size` data lines, read by
+    astropy exactly as the importer reads the whole file (array cells are JSON)."""
+    from astropy.table import Table
+
+    source = str(path)
+    with path.open() as fh:
+        head: list[str] = []
+        for line in fh:
+            head.append(line)
+            if not line.startswith("#"):
+                break  # the column-name line ends the header
+        header = "".join(head)
+        if not head or head[-1].startswith("#"):
+            raise InputError(f"{path}: the file holds no rows")
+        row = 0
+        while True:
+            lines = [ln for ln in itertools.islice(fh, chunk_size) if ln.strip()]
+            if not lines:
+                break
+            try:
+                frame = Table.read(header + "".join(lines), format="ascii.ecsv").to_pandas()
+            except InputError:
+                raise
+            except Exception as err:
+                raise InputError(
+                    f"{path}: not a readable Gaia XP ECSV in rows {row}..{row + len(lines) - 1}: {err}"
+                ) from None
+            yield _gaia_chunk(frame, row, source)
+            row += len(lines)
+    if row == 0:
+        raise InputError(f"{path}: the file holds no rows")
+
+
+def iter_gaia(path: Path, chunk_size: int) -> Iterator[SpectraChunk]:
+    inner = _iter_gaia_ecsv if path.suffix.lower() == ".ecsv" else _iter_gaia_csv
+    try:
+        yield from inner(path, chunk_size)
+    except InputError:
+        raise
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
+        raise InputError(f"{path}: not a readable Gaia XP file: {err}") from None
+
+
+# ------------------------------------------------------------------------------------ entry
+
+
+def resolve_format(path: Path | str, fmt: str = "auto") -> str:
+    if fmt not in FORMATS:
+        raise InputError(f"{path}: unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
+    return detect_format(path) if fmt == "auto" else fmt
+
+
+def iter_spectra(path: Path | str, fmt: str = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[SpectraChunk]:
+    """Chunks of (source_id, fluxes) from one input file; at most `chunk_size` rows each."""
+    path = Path(path)
+    if chunk_size < 1:
+        raise InputError(f"chunk size must be >= 1, got {chunk_size}")
+    check_file(path)
+    fmt = resolve_format(path, fmt)
+    readers = {"parquet": iter_parquet, "csv": iter_seed_csv, "gaia": iter_gaia}
+    return readers[fmt](path, chunk_size)
+
+
+def count_rows(path: Path | str, fmt: str = "auto") -> int | None:
+    """Rows in the file when cheap to know (Parquet footer), else None."""
+    try:
+        return parquet_rows(path) if resolve_format(path, fmt) == "parquet" else None
+    except InputError:
+        return None
+
+
+def list_partitions(catalogue: Path | str) -> list[Path]:
+    """The input files of a partitioned catalogue: a file, or a folder's supported files (recursively,
+    sorted by path, hidden files skipped)."""
+    catalogue = Path(catalogue)
+    if catalogue.is_file():
+        return [catalogue]
+    if not catalogue.exists():
+        raise InputError(f"{catalogue}: file or folder not found")
+    parts = sorted(
+        p for p in catalogue.rglob("*")
+        if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES
+        and not any(s.startswith((".", "_")) for s in p.relative_to(catalogue).parts)
+    )  # fmt: skip
+    if not parts:
+        raise InputError(f"{catalogue}: no input files ({', '.join(INPUT_SUFFIXES)}) in the folder")
+    return parts

@@ -1,0 +1,9 @@
+"""The model side: scaling, architectures and the hypermodel, training, tuning, evaluation, posterior -> z.
+
+Modules: `scaling` (min-max layer fitted on train), `architectures` (seed Table 2, the CPU default,
+the `RedshiftPosterior` head, losses, the keras-tuner hypermodel), `train` and `calibration` (fit,
+ensembles, choosing alpha/temperature/shift on validation), `tune` and `tune_distributed`
+(keras-tuner search), `evaluate` (metrics, per-bin table, baselines, figures), `posterior`
+(network output -> z and its interval: every prediction path goes through it).
+May import: xpz core and xpz.data (splits, the flux grid). Knows no MLflow, no Prefect and no CLI.
+"""

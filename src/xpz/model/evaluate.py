@@ -1,0 +1,347 @@
+"""Test-set evaluation: metric definitions, the seed's per-bin table (Table 3), baselines, figures.
+
+The one place that defines the bins and the metrics (the training-time calibration reuses them):
+
+- dz = z_pred - z_true; MAE, RMSE, bias = mean(dz);
+- sigma_NMAD = 1.4826 * median(|dz - median(dz)| / (1 + z_true));
+- outlier fraction = share of |dz| / (1 + z_true) > 0.15;
+- per bin of z_true (width 0.05 on [0, 0.6], the last bin closed on the right): mean error, its
+  standard error (sample std / sqrt(count): a sparse high-z bin's mean error is only known to
+  about +-0.02), std (population, ddof=0), MAE, count, share of the binned objects in %, coverage
+  of the 68% interval;
+- worst per-bin bias = the mean error of largest magnitude over bins ending at or below
+  `bias_z_max` (0.5) that hold at least `min_bin_count` objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from xpz.files import write_text_atomic
+from xpz.spectra import ID_COLUMN, TARGET_COLUMN, flux_matrix
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from xpz.config import Config, EvaluateConfig
+
+NMAD_SCALE = 1.4826
+OUTLIER_THRESHOLD = 0.15
+BIN_WIDTH = 0.05
+BIN_Z_MAX = 0.6
+BIAS_Z_MAX = 0.5
+MIN_BIN_COUNT = 20
+BIN_METRICS = ("mean_error", "mean_error_se", "std", "mae", "count", "share", "coverage_68")
+BIN_COLUMNS = ("bin", "z_lo", "z_hi", *BIN_METRICS)
+
+
+# ----------------------------------------------------------------------------- pure metrics
+def bin_edges(width: float = BIN_WIDTH, z_max: float = BIN_Z_MAX) -> np.ndarray:
+    n = int(round(z_max / width))
+    return np.round(np.linspace(0.0, n * width, n + 1), 10)
+
+
+def bin_label(lo: float, hi: float) -> str:
+    return f"{lo:.2f}-{hi:.2f}"
+
+
+def sigma_nmad(z_true, z_pred) -> float:
+    z_true, dz = np.asarray(z_true, float), np.asarray(z_pred, float) - np.asarray(z_true, float)
+    if len(dz) == 0:
+        return float("nan")
+    return float(NMAD_SCALE * np.median(np.abs(dz - np.median(dz)) / (1.0 + z_true)))
+
+
+def outlier_fraction(z_true, z_pred, threshold: float = OUTLIER_THRESHOLD) -> float:
+    z_true, dz = np.asarray(z_true, float), np.asarray(z_pred, float) - np.asarray(z_true, float)
+    if len(dz) == 0:
+        return float("nan")
+    return float(np.mean(np.abs(dz) / (1.0 + z_true) > threshold))
+
+
+def coverage(z_true, z_lower, z_upper) -> float:
+    """Share of z_true inside [z_lower, z_upper]; NaN when there are no intervals."""
+    z_true, lo, hi = (np.asarray(a, float) for a in (z_true, z_lower, z_upper))
+    if len(z_true) == 0 or np.isnan(lo).all() or np.isnan(hi).all():
+        return float("nan")
+    return float(np.mean((z_true >= lo) & (z_true <= hi)))
+
+
+def point_metrics(z_true, z_pred, outlier_threshold: float = OUTLIER_THRESHOLD) -> dict[str, float]:
+    z_true, z_pred = np.asarray(z_true, float), np.asarray(z_pred, float)
+    dz = z_pred - z_true
+    return {
+        "mae": float(np.mean(np.abs(dz))),
+        "rmse": float(np.sqrt(np.mean(dz**2))),
+        "bias": float(np.mean(dz)),
+        "sigma_nmad": sigma_nmad(z_true, z_pred),
+        "outlier_fraction": outlier_fraction(z_true, z_pred, outlier_threshold),
+    }
+
+
+def bin_table(z_true, z_pred, z_lower=None, z_upper=None, edges=None) -> pd.DataFrame:
+    """The seed's Table 3 per z_true bin, plus MAE, count and 68%-interval coverage."""
+    edges = bin_edges() if edges is None else np.asarray(edges, float)
+    z_true, z_pred = np.asarray(z_true, float), np.asarray(z_pred, float)
+    nan = np.full_like(z_true, np.nan)
+    lo = nan if z_lower is None else np.asarray(z_lower, float)
+    hi = nan if z_upper is None else np.asarray(z_upper, float)
+    idx = np.searchsorted(edges, z_true, side="right") - 1
+    idx[z_true == edges[-1]] = len(edges) - 2  # last bin closed on the right
+    inside = (idx >= 0) & (idx < len(edges) - 1)
+    total = int(inside.sum())
+    rows = []
+    for b in range(len(edges) - 1):
+        m = inside & (idx == b)
+        dz = z_pred[m] - z_true[m]
+        n = int(m.sum())
+        rows.append(
+            {
+                "bin": bin_label(edges[b], edges[b + 1]),
+                "z_lo": float(edges[b]),
+                "z_hi": float(edges[b + 1]),
+                "mean_error": float(dz.mean()) if n else np.nan,
+                "mean_error_se": float(dz.std(ddof=1) / np.sqrt(n)) if n > 1 else np.nan,
+                "std": float(dz.std()) if n else np.nan,
+                "mae": float(np.abs(dz).mean()) if n else np.nan,
+                "count": n,
+                "share": 100.0 * n / total if total else np.nan,
+                "coverage_68": coverage(z_true[m], lo[m], hi[m]) if n else np.nan,
+            }
+        )
+    return pd.DataFrame(rows, columns=list(BIN_COLUMNS))
+
+
+def worst_bin_bias(
+    table: pd.DataFrame, z_max: float = BIAS_Z_MAX, min_count: int = MIN_BIN_COUNT
+) -> tuple[float, float]:
+    """(mean error of largest |.|, lower edge of its bin) over populated bins ending <= z_max."""
+    sel = table[(table["z_hi"] <= z_max + 1e-9) & (table["count"] >= min_count)]
+    sel = sel[sel["mean_error"].notna()]
+    if sel.empty:
+        return float("nan"), float("nan")
+    row = sel.loc[sel["mean_error"].abs().idxmax()]
+    return float(row["mean_error"]), float(row["z_lo"])
+
+
+def table_markdown(table: pd.DataFrame, digits: int = 4) -> str:
+    """The per-bin table as a GitHub Markdown table."""
+    cols = list(table.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in table.iterrows():
+        cells = []
+        for c in cols:
+            v = row[c]
+            if c == "count":
+                cells.append(str(int(v)))
+            elif c == "share":
+                cells.append("-" if pd.isna(v) else f"{v:.2f}")
+            elif isinstance(v, (float, np.floating)):
+                cells.append("-" if np.isnan(v) else f"{v:.{digits}f}")
+            else:
+                cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(table: pd.DataFrame, path: Path | str) -> Path:
+    """Write the table as CSV (.csv) or Markdown (.md), atomically."""
+    path = Path(path)
+    text = table_markdown(table) if path.suffix == ".md" else table.to_csv(index=False)
+    return write_text_atomic(path, text)
+
+
+def summary_metrics(
+    prefix: str,
+    z_true,
+    z_pred,
+    z_lower=None,
+    z_upper=None,
+    cfg: "EvaluateConfig | None" = None,
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """Flat metrics `{prefix}mae`, ... `{prefix}worst_bin_bias` and the bin table of one predictor."""
+    from xpz.config import EvaluateConfig
+
+    cfg = cfg or EvaluateConfig()
+    table = bin_table(z_true, z_pred, z_lower, z_upper, bin_edges(cfg.bin_width, cfg.z_max))
+    metrics = point_metrics(z_true, z_pred, cfg.outlier_threshold)
+    if z_lower is not None:
+        metrics["coverage_68"] = coverage(z_true, z_lower, z_upper)
+    worst, worst_z = worst_bin_bias(table, cfg.bias_z_max, cfg.min_bin_count)
+    metrics["worst_bin_bias"] = worst
+    metrics["worst_bin_bias_z"] = worst_z
+    return {f"{prefix}{k}": v for k, v in metrics.items()}, table
+
+
+def bin_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """`bin_0.10-0.15/mean_error` ... (NaN entries of empty bins are left out)."""
+    out = {}
+    for _, row in table.iterrows():
+        for m in BIN_METRICS:
+            v = row[m]
+            if not pd.isna(v):
+                out[f"bin_{row['bin']}/{m}"] = float(v)
+    return out
+
+
+# ----------------------------------------------------------------------------- baselines
+def mean_baseline(train_z, n: int) -> np.ndarray:
+    """Predict the training mean for every object."""
+    return np.full(n, float(np.mean(train_z)))
+
+
+def unit_normalise(fluxes: np.ndarray) -> np.ndarray:
+    x = np.asarray(fluxes, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def knn_baseline(train_fluxes, train_z, test_fluxes, k: int = 10) -> np.ndarray:
+    """k-nearest neighbours (Euclidean, uniform mean) on unit-normalised fluxes."""
+    from sklearn.neighbors import KNeighborsRegressor
+
+    knn = KNeighborsRegressor(n_neighbors=min(k, len(train_z)), n_jobs=1)
+    knn.fit(unit_normalise(train_fluxes), np.asarray(train_z, float))
+    return knn.predict(unit_normalise(test_fluxes))
+
+
+# ----------------------------------------------------------------------------- figures
+def _figure(**kw) -> "Figure":
+    from matplotlib.figure import Figure
+
+    return Figure(**kw)
+
+
+def loss_curves_figure(history: dict[str, list[float]]) -> "Figure":
+    """Training and validation loss and MAE per epoch (an ensemble's other members, `member_<k>/...`,
+    as thin lines in the same colours)."""
+    fig = _figure(figsize=(10, 4), layout="constrained")
+    members = sorted({k.split("/", 1)[0] for k in history if k.startswith("member_") and "/" in k})
+    for ax, key in zip(fig.subplots(1, 2), ("loss", "mae")):
+        for name, style, colour in ((key, "-", "C0"), (f"val_{key}", "--", "C1")):
+            if history.get(name):
+                ax.plot(range(1, len(history[name]) + 1), history[name], style, color=colour, label=name)
+            for member in members:
+                values = history.get(f"{member}/{name}")
+                if values:
+                    ax.plot(range(1, len(values) + 1), values, style, color=colour, lw=0.8, alpha=0.5)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        title = f"{'loss' if key == 'loss' else 'MAE'}: training and validation"
+        ax.set_title(title + (f" ({len(members) + 1} members)" if members else ""))
+        ax.legend()
+    return fig
+
+
+def bin_bias_figure(table: pd.DataFrame) -> "Figure":
+    """Mean error per bin with std error bars (the seed's Figure 16), and the standard error of the
+    mean as thick bars: what tells a real bias from a sparse bin's noise."""
+    fig = _figure(figsize=(7, 4), layout="constrained")
+    ax = fig.add_subplot()
+    centres = 0.5 * (table["z_lo"] + table["z_hi"])
+    ax.errorbar(centres, table["mean_error"], yerr=table["std"], fmt="o", capsize=3, lw=0.8, label="std")
+    ax.errorbar(centres, table["mean_error"], yerr=table["mean_error_se"], fmt="none", lw=3,
+                label="standard error of the mean")
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xlabel("true redshift bin")
+    ax.set_ylabel("mean error (z_pred - z_true)")
+    ax.set_title("Mean error per redshift bin: std and standard error of the mean")
+    ax.legend()
+    return fig
+
+
+def z_histogram_figure(z_true, z_pred, bins: int = 60) -> "Figure":
+    fig = _figure(figsize=(7, 4), layout="constrained")
+    ax = fig.add_subplot()
+    hi = max(float(np.max(z_true)), float(np.max(z_pred)), BIN_Z_MAX)
+    b = np.linspace(min(0.0, float(np.min(z_pred))), hi, bins + 1)
+    ax.hist(z_true, bins=b, alpha=0.6, label="true z")
+    ax.hist(z_pred, bins=b, alpha=0.6, label="predicted z")
+    ax.set_xlabel("redshift")
+    ax.set_ylabel("galaxies")
+    ax.legend()
+    ax.set_title("Predicted and true redshifts")
+    return fig
+
+
+def pred_vs_true_figure(z_true, z_pred, bins: int = 120) -> "Figure":
+    """2-D histogram of predicted vs true z, log colour scale, the diagonal."""
+    from matplotlib.colors import LogNorm
+
+    fig = _figure(figsize=(6, 5.4), layout="constrained")
+    ax = fig.add_subplot()
+    hi = max(float(np.max(z_true)), float(np.max(z_pred)), BIN_Z_MAX)
+    lo = min(0.0, float(np.min(z_pred)))
+    _, _, _, image = ax.hist2d(z_true, z_pred, bins=bins, range=[[lo, hi], [lo, hi]], norm=LogNorm(), cmin=1)
+    ax.plot([lo, hi], [lo, hi], "r-", lw=0.8)
+    fig.colorbar(image, ax=ax, label="galaxies")
+    ax.set_xlabel("true z")
+    ax.set_ylabel("predicted z")
+    ax.set_title("Predicted vs true redshift")
+    return fig
+
+
+# ----------------------------------------------------------------------------- evaluation
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    bin_table: pd.DataFrame
+    predictions: pd.DataFrame  # source_id, z_true, z, z_lower, z_upper
+    figures: dict[str, Any] = field(default_factory=dict)
+    baseline_tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    def table_markdown(self) -> str:
+        return table_markdown(self.bin_table)
+
+    def write_tables(self, directory: Path | str) -> dict[str, Path]:
+        d = Path(directory)
+        return {
+            "csv": write_table(self.bin_table, d / "bin_table.csv"),
+            "md": write_table(self.bin_table, d / "bin_table.md"),
+        }
+
+
+def evaluate(model, splits, cfg: "Config", history: dict[str, list[float]] | None = None) -> Evaluation:
+    """Metrics, per-bin table, baselines and figures of `model` on the test split."""
+    from xpz.model.posterior import predict_redshift
+
+    ecfg = cfg.evaluate
+    test = splits.test
+    z_true = test[TARGET_COLUMN].to_numpy(float)
+    pred = predict_redshift(model, flux_matrix(test), batch_size=ecfg.batch_size)
+    metrics, table = summary_metrics(
+        "test_", z_true, pred["z"], pred["z_lower"], pred["z_upper"], ecfg
+    )
+    metrics.update(bin_metrics(table))
+    predictions = pd.DataFrame(
+        {
+            ID_COLUMN: test[ID_COLUMN].to_numpy(),
+            "z_true": z_true,
+            "z": pred["z"].to_numpy(),
+            "z_lower": pred["z_lower"].to_numpy(),
+            "z_upper": pred["z_upper"].to_numpy(),
+        }
+    )
+    baseline_tables = {}
+    if ecfg.baselines:
+        train_z = splits.train[TARGET_COLUMN].to_numpy(float)
+        for name, zb in (
+            ("baseline_mean", mean_baseline(train_z, len(test))),
+            ("baseline_knn", knn_baseline(flux_matrix(splits.train), train_z, flux_matrix(test), ecfg.knn_k)),
+        ):
+            m, t = summary_metrics(f"{name}/test_", z_true, zb, cfg=ecfg)
+            metrics.update(m)
+            baseline_tables[name] = t
+            predictions[f"z_{name}"] = zb
+    figures = {
+        "bin_bias": bin_bias_figure(table),
+        "z_histogram": z_histogram_figure(z_true, predictions["z"]),
+        "pred_vs_true": pred_vs_true_figure(z_true, predictions["z"]),
+    }
+    if history:
+        figures["loss_curves"] = loss_curves_figure(history)
+    return Evaluation(metrics, table, predictions, figures, baseline_tables)

@@ -1,0 +1,224 @@
+"""Which model to apply and how it is loaded: references -> a `Predictor` loaded once.
+
+Accepted references: `models:/<name>@<alias>`, `models:/<name>/<version>`, `models:/<model_id>`,
+`runs:/<run_id>/<path>`, a local pyfunc folder, or a `.keras` file. An alias is resolved once to a
+version, so a promotion while a long job runs cannot mix two models in one output. Anything that
+does not exist is an `InputError` naming the alias, version, run or path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from xpz.errors import InputError
+
+DEFAULT_MODEL_BATCH = 1024
+PREDICTION_COLUMNS = ("z", "z_lower", "z_upper")
+
+
+@dataclass
+class Predictor:
+    """A model loaded once: `predict(fluxes) -> DataFrame[z, z_lower, z_upper]`, batch-aligned."""
+
+    name: str
+    version: str
+    uri: str  # what was loaded (an alias resolved to its version)
+    batch_size: int
+    _predict: Callable[[np.ndarray], object]
+
+    def predict(self, fluxes: np.ndarray) -> pd.DataFrame:
+        """Predictions for (n, 186) fluxes, fed in whole batches (the last padded; see module doc)."""
+        x = np.ascontiguousarray(fluxes, dtype=np.float32)
+        n = len(x)
+        if n == 0:
+            return pd.DataFrame({c: np.empty(0) for c in PREDICTION_COLUMNS})
+        padded = -(-n // self.batch_size) * self.batch_size
+        if padded > n:
+            x = np.concatenate([x, np.repeat(x[-1:], padded - n, axis=0)])
+        return _as_prediction_frame(self._predict(x), padded).iloc[:n].reset_index(drop=True)
+
+
+def _as_prediction_frame(output: object, n: int) -> pd.DataFrame:
+    """A pyfunc's output (xpz: DataFrame[z, z_lower, z_upper]; others: z alone) as the three columns."""
+    if isinstance(output, pd.DataFrame):
+        frame = output if "z" in output.columns else output.rename(columns={output.columns[0]: "z"})
+    else:
+        frame = pd.DataFrame({"z": np.asarray(output, dtype=np.float64).reshape(n, -1)[:, 0]})
+    out = pd.DataFrame({c: frame[c].to_numpy(np.float64) if c in frame else np.full(n, np.nan) for c in PREDICTION_COLUMNS})
+    if len(out) != n:
+        raise RuntimeError(f"model returned {len(out)} predictions for {n} spectra")
+    return out
+
+
+def _client(tracking_uri: str | None):
+    """A client of the store; a local sqlite store must exist (MLflow would create an empty one)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if not path.exists():
+            raise InputError(
+                f"no MLflow store at {uri} ({path.absolute()} does not exist); "
+                "set MLFLOW_TRACKING_URI or --tracking-uri to the store holding the model"
+            )
+    return MlflowClient(tracking_uri=uri)
+
+
+def _store(tracking_uri: str | None) -> str:
+    import mlflow
+
+    return tracking_uri or mlflow.get_tracking_uri()
+
+
+def _aliases(client, name: str) -> str:
+    try:
+        aliases = client.get_registered_model(name).aliases or {}
+    except Exception:
+        return "unknown"
+    return ", ".join(f"{a} -> v{v}" for a, v in sorted(aliases.items())) or "none"
+
+
+def _registered_names(client) -> str:
+    try:
+        names = [m.name for m in client.search_registered_models(max_results=20)]
+    except Exception:
+        return "unknown"
+    return ", ".join(names) or "none"
+
+
+def resolve_model(model: str, tracking_uri: str | None = None) -> tuple[str, str, str]:
+    """(URI to load, model name, model version) for a model reference; `InputError` naming the
+    alias, version, run or path that does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    if model.startswith("models:/"):
+        client = _client(tracking_uri)
+        ref = model[len("models:/"):].strip("/")
+        try:
+            if "@" in ref:
+                name, alias = ref.split("@", 1)
+                try:
+                    client.get_registered_model(name)
+                except MlflowException:
+                    raise InputError(
+                        f"model {model!r}: no registered model {name!r} in {_store(tracking_uri)} "
+                        f"(registered: {_registered_names(client)})"
+                    ) from None
+                try:
+                    version = str(client.get_model_version_by_alias(name, alias).version)
+                except MlflowException:
+                    raise InputError(
+                        f"model {model!r}: registered model {name!r} has no alias {alias!r} "
+                        f"(its aliases: {_aliases(client, name)})"
+                    ) from None
+                return f"models:/{name}/{version}", name, version
+            if "/" in ref:
+                name, version = ref.rsplit("/", 1)
+                try:
+                    client.get_model_version(name, version)
+                except MlflowException:
+                    raise InputError(
+                        f"model {model!r}: registered model {name!r} has no version {version!r} "
+                        f"in {_store(tracking_uri)}"
+                    ) from None
+                return model, name, version
+            try:  # a LoggedModel id (models:/m-...)
+                logged = client.get_logged_model(ref)
+            except MlflowException:
+                raise InputError(
+                    f"model {model!r}: no logged model {ref!r} in {_store(tracking_uri)}; use "
+                    f"models:/<name>@<alias> or models:/<name>/<version> (registered: {_registered_names(client)})"
+                ) from None
+            return model, logged.name, ref
+        except InputError:
+            raise
+        except MlflowException as err:
+            raise InputError(f"model {model!r}: the tracking store {_store(tracking_uri)} is not usable: {err.message}") from None
+    if model.startswith("runs:/"):
+        parts = model[len("runs:/"):].strip("/").split("/", 1)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            _client(tracking_uri).get_run(parts[0])
+        except MlflowException:
+            raise InputError(f"model {model!r}: no run {parts[0]!r} in {_store(tracking_uri)}") from None
+        return model, parts[1] if len(parts) > 1 else "model", parts[0]
+    path = Path(model)
+    if not path.exists():
+        raise InputError(
+            f"model {model!r}: not found (expected models:/<name>@<alias>, models:/<name>/<version>, "
+            "runs:/<run_id>/<path>, an MLflow model folder or a .keras file)"
+        )
+    return str(path), path.stem if path.suffix == ".keras" else path.name, ""
+
+
+@contextlib.contextmanager
+def use_tracking_uri(uri: str | None) -> Iterator[None]:
+    """MLflow's process-wide tracking URI set to `uri` for a block (no-op for None), then restored
+    exactly: `mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI, which is put back as it was."""
+    if not uri:
+        yield
+        return
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as _tracking_utils
+
+    saved_uri = _tracking_utils._tracking_uri  # None when never set
+    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved_uri)
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
+def load_predictor(model: str, tracking_uri: str | None = None) -> Predictor:
+    """Load a model once (see `resolve_model` for the accepted references)."""
+    uri, name, version = resolve_model(model, tracking_uri)
+    if uri.endswith(".keras") and Path(uri).is_file():
+        import keras
+
+        import xpz.model.architectures  # noqa: F401  (registers the custom layers)
+        import xpz.model.scaling  # noqa: F401
+        from xpz.model.posterior import predict_redshift
+
+        keras_model = keras.saving.load_model(uri, compile=False)
+        batch = DEFAULT_MODEL_BATCH
+        return Predictor(name, version, uri, batch, lambda x: predict_redshift(keras_model, x, batch_size=batch))
+
+    import mlflow
+
+    with use_tracking_uri(tracking_uri):
+        try:
+            pyfunc = mlflow.pyfunc.load_model(uri)
+        except Exception as err:
+            raise InputError(f"model {model!r}: cannot load {uri}: {err}") from None
+    try:
+        batch = int(getattr(pyfunc.unwrap_python_model(), "batch_size", DEFAULT_MODEL_BATCH))
+    except Exception:  # not a python_model flavour
+        batch = DEFAULT_MODEL_BATCH
+    return Predictor(name, version, uri, batch, pyfunc.predict)
+
+
+@lru_cache(maxsize=4)
+def cached_predictor(model: str, tracking_uri: str | None = None) -> Predictor:
+    """One loaded model per process and reference (Dask workers reuse it across partitions)."""
+    return load_predictor(model, tracking_uri)
+
+
+def default_tracking_uri(configured: str | None) -> str | None:
+    """`MLFLOW_TRACKING_URI` wins over params.yaml (`tracking.uri`), as in `xpz.tracking`."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or configured
