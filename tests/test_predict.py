@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from xpz.spectra import FLUX_COLUMNS, flux_matrix
 from xpz_models import fit_coefficients, write_gaia_csv, write_gaia_ecsv
 
-OUT_COLUMNS = ["source_id", "z", "z_lower", "z_upper", "model_name", "model_version"]
+OUT_COLUMNS = ["source_id", "z", "z_lower", "z_upper", "model_name", "model_version", "reject_reason"]
 
 
 @pytest.fixture(scope="module")
@@ -164,22 +164,12 @@ def _bad_inputs(dataset: pd.DataFrame, tmp: Path) -> dict[str, tuple[Path, list[
     header_only.write_text(",".join(["source_id", *FLUX_COLUMNS]) + "\n")
     bp, rp = fit_coefficients(flux_matrix(small.iloc[:20]))
     ids = small["source_id"].to_numpy()[:20]
-    gaia54 = write_gaia_csv(tmp / "xp54.csv", ids, bp, rp)
-    lines = gaia54.read_text().splitlines()
-    row = lines[4].rsplit(", ", 1)[0] + "]\""  # drop the last RP coefficient of the 3rd source
-    gaia54.write_text("\n".join([*lines[:4], row, *lines[5:]]) + "\n")
-    gaia_nan = tmp / "xp_nan.csv"
-    bp_nan = bp.copy()
-    bp_nan[7, 3] = np.nan
-    write_gaia_csv(gaia_nan, ids, bp_nan, rp)
     gaia_noid = tmp / "xp_noid.csv"
     write_gaia_csv(gaia_noid, ids, bp, rp)
     gaia_noid.write_text(gaia_noid.read_text().replace("source_id,", "sourceid,", 1))
     return {
         "185 fluxes (csv)": (csv185, ["fluxes185.csv", "expected 186", "found 185"]),
         "185 fluxes (parquet)": (_parquet(small.drop(columns=["flux_185"]), tmp / "f185.parquet"), ["f185.parquet", "flux_185"]),
-        "54 coefficients": (gaia54, ["xp54.csv", "rp_coefficients", "55", str(ids[2])]),
-        "NaN coefficient": (gaia_nan, ["xp_nan.csv", "bp_coefficients", str(ids[7])]),
         "NaN flux (late chunk)": (_parquet(nan, tmp / "nan.parquet"), ["nan.parquet", "NaN", "rows 1400", "flux_010"]),
         "NaN flux (first chunk)": (_parquet(nan_first, tmp / "nan_first.parquet"), ["nan_first.parquet", "rows 3", "flux_020"]),
         "inf flux (csv)": (nan_csv, ["nan.csv", "rows 9", "flux_100"]),
@@ -213,6 +203,36 @@ def test_each_bad_input_gives_one_message_exit_2_and_no_output(registered, datas
         assert not (out_dir / "pred.parquet").exists(), case
         assert keep.read_bytes() == b"previous predictions", case
         assert sorted(p.name for p in out_dir.iterdir()) == ["kept.parquet"], case  # no temp files left
+
+
+def test_bad_coefficients_reject_the_source_not_the_file(registered, dataset, predictor, tmp_path):
+    """54 RP coefficients (3rd source) and a NaN BP coefficient (8th source): those two rows get z NaN
+    and a reason, the other 18 are predicted as from a clean file; --strict refuses the file."""
+    bp, rp = fit_coefficients(flux_matrix(dataset.iloc[:20]))
+    ids = dataset["source_id"].to_numpy()[:20]
+    bad = write_gaia_csv(tmp_path / "xp_bad.csv", ids, bp, rp)
+    lines = bad.read_text().splitlines()
+    lines[4] = lines[4].rsplit(", ", 1)[0] + ']"'  # drop the last RP coefficient of the 3rd source
+    bad.write_text("\n".join(lines) + "\n")
+    bp_nan = bp.copy()
+    bp_nan[7, 3] = np.nan
+    text = bad.read_text().splitlines()
+    write_gaia_csv(tmp_path / "nan.csv", ids, bp_nan, rp)
+    text[9] = (tmp_path / "nan.csv").read_text().splitlines()[9]
+    bad.write_text("\n".join(text) + "\n")
+    out = cli_predict(registered, bad, tmp_path / "pred.parquet", "--chunk-size", "7")
+    assert out["source_id"].tolist() == ids.tolist()
+    rejected = out["reject_reason"].notna().to_numpy()
+    assert np.flatnonzero(rejected).tolist() == [2, 7]
+    assert out.loc[2, "reject_reason"] == "RP has 54 coefficients (55 needed)"
+    assert out.loc[7, "reject_reason"] == "BP has non-finite coefficients"
+    assert out.loc[rejected, "z"].isna().all()
+    clean = cli_predict(registered, write_gaia_csv(tmp_path / "clean.csv", ids, bp, rp), tmp_path / "clean.parquet")
+    np.testing.assert_array_equal(out.loc[~rejected, "z"].to_numpy(), clean.loc[~rejected, "z"].to_numpy())
+    code, text = run_cli(str(bad), "--model", registered.champion, "--out", str(tmp_path / "strict.parquet"),
+                         "--tracking-uri", registered.tracking_uri, "--strict")  # fmt: skip
+    assert code == 2 and f"source_id {ids[2]} (RP has 54 coefficients" in text and str(ids[7]) in text, text
+    assert not (tmp_path / "strict.parquet").exists()
 
 
 def test_unknown_alias_version_and_model_name(registered, small_dataset_path, tmp_path):

@@ -36,7 +36,7 @@ def data_generate(
 @data_app.command("import")
 @guarded()
 def data_import(
-    source: Annotated[Path, typer.Argument(help="Seed CSV (z + 186 fluxes), our Parquet, or Gaia XP continuous CSV/ECSV.")],
+    source: Annotated[Path, typer.Argument(help="Seed CSV (z + 186 fluxes), our Parquet, or Gaia XP continuous (CSV, ECSV, FITS, VOTable, Parquet; gzipped or not).")],
     params: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="auto, csv, parquet or gaia.")] = "auto",
@@ -50,6 +50,11 @@ def data_import(
     path = out or cfg.data.path
     rows = import_dataset(source, path, cfg.validation, fmt=fmt, redshifts=redshifts)
     typer.echo(f"imported {rows:,} galaxies from {source} to {path}")
+    from xpz.data.stages import rejects_path
+
+    if rejects_path(path).exists():  # issue 11: sources without a usable XP spectrum are reported
+        n = sum(1 for _ in rejects_path(path).open()) - 1
+        typer.echo(f"{n:,} sources without a usable XP spectrum left out: see {rejects_path(path)}")
 
 
 @data_app.command("validate")

@@ -25,8 +25,8 @@ def predict(
         typer.Argument(
             metavar="INPUT",
             help="Spectra: our Parquet (source_id + flux_000..flux_185), the seed's CSV (186 fluxes, "
-            "optionally after z), Gaia archive XP continuous CSV/ECSV (55 BP + 55 RP coefficients), "
-            "or a folder of such files (a partitioned catalogue, read in path order).",
+            "optionally after z), Gaia XP continuous mean spectra (55 BP + 55 RP coefficients) as CSV, ECSV, FITS, VOTable or "
+            "Parquet, gzipped or not, a DataLink zip, or a folder of such files (read in path order).",
         ),
     ],
     model: Annotated[
@@ -48,6 +48,9 @@ def predict(
         Optional[str], typer.Option("--tracking-uri", help="MLflow store [default: MLFLOW_TRACKING_URI, else tracking.uri].")
     ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit 2, writing nothing, if any source has no usable XP spectrum.")
+    ] = False,
 ) -> None:
     """Predict redshifts (z and its 68% interval) for every spectrum of INPUT, streaming in chunks."""
     from xpz.serving.batch import default_tracking_uri, predict_file
@@ -60,10 +63,15 @@ def predict(
     uri = tracking_uri or default_tracking_uri(configured_uri)
     result = predict_file(
         source, out, model or f"models:/{registered}@champion", fmt=fmt, chunk_size=chunk_size,
-        progress=progress, tracking_uri=uri,
+        progress=progress, tracking_uri=uri, strict=strict,
     )  # fmt: skip
     version = f" v{result.model_version}" if result.model_version else ""
     typer.echo(
         f"wrote {result.rows:,} predictions ({result.model_name}{version}) to {result.out} "
         f"in {result.seconds:.1f} s ({result.spectra_per_s:,.0f} spectra/s; model loaded in {result.load_seconds:.1f} s)"
     )
+    if result.rejected:  # issue 11: rejected sources keep their row (z NaN, reject_reason)
+        typer.echo(f"{result.rejected:,} of {result.rows:,} sources not predicted (no usable XP spectrum): "
+                   "z is NaN and reject_reason says why")  # fmt: skip
+    for path, what in result.skipped:
+        typer.echo(f"skipped {path.name}: {what}")

@@ -2,8 +2,9 @@
 
 - our Parquet schema: `source_id`, `z`, `flux_000..flux_185` (float32);
 - the seed's CSV: column 0 `z`, then 186 fluxes (a header row is optional);
-- Gaia archive `xp_continuous_mean_spectrum` (CSV or ECSV, 55 coefficients per band), converted to
-  the 186-sample grid by `xpz.data.xp.coefficients_to_fluxes`, joined with a redshift table on source_id.
+- Gaia XP continuous mean spectra in any container (`xpz.data.xpcont`: CSV, ECSV, FITS, VOTable,
+  Parquet, gzipped or not), converted to the 186-sample grid by `xpz.data.xp.coefficients_to_fluxes`,
+  joined with a redshift table on source_id.
 
 Every reader raises `InputError` naming the file, the column and the rows; every writer goes through
 `atomic_path`, so a failure leaves no partial file behind.
@@ -26,12 +27,10 @@ from xpz.spectra import (
     FLUX_COLUMNS,
     FLUX_DTYPE,
     ID_COLUMN,
-    N_COEFFS,
     N_FLUX,
     TARGET_COLUMN,
 )
 
-GAIA_BANDS = ("bp", "rp")
 REDSHIFT_ALIASES = ("z", "redshift", "z_sdss", "zspec")
 
 
@@ -162,74 +161,33 @@ def read_seed_csv(path: Path | str, with_target: bool = True) -> pd.DataFrame:
     return parse_seed_frame(raw, str(path), with_target, has_header=header is not None)
 
 
-def _parse_coefficients(values: pd.Series, column: str, source: str, ids: pd.Series) -> np.ndarray:
-    """Archive array cells ('[1.0, 2.0, ...]', '(...)', or arrays) -> (n, 55) float64."""
-    out = np.full((len(values), N_COEFFS), np.nan)
-    bad: list[object] = []
-    for i, cell in enumerate(values):
-        if isinstance(cell, str):
-            text = cell.strip().strip("[]()").replace(",", " ")
-            try:
-                arr = np.array(text.split(), dtype=float)
-            except ValueError:
-                arr = np.array([])
-        elif cell is None or (np.isscalar(cell) and pd.isna(cell)):
-            arr = np.array([])
-        else:
-            arr = np.ma.filled(np.ma.asarray(cell, dtype=float), np.nan).ravel()
-        if arr.size != N_COEFFS or not np.all(np.isfinite(arr)):
-            bad.append(ids.iloc[i])
-            continue
-        out[i] = arr
-    if bad:
-        raise InputError(
-            f"{source}: column {column!r} must hold {N_COEFFS} finite coefficients; "
-            f"missing or malformed for source_id {describe_rows(bad)}"
-        )
-    return out
+def read_xp_continuous(path: Path | str, chunk_size: int = 16384) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Gaia XP continuous mean spectra in any container (`xpz.data.xpcont`) -> (spectra, rejects).
+
+    `spectra`: source_id + the 186 fluxes of every usable source, in file order; `rejects`: `row`
+    (0-based data row), `source_id`, `reject_reason` of the sources that cannot be used (no band,
+    not 55 coefficients, non-finite coefficients). Read in blocks; the result is held whole."""
+    from xpz.data.formats import NEEDED, identify
+    from xpz.data.xpcont import iter_xp
+
+    kind = identify(path)
+    if kind.product != "xp_continuous":
+        raise InputError(f"{path}: holds no bp_coefficients/rp_coefficients; {NEEDED}")
+    good, bad = [], []
+    for block in iter_xp(kind, chunk_size):
+        ok = np.array([r is None for r in block.reasons], dtype=bool)
+        frame = pd.DataFrame(block.fluxes[ok], columns=list(FLUX_COLUMNS))
+        frame.insert(0, ID_COLUMN, block.source_id[ok])
+        good.append(frame)
+        rows = np.flatnonzero(~ok)
+        bad.append(pd.DataFrame({"row": rows + block.first_row, ID_COLUMN: block.source_id[rows],
+                                 "reject_reason": block.reasons[rows].astype(str)}))  # fmt: skip
+    return pd.concat(good, ignore_index=True), pd.concat(bad, ignore_index=True)
 
 
 def read_gaia_xp_continuous(path: Path | str) -> pd.DataFrame:
-    """Gaia archive XP continuous mean spectra (CSV or ECSV) -> frame of source_id + 186 fluxes."""
-    from astropy.table import Table
-
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: the file is empty")
-    try:
-        if path.suffix.lower() == ".ecsv":
-            frame = Table.read(path, format="ascii.ecsv").to_pandas()
-        else:
-            frame = pd.read_csv(path, comment="#")
-    except Exception as err:  # astropy and pandas raise many kinds; the message is what matters
-        raise InputError(f"{path}: not a readable Gaia XP file: {err}") from None
-    if frame.empty:
-        raise InputError(f"{path}: the file holds no rows")
-    return parse_gaia_frame(frame, str(path))
-
-
-def parse_gaia_frame(frame: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Rows of an archive XP continuous table -> source_id + the 186 fluxes (`coefficients_to_fluxes`).
-    Shared by `read_gaia_xp_continuous` and the chunked readers of `xpz.data.stream`."""
-    from xpz.data.xp import coefficients_to_fluxes
-
-    needed = [ID_COLUMN] + [f"{band}_coefficients" for band in GAIA_BANDS]
-    missing = [c for c in needed if c not in frame.columns]
-    if missing:
-        raise InputError(f"{source}: missing column(s) {', '.join(missing)} (both BP and RP bands are required)")
-    ids = pd.to_numeric(frame[ID_COLUMN], errors="coerce")
-    if ids.isna().any():
-        raise InputError(f"{source}: column 'source_id' is empty or non-numeric in rows {describe_rows(frame.index[ids.isna()].tolist())}")
-    coeffs = {
-        band: _parse_coefficients(frame[f"{band}_coefficients"], f"{band}_coefficients", source, ids)
-        for band in GAIA_BANDS
-    }
-    fluxes = coefficients_to_fluxes(coeffs["bp"], coeffs["rp"])
-    out = pd.DataFrame(fluxes, columns=list(FLUX_COLUMNS))
-    out.insert(0, ID_COLUMN, ids.astype(np.int64).to_numpy())
-    return out
+    """The usable sources of an XP continuous file (any container) -> source_id + 186 fluxes."""
+    return read_xp_continuous(path)[0]
 
 
 def read_redshift_table(path: Path | str) -> pd.DataFrame:
@@ -257,19 +215,11 @@ def join_redshifts(spectra: pd.DataFrame, redshifts: pd.DataFrame, source: str) 
 
 
 def detect_format(path: Path | str) -> str:
-    """'parquet', 'gaia' (archive XP continuous) or 'csv' (the seed's layout), from name and header."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        return "parquet"
-    if suffix == ".ecsv":
-        return "gaia"
-    if suffix == ".csv" and path.exists():
-        with path.open() as fh:
-            for line in fh:
-                if not line.startswith("#"):
-                    return "gaia" if "bp_coefficients" in line or "rp_coefficients" in line else "csv"
-    return "csv"
+    """'parquet', 'gaia' (XP continuous in any container) or 'csv' (the seed's layout), from the bytes
+    (`xpz.data.formats.input_format`)."""
+    from xpz.data.formats import input_format
+
+    return input_format(path)
 
 
 def read_spectra(path: Path | str, fmt: str = "auto", with_target: bool = True, redshifts: Path | str | None = None) -> pd.DataFrame:
@@ -280,7 +230,9 @@ def read_spectra(path: Path | str, fmt: str = "auto", with_target: bool = True, 
     if fmt == "csv":
         return read_seed_csv(path, with_target=with_target)
     if fmt == "gaia":
-        spectra = read_gaia_xp_continuous(path)
+        spectra, rejects = read_xp_continuous(path)
+        if spectra.empty:
+            raise InputError(f"{path}: no usable source ({len(rejects)} rejected: {rejects['reject_reason'].iloc[0]})")
         if not with_target:
             return spectra
         if redshifts is None:

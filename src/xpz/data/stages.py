@@ -25,15 +25,41 @@ def generate_dataset(cfg: DataConfig, path: Path, progress: bool = True) -> int:
     return write_dataset_chunks(generate_chunks(cfg, progress=progress), path)
 
 
+def rejects_path(path: Path) -> Path:
+    """Where `import_dataset` reports the sources it could not use: `<dataset>.rejects.csv`."""
+    return Path(path).with_name(Path(path).stem + ".rejects.csv")
+
+
 def import_dataset(
     source: Path, path: Path, cfg: ValidateConfig, fmt: str = "auto", redshifts: Path | None = None
 ) -> int:
-    """Read real spectra, validate them, and only then write them in our schema."""
-    df = read_spectra(source, fmt=fmt, redshifts=redshifts)
+    """Read real spectra, validate them, and only then write them in our schema.
+
+    Gaia XP continuous sources without a usable spectrum (no band, not 55 coefficients, non-finite
+    coefficients; `xpz.data.xpcont`) are left out and listed in `rejects_path(path)` (row, source_id,
+    reject_reason), so the training data never shrinks silently; a stale report is removed."""
+    from xpz.data.io import join_redshifts, read_redshift_table, read_xp_continuous
+    from xpz.data.stream import resolve_format
+
+    rejects = None
+    if resolve_format(source, fmt) == "gaia":
+        if redshifts is None:
+            raise InputError(f"{source}: Gaia XP spectra carry no redshift; pass a redshift table (--redshifts)")
+        spectra, rejects = read_xp_continuous(source)
+        if spectra.empty:
+            raise InputError(f"{source}: no usable source ({len(rejects)} rejected, e.g. {rejects['reject_reason'].iloc[0]})")
+        df = join_redshifts(spectra, read_redshift_table(redshifts), str(source))
+    else:
+        df = read_spectra(source, fmt=fmt, redshifts=redshifts)
     report = validate_frame(df, cfg, source=str(source))
     if not report.success:
         raise InputError(report.summary())
     write_dataset(df, path)
+    if rejects is not None and len(rejects):
+        with atomic_path(rejects_path(path)) as tmp:
+            rejects.to_csv(tmp, index=False)
+    else:
+        rejects_path(path).unlink(missing_ok=True)
     return len(df)
 
 

@@ -13,7 +13,6 @@ excluded) or source ids; non-finite fluxes are rejected here (the model cannot u
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +23,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from xpz.errors import InputError, describe_rows
-from xpz.data.io import conform, detect_format, parse_gaia_frame, parse_seed_frame, seed_csv_header
+from xpz.data.formats import NEEDED, FileKind, identify, input_format
+from xpz.data.io import conform, parse_seed_frame, seed_csv_header
+from xpz.data.xpcont import iter_xp
 from xpz.spectra import FLUX_COLUMNS, FLUX_DTYPE, ID_COLUMN, N_FLUX, TARGET_COLUMN
 
 FORMATS = ("auto", "parquet", "csv", "gaia")
 DEFAULT_CHUNK_SIZE = 16384
-INPUT_SUFFIXES = (".parquet", ".csv", ".ecsv")
+INPUT_SUFFIXES = (".parquet", ".csv", ".ecsv", ".gz", ".fits", ".fit", ".xml", ".vot", ".zip")
 
 
 @dataclass
@@ -37,6 +38,7 @@ class SpectraChunk:
     source_id: np.ndarray  # (n,) int64
     fluxes: np.ndarray  # (n, 186) float32, all finite
     first_row: int  # row number (0-based, header excluded) of the chunk's first row in its file
+    reasons: np.ndarray | None = None  # (n,) object: None where usable, else why the row is not predicted
 
     def __len__(self) -> int:
         return len(self.source_id)
@@ -44,6 +46,8 @@ class SpectraChunk:
 
 def _check_finite(chunk: SpectraChunk, source: str) -> SpectraChunk:
     finite = np.isfinite(chunk.fluxes)
+    if chunk.reasons is not None:
+        finite[chunk.reasons != None] = True  # noqa: E711  (rejected rows carry NaN by design)
     if not finite.all():
         bad_rows = np.flatnonzero(~finite.all(axis=1))
         bad_cols = np.flatnonzero(~finite.all(axis=0))
@@ -166,72 +170,23 @@ def iter_seed_csv(path: Path, chunk_size: int) -> Iterator[SpectraChunk]:
 # ------------------------------------------------------------------------ Gaia XP continuous
 
 
-def _gaia_chunk(frame: pd.DataFrame, first_row: int, source: str) -> SpectraChunk:
-    frame.index = pd.RangeIndex(first_row, first_row + len(frame))
-    return _from_frame(parse_gaia_frame(frame, source), first_row, source)
-
-
-def _iter_gaia_csv(path: Path, chunk_size: int) -> Iterator[SpectraChunk]:
-    source = str(path)
-    row = 0
-    for frame in pd.read_csv(path, comment="#", chunksize=chunk_size):
-        yield _gaia_chunk(frame, row, source)
-        row += len(frame)
-    if row == 0:
-        raise InputError(f"{path}: the file holds no rows")
-
-
-def _iter_gaia_ecsv(path: Path, chunk_size: int) -> Iterator[SpectraChunk]:
-    """ECSV in blocks of lines: each block is the file's header + `chunk_size` data lines, read by
-    astropy exactly as the importer reads the whole file (array cells are JSON)."""
-    from astropy.table import Table
-
-    source = str(path)
-    with path.open() as fh:
-        head: list[str] = []
-        for line in fh:
-            head.append(line)
-            if not line.startswith("#"):
-                break  # the column-name line ends the header
-        header = "".join(head)
-        if not head or head[-1].startswith("#"):
-            raise InputError(f"{path}: the file holds no rows")
-        row = 0
-        while True:
-            lines = [ln for ln in itertools.islice(fh, chunk_size) if ln.strip()]
-            if not lines:
-                break
-            try:
-                frame = Table.read(header + "".join(lines), format="ascii.ecsv").to_pandas()
-            except InputError:
-                raise
-            except Exception as err:
-                raise InputError(
-                    f"{path}: not a readable Gaia XP ECSV in rows {row}..{row + len(lines) - 1}: {err}"
-                ) from None
-            yield _gaia_chunk(frame, row, source)
-            row += len(lines)
-    if row == 0:
-        raise InputError(f"{path}: the file holds no rows")
-
-
-def iter_gaia(path: Path, chunk_size: int) -> Iterator[SpectraChunk]:
-    inner = _iter_gaia_ecsv if path.suffix.lower() == ".ecsv" else _iter_gaia_csv
-    try:
-        yield from inner(path, chunk_size)
-    except InputError:
-        raise
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
-        raise InputError(f"{path}: not a readable Gaia XP file: {err}") from None
+def iter_gaia(kind: FileKind, chunk_size: int) -> Iterator[SpectraChunk]:
+    """XP continuous mean spectra in any container (`xpz.data.xpcont`); rejected sources keep their
+    row, with NaN fluxes and a reason."""
+    for block in iter_xp(kind, chunk_size):
+        yield SpectraChunk(block.source_id, block.fluxes, block.first_row, block.reasons)
 
 
 # ------------------------------------------------------------------------------------ entry
 
 
 def resolve_format(path: Path | str, fmt: str = "auto") -> str:
+    """'parquet' (our flux schema), 'csv' (the seed's CSV) or 'gaia' (XP continuous), from the bytes."""
     if fmt not in FORMATS:
         raise InputError(f"{path}: unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
-    return detect_format(path) if fmt == "auto" else fmt
+    if fmt != "auto":
+        return fmt
+    return input_format(path)
 
 
 def iter_spectra(path: Path | str, fmt: str = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[SpectraChunk]:
@@ -241,7 +196,12 @@ def iter_spectra(path: Path | str, fmt: str = "auto", chunk_size: int = DEFAULT_
         raise InputError(f"chunk size must be >= 1, got {chunk_size}")
     check_file(path)
     fmt = resolve_format(path, fmt)
-    readers = {"parquet": iter_parquet, "csv": iter_seed_csv, "gaia": iter_gaia}
+    if fmt == "gaia":
+        kind = identify(path)
+        if kind.product != "xp_continuous":
+            raise InputError(f"{path}: --format gaia, but the file holds no bp_coefficients/rp_coefficients; {NEEDED}")
+        return iter_gaia(kind, chunk_size)
+    readers = {"parquet": iter_parquet, "csv": iter_seed_csv}
     return readers[fmt](path, chunk_size)
 
 

@@ -25,9 +25,10 @@ import contextlib
 import itertools
 import queue
 import threading
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,13 +38,14 @@ import pyarrow.parquet as pq
 
 from xpz.errors import InputError
 from xpz.files import atomic_path
+from xpz.data.archive import expand
 from xpz.data.stream import (
     DEFAULT_CHUNK_SIZE,
     SpectraChunk,
     check_file,
     count_rows,
     iter_spectra,
-    list_partitions,
+    list_partitions,  # noqa: F401  (re-exported)
     resolve_format,
 )
 from xpz.serving.models import (  # noqa: F401  (re-exported: the CLI, flows and tests load models here)
@@ -67,6 +69,7 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("z_upper", pa.float64()),
         pa.field("model_name", pa.string()),
         pa.field("model_version", pa.string()),
+        pa.field("reject_reason", pa.string()),  # null where predicted; else why z is NaN
     ]
 )
 
@@ -114,32 +117,48 @@ def _prefetch(chunks: Iterator[SpectraChunk], depth: int = PREFETCH) -> Iterator
 
 
 def predict_chunks(chunks: Iterable[SpectraChunk], predictor: Predictor) -> Iterator[pa.Table]:
-    """Predictions for a stream of chunks from one file, as tables in the output schema.
+    """Predictions for a stream of chunks from one file, as tables in the output schema (one row per
+    input row, in order; a rejected row gets NaN and its `reject_reason`).
 
-    Rows go to the model in whole batches counted from the stream's first row (a remainder of
-    fewer than `batch_size` rows waits for the next chunk), so the chunking never matters."""
+    Usable rows go to the model in whole batches counted from the stream's first usable row (a
+    remainder of fewer than `batch_size` rows waits for the next chunk), so the chunking never matters."""
     bs = predictor.batch_size
-    ids_left = np.empty(0, dtype=np.int64)
-    flux_left = np.empty((0, N_FLUX), dtype=np.float32)
+    ids_left = np.empty(0, dtype=np.int64)  # every row not yet written
+    why_left = np.empty(0, dtype=object)
+    flux_left = np.empty((0, N_FLUX), dtype=np.float32)  # the usable ones among them
     for chunk in chunks:
-        ids = np.concatenate([ids_left, chunk.source_id]) if len(ids_left) else chunk.source_id
-        flux = np.concatenate([flux_left, chunk.fluxes]) if len(flux_left) else chunk.fluxes
-        k = (len(ids) // bs) * bs
+        why = chunk.reasons if chunk.reasons is not None else np.full(len(chunk), None, dtype=object)
+        ok = np.array([w is None for w in why], dtype=bool)
+        ids = np.concatenate([ids_left, chunk.source_id])
+        reasons = np.concatenate([why_left, why])
+        flux = np.concatenate([flux_left, chunk.fluxes[ok]]) if len(flux_left) else chunk.fluxes[ok]
+        k = (len(flux) // bs) * bs
         if k:
-            yield _table(ids[:k], predictor.predict(flux[:k]), predictor)
-        ids_left, flux_left = ids[k:], flux[k:]
+            usable = np.flatnonzero(np.array([w is None for w in reasons], dtype=bool))
+            cut = usable[k - 1] + 1  # rows up to the k-th usable one are complete
+            yield _table(ids[:cut], reasons[:cut], predictor.predict(flux[:k]), predictor)
+            ids, reasons, flux = ids[cut:], reasons[cut:], flux[k:]
+        ids_left, why_left, flux_left = ids, reasons, flux
     if len(ids_left):
-        yield _table(ids_left, predictor.predict(flux_left), predictor)
+        pred = predictor.predict(flux_left) if len(flux_left) else pd.DataFrame({c: [] for c in PREDICTION_COLUMNS})
+        yield _table(ids_left, why_left, pred, predictor)
 
 
-def _table(ids: np.ndarray, pred: pd.DataFrame, predictor: Predictor) -> pa.Table:
+def _table(ids: np.ndarray, reasons: np.ndarray, pred: pd.DataFrame, predictor: Predictor) -> pa.Table:
     n = len(ids)
+    ok = np.array([w is None for w in reasons], dtype=bool)
+    columns = []
+    for c in PREDICTION_COLUMNS:
+        values = np.full(n, np.nan)
+        values[ok] = pred[c].to_numpy(np.float64)
+        columns.append(pa.array(values, pa.float64()))
     return pa.Table.from_arrays(
         [
             pa.array(ids, pa.int64()),
-            *(pa.array(pred[c].to_numpy(np.float64), pa.float64()) for c in PREDICTION_COLUMNS),
+            *columns,
             pa.repeat(pa.scalar(predictor.name, pa.string()), n),
             pa.repeat(pa.scalar(predictor.version, pa.string()), n),
+            pa.array(list(reasons), pa.string()),
         ],
         schema=OUTPUT_SCHEMA,
     )
@@ -155,6 +174,8 @@ class PredictResult:
     seconds: float  # reading, predicting and writing (model loading excluded)
     files: int = 1
     load_seconds: float = 0.0
+    rejected: int = 0  # rows with z NaN and a reject_reason (XP continuous sources without a usable spectrum)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # bundle members that are other products
 
     @property
     def spectra_per_s(self) -> float:
@@ -169,12 +190,23 @@ def predict_file(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: bool = True,
     tracking_uri: str | None = None,
+    strict: bool = False,
 ) -> PredictResult:
-    """Predict every spectrum of `source` (a file, or a folder of partition files, read in path
-    order) into the Parquet file `out`. Nothing is written at `out` unless every row succeeded."""
+    """Predict every spectrum of `source` (a file, a DataLink zip, or a folder of files read in path
+    order) into the Parquet file `out`, one row per input source. A source without a usable XP
+    spectrum gets z NaN and a `reject_reason`; with `strict` any such source is an `InputError`.
+    Nothing is written at `out` unless every row succeeded."""
+    with tempfile.TemporaryDirectory(prefix="xpz-bundle-") as workdir:
+        bundle = expand(source, Path(workdir))
+        files = [kind.path for kind in bundle.files]
+        result = _predict_files(files, source, out, model, fmt, chunk_size, progress, tracking_uri, strict)
+    result.skipped = bundle.skipped
+    return result
+
+
+def _predict_files(files, source, out, model, fmt, chunk_size, progress, tracking_uri, strict) -> PredictResult:  # noqa: ANN001
     from tqdm.auto import tqdm
 
-    files = list_partitions(source) if Path(source).is_dir() else [Path(source)]
     for path in files:  # cheap checks of every file before anything heavy
         check_file(path)
         resolve_format(path, fmt)
@@ -193,7 +225,7 @@ def predict_file(
     start = time.perf_counter()
     totals = [count_rows(f, fmt) for f in files]
     total = None if any(t is None for t in totals) else sum(totals)
-    rows = 0
+    rows = rejected = 0
     out = Path(out)
     with atomic_path(out) as tmp, contextlib.ExitStack() as stack:
         stack.callback(streams[0].close)
@@ -204,11 +236,23 @@ def predict_file(
         for i, path in enumerate(files):
             chunks = itertools.chain([first], streams[0]) if i == 0 else _prefetch(iter_spectra(path, fmt, chunk_size))
             for table in predict_chunks(chunks, predictor):
+                bad = table.num_rows - table.column("reject_reason").null_count
+                if bad and strict:
+                    raise InputError(f"{path}: {describe_rejects(table)} (--strict: nothing written)")
                 writer.write_table(table)
                 rows += table.num_rows
+                rejected += bad
                 bar.update(table.num_rows)
         writer.close()
     return PredictResult(
         out, rows, predictor.name, predictor.version, predictor.uri, time.perf_counter() - start, len(files),
-        load_seconds=start - loading,
+        load_seconds=start - loading, rejected=rejected,
     )
+
+
+def describe_rejects(table: pa.Table) -> str:
+    """'2 source(s) without a usable XP spectrum: source_id 1 (no BP spectrum), ...' for a predictions table."""
+    frame = table.select([ID_COLUMN, "reject_reason"]).to_pandas().dropna()
+    shown = ", ".join(f"source_id {i} ({r})" for i, r in zip(frame[ID_COLUMN][:5], frame["reject_reason"][:5]))
+    more = f" (+{len(frame) - 5} more)" if len(frame) > 5 else ""
+    return f"{len(frame)} source(s) without a usable XP spectrum: {shown}{more}"
