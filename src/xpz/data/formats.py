@@ -261,6 +261,9 @@ def _identify_text(path: Path, zipped: bool, text: str) -> FileKind:
         if len(header) < 20:  # a few numbers a line: not spectra
             raise refuse(path, f"a headerless text table of {len(header)} numbers per line")
         return FileKind(path, container, "seed_csv", zipped, header, n_comment, delimiter)
+    values = list(first.values())
+    if len(header) in (186, 187, 188) and values and sum(_number(v) is not None for v in values) >= 186:
+        return FileKind(path, container, "seed_csv", zipped, header, n_comment, delimiter)  # seed CSV, own header
     product = product_of(path, header, first)
     if product == "xp_continuous" and len(rows) < 2:
         raise InputError(f"{path}: the file holds no rows")

@@ -3,8 +3,11 @@
     chunks of the input (`xpz.data.stream`: Parquet row batches, CSV/ECSV blocks converted by the
     importer's code) -> the model, loaded once (an MLflow pyfunc from `models:/<name>@<alias>`,
     `models:/<name>/<version>`, `runs:/<run_id>/model`, a local pyfunc folder, or a `.keras` file)
-    -> `source_id, z, z_lower, z_upper, model_name, model_version` appended to a Parquet file via
+    -> `source_id, z, z_lower, z_upper, model_name, model_version, reject_reason` appended to a Parquet file via
     pyarrow's ParquetWriter at a temporary path, renamed onto the output only when every row is done.
+
+One output row per input row: a Gaia XP source without a usable spectrum (`xpz.data.xpcont`) gets
+NaN and its `reject_reason`; `strict=True` makes any such source an `InputError` instead.
 
 Memory is bounded by the chunk size (a reader thread prefetches at most `PREFETCH` chunks), never by
 the input size.
