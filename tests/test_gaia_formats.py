@@ -224,6 +224,11 @@ def _refused(tmp: Path) -> dict[str, tuple[Path, list[str]]]:
     full = _gz(FIXTURES / "XP_CONTINUOUS_RAW_with_missing_BP.ecsv", tmp / "whole.csv.gz").read_bytes()
     truncated_gz = tmp / "truncated.csv.gz"
     truncated_gz.write_bytes(full[: len(full) // 2])
+    lines = (FIXTURES / "XP_CONTINUOUS_RAW.ecsv").read_text().splitlines(keepends=True)
+    n_head = next(i for i, ln in enumerate(lines) if not ln.startswith("#")) + 1
+    big = gzip.compress("".join(lines[:n_head] + lines[n_head:] * 150).encode())  # ~6 MB: past the sniffed head
+    truncated_late = tmp / "bulk_truncated.csv.gz"
+    truncated_late.write_bytes(big[: int(len(big) * 0.8)])
     fits_bytes = (FIXTURES / "XP_CONTINUOUS_RAW.fits").read_bytes()
     truncated_fits = tmp / "truncated.fits"
     truncated_fits.write_bytes(fits_bytes[: 2880 * 3 + 100])
@@ -239,6 +244,7 @@ def _refused(tmp: Path) -> dict[str, tuple[Path, list[str]]]:
         "id list": (ids, [looks, "list of source ids"]),
         "random bytes": (noise, [looks, "binary data"]),
         "truncated gzip": (truncated_gz, ["truncated or corrupt gzip"]),
+        "truncated gzip, past the head": (truncated_late, ["truncated or corrupt", "near row"]),
         "truncated fits": (truncated_fits, ["truncated or corrupt"]),
         "empty zip": (empty_zip, ["empty zip"]),
     }
@@ -288,3 +294,14 @@ def test_import_applies_the_same_rules_and_writes_a_rejects_report(tmp_path):
     assert code == 0, text
     assert not (tmp_path / "data" / "galaxies.rejects.csv").exists()
     assert pq.read_table(out).num_rows == 2
+    # a DataLink zip (names with spaces; an XP_SAMPLED member is skipped): rejects name the member
+    bundle = tmp_path / "datalink bundle.zip"
+    with zipfile.ZipFile(bundle, "w") as zf:
+        zf.write(FIXTURES / "XP_CONTINUOUS_RAW_with_missing_BP.xml", "XP_CONTINUOUS-Gaia DR3 mixed.xml")
+        zf.write(FIXTURES / "XP_SAMPLED_RAW_dr3int6.csv", "XP_SAMPLED-Gaia DR3 6.csv")
+    code, text = run_cli("data", "import", str(bundle), "--params", str(params), "--out", str(out), "--redshifts", str(redshifts))
+    assert code == 0, text
+    assert pd.read_parquet(out)["source_id"].tolist() == GOOD
+    report = pd.read_csv(tmp_path / "data" / "galaxies.rejects.csv")
+    assert report.to_dict("records") == [{"row": 1, "source_id": NO_BP, "reject_reason": "no BP spectrum",
+                                          "file": "XP_CONTINUOUS-Gaia DR3 mixed.xml"}]  # fmt: skip

@@ -143,6 +143,8 @@ def identify(path: Path | str) -> FileKind:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; pass one file")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty")
     head, zipped = read_head(path)

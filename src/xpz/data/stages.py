@@ -30,6 +30,26 @@ def rejects_path(path: Path) -> Path:
     return Path(path).with_name(Path(path).stem + ".rejects.csv")
 
 
+def _read_xp_bundle(source: Path):  # noqa: ANN202
+    """A DataLink zip or folder -> (spectra, rejects with a `file` column) of its XP continuous members."""
+    import tempfile
+
+    import pandas as pd
+
+    from xpz.data.archive import expand
+    from xpz.data.formats import NEEDED
+    from xpz.data.io import read_xp_continuous
+
+    with tempfile.TemporaryDirectory(prefix="xpz-import-") as work:
+        found = expand(source, Path(work))
+        members = [k.path for k in found.files if k.product == "xp_continuous"]
+        if not members:
+            raise InputError(f"{source}: no XP continuous file in the bundle; {NEEDED}")
+        parts = [read_xp_continuous(p) for p in members]
+        rejects = [r.assign(file=p.name) for p, (_, r) in zip(members, parts)]
+        return pd.concat([s for s, _ in parts], ignore_index=True), pd.concat(rejects, ignore_index=True)
+
+
 def import_dataset(
     source: Path, path: Path, cfg: ValidateConfig, fmt: str = "auto", redshifts: Path | None = None
 ) -> int:
@@ -38,14 +58,16 @@ def import_dataset(
     Gaia XP continuous sources without a usable spectrum (no band, not 55 coefficients, non-finite
     coefficients; `xpz.data.xpcont`) are left out and listed in `rejects_path(path)` (row, source_id,
     reject_reason), so the training data never shrinks silently; a stale report is removed."""
+    from xpz.data.archive import is_zip
     from xpz.data.io import join_redshifts, read_redshift_table, read_xp_continuous
     from xpz.data.stream import resolve_format
 
     rejects = None
-    if resolve_format(source, fmt) == "gaia":
+    bundle = Path(source).is_dir() or (Path(source).is_file() and Path(source).stat().st_size > 0 and is_zip(Path(source)))
+    if bundle or resolve_format(source, fmt) == "gaia":
         if redshifts is None:
             raise InputError(f"{source}: Gaia XP spectra carry no redshift; pass a redshift table (--redshifts)")
-        spectra, rejects = read_xp_continuous(source)
+        spectra, rejects = _read_xp_bundle(Path(source)) if bundle else read_xp_continuous(source)
         if spectra.empty:
             raise InputError(f"{source}: no usable source ({len(rejects)} rejected, e.g. {rejects['reject_reason'].iloc[0]})")
         df = join_redshifts(spectra, read_redshift_table(redshifts), str(source))

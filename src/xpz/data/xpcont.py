@@ -169,7 +169,8 @@ def _text_batches(kind: FileKind) -> Iterator[pa.RecordBatch]:
     import pyarrow.csv as pacsv
 
     names = [kind.column(ID_COLUMN), kind.column(COEFF_COLUMNS[0]), kind.column(COEFF_COLUMNS[1])]
-    stream = open_binary(kind.path)
+    # gzip is decompressed by Arrow's C++ stream: no GIL held while the model thread works
+    stream = pa.input_stream(str(kind.path), compression="gzip" if kind.gzip else None, buffer_size=1 << 20)
     reader = pacsv.open_csv(
         stream,
         read_options=pacsv.ReadOptions(skip_rows=kind.header_lines, block_size=TEXT_BLOCK_BYTES),
