@@ -1,14 +1,15 @@
 """Chunked readers of prediction inputs: memory stays bounded whatever the file size.
 
-The same formats as `xpz.data.io` (our Parquet, the seed's CSV, Gaia archive XP continuous CSV/ECSV),
+The same formats as `xpz.data.io` (our Parquet, the seed's CSV, Gaia XP continuous in any container),
 parsed by the same code: each chunk goes through `xpz.data.io.conform`, `xpz.data.io.parse_seed_frame` or
-`xpz.data.io.parse_gaia_frame` (-> `xpz.data.xp.coefficients_to_fluxes`), exactly what `xpz data import` runs
-on a whole file. Prediction inputs need no redshift: a `z` column (our Parquet, the seed's CSV
+`xpz.data.xpcont.iter_xp` (-> `xpz.data.xp.coefficients_to_fluxes`), exactly what `xpz data import` runs.
+The format comes from the file's bytes (`xpz.data.formats.input_format`). Prediction inputs need no redshift: a `z` column (our Parquet, the seed's CSV
 layout) is accepted and ignored.
 
 Each chunk is a `SpectraChunk` (source ids, (n, 186) float32 fluxes, the file's row number of its
-first row). Errors are `InputError`s naming the file and the rows (0-based data rows, header
-excluded) or source ids; non-finite fluxes are rejected here (the model cannot use them).
+first row, and for XP continuous input the per-row `reasons`: None, or why a source is not predicted).
+Errors are `InputError`s naming the file and the rows (0-based data rows, header excluded) or source
+ids; non-finite fluxes of a usable row are rejected here (the model cannot use them).
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ def iter_gaia(kind: FileKind, chunk_size: int) -> Iterator[SpectraChunk]:
     """XP continuous mean spectra in any container (`xpz.data.xpcont`); rejected sources keep their
     row, with NaN fluxes and a reason."""
     for block in iter_xp(kind, chunk_size):
-        yield SpectraChunk(block.source_id, block.fluxes, block.first_row, block.reasons)
+        yield _check_finite(SpectraChunk(block.source_id, block.fluxes, block.first_row, block.reasons), str(kind.path))
 
 
 # ------------------------------------------------------------------------------------ entry
