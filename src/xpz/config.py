@@ -217,7 +217,9 @@ class TuneConfig(_Section):
     max_train_samples: int | None = Field(None, ge=100)  # subsample of train per trial (None: all)
     max_val_samples: int | None = Field(None, ge=100)  # subsample of validation per trial
     num_initial_points: int | None = Field(None, ge=1)
-    min_improvement: float = Field(0.0, ge=0)  # relative proxy gain a trial needs to replace the default
+    min_improvement: float = Field(0.0, ge=0)  # relative mean gain a trial needs to replace the default
+    confirm_seeds: int = Field(2, ge=0, le=8)  # paired default-vs-best runs (seeds seed, seed+1, ...); 0: proxy rule
+    confirm_epochs: int | None = Field(None, ge=1)  # epochs of each confirmation run (None: `epochs`)
     seed: int = 42
 
     @model_validator(mode="after")
