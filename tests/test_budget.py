@@ -143,3 +143,25 @@ def test_search_with_confirmation_decides_and_logs_the_same_way_twice(splits, tm
     if first.decision is not None:  # the search's best was another trial: the pairs were trained
         assert len(first.decision.default_scores) == 2 and not first.decision.replace
         assert (first.directory / "confirmation.json").exists()
+
+
+def test_a_stride_2_input_stem_halves_the_work_and_is_kept_by_every_trial():
+    import keras_tuner as kt
+
+    from xpz.config import HyperparametersConfig, ModelConfig
+    from xpz.hostinfo import training_flops_per_sample
+    from xpz.model.architectures import RedshiftHyperModel, build_model, flat_hyperparameters
+    from xpz.model.scaling import fit_scaler
+
+    scaler = fit_scaler(np.random.default_rng(0).uniform(1, 50, (64, 186)).astype(np.float32), normalize=True)
+    plain = HyperparametersConfig(conv_filters=[8, 8], conv_kernels=[5, 3], dense_units=[16])
+    stem = plain.model_copy(update={"stem_stride": 2})
+    assert "stem_stride" not in flat_hyperparameters(plain)  # old flat dicts and searches unchanged
+    a = build_model(flat_hyperparameters(plain), ModelConfig(), scaler)
+    b = build_model(flat_hyperparameters(stem), ModelConfig(), scaler)
+    assert a.get_layer("conv_0").output.shape[1] == 186 and b.get_layer("conv_0").output.shape[1] == 93
+    conv = [training_flops_per_sample(m) - 6 * sum(np.prod(l.kernel.shape) for l in m.layers if l.name.startswith(("dense", "logits")))
+            for m in (a, b)]  # fmt: skip
+    assert conv[1] == pytest.approx(conv[0] / 2, rel=0.02)
+    values = RedshiftHyperModel(ModelConfig(default=stem), scaler).declare(kt.HyperParameters())
+    assert values["stem_stride"] == 2

@@ -143,6 +143,9 @@ class HyperparametersConfig(_Section):
     loss: str = "crossentropy"  # crossentropy = softmax over z bins; huber/mse/mae = regression
     optimizer: str = "adamax"
     learning_rate: float = Field(2e-3, gt=0)
+    # stride of the first convolution: XP spectra carry ~110 degrees of freedom in 186 samples, so a
+    # stride-2 stem (kernel >= 3 still sees every sample) halves every later layer's work (issue 14)
+    stem_stride: int = Field(1, ge=1, le=4)
 
     @model_validator(mode="after")
     def _valid(self) -> "HyperparametersConfig":

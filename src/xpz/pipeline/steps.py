@@ -152,8 +152,14 @@ def tune_step(
                 "xpz.best_trial_id": result.best_trial_id or "",
                 "xpz.tune_dir": str(result.directory or directory or cfg.tune.directory),
                 "xpz.tune_trials": str(len(result.trials)),
+                "xpz.tune_decision": "search best is the default" if result.decision is None else result.decision.reason,
             },
         )
+        if result.decision is not None:  # the paired confirmation (xpz.model.selection)
+            d = result.decision
+            scores = {f"tune/confirm_default_{i}": v for i, v in enumerate(d.default_scores)}
+            scores.update({f"tune/confirm_challenger_{i}": v for i, v in enumerate(d.challenger_scores)})
+            tracking.log_metrics(tr, run_id, {**scores, "tune/confirm_mean_gain": d.mean_gain})
     return result
 
 
