@@ -39,6 +39,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=520_393, help="galaxies to generate")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args()
+    from xpz.hostinfo import print_host
+
+    print_host()  # CPU model, numpy sgemm GFLOP/s, reference network samples/s: compare hosts as ratios
 
     xpz = str(Path(sys.executable).parent / "xpz")
     work = Path(tempfile.mkdtemp(prefix="xpz-bench-data-"))

@@ -61,6 +61,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--n-galaxies", type=int, default=None, help="override data.n_galaxies")
     args = parser.parse_args()
+    from xpz.hostinfo import print_host
+
+    print_host()  # CPU model, numpy sgemm GFLOP/s, reference network samples/s: compare hosts as ratios
 
     root = Path(tempfile.mkdtemp(prefix="xpz-bench-flow-"))
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"

@@ -2,7 +2,8 @@
 
     python benchmarks/bench_model.py                       # the default synthetic galaxies (data section)
     python benchmarks/bench_model.py --data data/galaxies.parquet --extra /tmp/big.parquet
-    python benchmarks/bench_model.py --throughput-only
+    python benchmarks/bench_model.py --throughput-only      # samples/s, x reference network, % of sgemm
+    python benchmarks/bench_model.py --profile-step --n 30000   # where a training step goes
 
 Prints training throughput (samples/s) of the seed model and the default model on this machine,
 then one Markdown table: test MAE, sigma_NMAD, outlier fraction, worst per-bin bias (bins up to
@@ -34,33 +35,112 @@ from xpz.env import quiet_telemetry  # noqa: E402
 KEYS = ("mae", "sigma_nmad", "outlier_fraction", "worst_bin_bias", "worst_bin_bias_z", "coverage_68")
 
 
-def throughput(cfg, fluxes: np.ndarray, z: np.ndarray) -> dict[str, float]:
-    """Steady-state training samples/s of the seed model (batch 16 and 256) and the default model."""
-    from xpz.model.architectures import build_model, build_seed_model, flat_hyperparameters
-    from xpz.model.scaling import fit_scaler
+def _fit_rate(model, ds_or_x, z=None, n: int = 0, batch: int = 256, repeats: int = 2) -> float:
+    """Best-of-`repeats` training samples/s of one epoch over `ds_or_x` (a tf.data.Dataset, or arrays)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        if z is None:
+            model.fit(ds_or_x, epochs=1, verbose=0)
+        else:
+            model.fit(ds_or_x, z, batch_size=batch, epochs=1, verbose=0)
+        best = min(best, time.perf_counter() - t0)
+    return n / best
 
-    out = {}
+
+def throughput(cfg, fluxes: np.ndarray, z: np.ndarray) -> dict[str, float]:
+    """Steady-state training samples/s of the seed model (batch 16 and 256) and the default model,
+    each beside the reference network's rate measured in the same run (ratio), its FLOP per
+    training sample and the share of the host's numpy sgemm rate it reaches."""
+    from xpz.hostinfo import print_host, reference_samples_per_s, training_flops_per_sample
+    from xpz.model.architectures import build_model, build_seed_model, flat_hyperparameters, z_bin_edges
+    from xpz.model.scaling import fit_scaler
+    from xpz.model.train import balance_weights, make_dataset
+
+    host = print_host()
+    out = {"reference": host["reference_samples_per_s"]}
+    tcfg = cfg.train
+    weights = balance_weights(z, z_bin_edges(cfg.model), tcfg.balance, tcfg.balance_max_weight)
     runs = [
         ("seed CNN, batch 16", lambda: build_seed_model(fit_scaler(fluxes)), 16, 2048),
         ("seed CNN, batch 256", lambda: build_seed_model(fit_scaler(fluxes)), 256, 4096),
         (
-            f"default CNN, batch {cfg.train.batch_size}",
+            f"default CNN, batch {tcfg.batch_size}",
             lambda: build_model(
                 flat_hyperparameters(cfg.model.default), cfg.model, fit_scaler(fluxes, cfg.model.normalize_flux)
             ),
-            cfg.train.batch_size,
-            8192,
+            tcfg.batch_size,
+            16384,
         ),
     ]
     for name, build, batch, n in runs:
         model = build()
         n = min(n, len(fluxes))
-        model.fit(fluxes[: batch * 3], z[: batch * 3], batch_size=batch, epochs=1, verbose=0)  # trace
-        t0 = time.perf_counter()
-        model.fit(fluxes[:n], z[:n], batch_size=batch, epochs=1, verbose=0)
-        out[name] = n / (time.perf_counter() - t0)
-        print(f"throughput  {name:28s} {out[name]:8.0f} samples/s  ({model.count_params():,} params)", flush=True)
+        w = None if weights is None else weights[:n]
+        model.fit(make_dataset(fluxes[: batch * 3], z[: batch * 3], None if w is None else w[: batch * 3], batch),
+                  epochs=1, verbose=0)  # trace  # fmt: skip
+        # the training pipeline itself: shuffled, weighted tf.data batches (xpz.model.train.make_dataset)
+        rate = _fit_rate(model, make_dataset(fluxes[:n], z[:n], w, batch, shuffle=True), n=n)
+        flops = training_flops_per_sample(model)
+        out[name] = rate
+        print(
+            f"throughput  {name:28s} {rate:8.0f} samples/s = {rate / out['reference']:.3f} x reference  "
+            f"({model.count_params():,} params, {flops / 1e6:.1f} MFLOP/sample -> {rate * flops / 1e9:.1f} GFLOP/s "
+            f"= {100 * rate * flops / 1e9 / host['sgemm_gflops']:.0f}% of sgemm)",
+            flush=True,
+        )
+    again = reference_samples_per_s()
+    print(f"throughput  reference network again      {again:8.0f} samples/s (drift {again / out['reference'] - 1:+.0%})")
     return out
+
+
+def profile(cfg, fluxes: np.ndarray, z: np.ndarray, n: int = 16384) -> None:
+    """Where a training step of the default CNN goes: variants at the same batch size, each as
+    seconds per 1,000 samples and as a ratio to the reference network measured in the same run.
+    The differences attribute the time: data pipeline (tf.data shuffle/weights vs cached batches),
+    convolutions (the network without its Conv1D stack), the 120-bin softmax head and its loss (a
+    1-output Huber head instead), per-batch overhead (a 1-layer model at the same batch size)."""
+    import keras
+
+    from xpz.hostinfo import print_host, reference_samples_per_s
+    from xpz.model.architectures import build_model, flat_hyperparameters
+    from xpz.model.scaling import fit_scaler
+    from xpz.model.train import make_dataset
+
+    host = print_host()
+    ref = host["reference_samples_per_s"]
+    batch, n = cfg.train.batch_size, min(n, len(fluxes))
+    x, zz, w = fluxes[:n], z[:n], np.ones(n, np.float32)
+    scaler = fit_scaler(fluxes, cfg.model.normalize_flux)
+    hp = flat_hyperparameters(cfg.model.default)
+
+    def variant(**change):
+        keras.utils.set_random_seed(0)
+        return build_model({**hp, **change}, cfg.model, scaler)
+
+    def tiny():
+        inputs = keras.Input((fluxes.shape[1],))
+        m = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+        m.compile(optimizer="adam", loss="mse")
+        return m
+
+    pipeline = make_dataset(x, zz, w, batch, shuffle=True)
+    cached = make_dataset(x, zz, w, batch).cache()
+    cases = [
+        ("default CNN, training pipeline", variant, pipeline),
+        ("default CNN, cached batches", variant, cached),
+        ("without Conv1D layers", lambda: variant(conv_layers=0), cached),
+        ("regression head (Huber, 1 output)", lambda: variant(loss="huber"), cached),
+        ("1-layer model (per-batch overhead)", tiny, cached),
+    ]
+    print(f"profile of one training epoch, {n:,} samples, batch {batch} (best of 2 epochs after a tracing one)")
+    for name, build, ds in cases:
+        model = build()
+        model.fit(ds.take(3), epochs=1, verbose=0)
+        rate = _fit_rate(model, ds, n=n)
+        print(f"profile  {name:36s} {1000 / rate * 1000:7.1f} ms per 1,000 samples  ({rate:7.0f}/s, "
+              f"{rate / ref:.3f} x reference)", flush=True)
+    print(f"profile  reference network again        {reference_samples_per_s():7.0f}/s")
 
 
 def load_data(args, cfg) -> pd.DataFrame:
@@ -94,6 +174,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-default", action="store_true", help="only the seed recipe (needs --budget)")
     ap.add_argument("--budget", type=float, help="seed recipe wall time (default: the default pipeline's)")
     ap.add_argument("--throughput-only", action="store_true")
+    ap.add_argument("--profile-step", action="store_true", help="where the default CNN's training step goes, then exit")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--save", help="save the default model here (.keras)")
     args = ap.parse_args(argv)
@@ -111,6 +192,9 @@ def main(argv=None) -> int:
     splits = split_dataset(df, cfg.split)
     x_train, z_train = flux_matrix(splits.train), splits.train["z"].to_numpy(np.float32)
     print(f"data: {len(df)} galaxies; train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}")
+    if args.profile_step:
+        profile(cfg, x_train, z_train)
+        return 0
     if not args.skip_throughput:
         throughput(cfg, x_train, z_train)
     if args.throughput_only:

@@ -52,6 +52,9 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=50_000, help="galaxies per test set")
     ap.add_argument("--tracking-uri", default=None)
     args = ap.parse_args(argv)
+    from xpz.hostinfo import print_host
+
+    print_host()  # CPU model, numpy sgemm GFLOP/s, reference network samples/s: compare hosts as ratios
     quiet_telemetry()
 
     from xpz.serving.batch import load_predictor

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -81,6 +82,15 @@ def test_dask_flow_equals_single_process(small_dataset_path, tmp_path, tmp_path_
     assert [p.relative_to(out_dir) for p in outputs] == [p.relative_to(catalogue) for p in sorted(catalogue.rglob("*.parquet"))]
     distributed = pd.concat([pd.read_parquet(p) for p in outputs], ignore_index=True)
     pd.testing.assert_frame_equal(distributed, single, check_exact=True)
+    from xpz.serving.batch import use_tracking_uri
+    from xpz.tracking import load_keras_model
+    from xpz_models import model_predict_redshifts
+
+    with use_tracking_uri(registered.tracking_uri):
+        plain = model_predict_redshifts(load_keras_model(registered.champion), flux_matrix(dataset))
+    plain.index = dataset["source_id"].to_numpy()  # the outputs follow the partition files' order
+    np.testing.assert_allclose(distributed["z"].to_numpy(), plain.loc[distributed["source_id"], "z"].to_numpy(),
+                               rtol=0, atol=1e-6)  # = model.predict  # fmt: skip
 
 
 DRIVER = """

@@ -80,7 +80,7 @@ def post(url: str, payload: dict) -> tuple[int, dict]:
 def test_served_batch_equals_pyfunc_and_batch_predict(server, registered, dataset, small_dataset_path, tmp_path):
     import mlflow
 
-    from xpz.serving.batch import predict_file
+    from xpz.serving.batch import predict_file, use_tracking_uri
 
     batch = dataset.iloc[:50]
     fluxes = flux_matrix(batch)
@@ -90,12 +90,17 @@ def test_served_batch_equals_pyfunc_and_batch_predict(server, registered, datase
     served = pd.DataFrame(body["predictions"])
     assert list(served.columns) == ["z", "z_lower", "z_upper"] and len(served) == 50
 
-    from xpz.serving.batch import use_tracking_uri
-
     with use_tracking_uri(registered.tracking_uri):
         local = mlflow.pyfunc.load_model(registered.champion).predict(fluxes)
     for column in ("z", "z_lower", "z_upper"):
         np.testing.assert_array_equal(served[column].to_numpy(), local[column].to_numpy())  # same 50-row batch
+    from xpz.tracking import load_keras_model
+    from xpz_models import model_predict_redshifts
+
+    with use_tracking_uri(registered.tracking_uri):
+        plain = model_predict_redshifts(load_keras_model(registered.champion), fluxes)  # plain model.predict
+    for column in ("z", "z_lower", "z_upper"):
+        np.testing.assert_allclose(served[column].to_numpy(), plain[column].to_numpy(), rtol=0, atol=1e-6)
 
     out = predict_file(small_dataset_path, tmp_path / "p.parquet", registered.champion, progress=False,
                        tracking_uri=registered.tracking_uri).out  # fmt: skip

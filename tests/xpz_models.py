@@ -51,6 +51,22 @@ def tiny_keras_model(fluxes: np.ndarray, seed: int = 0):
     return model
 
 
+def model_predict_redshifts(model, fluxes: np.ndarray, batch_size: int = 1024):
+    """DataFrame[z, z_lower, z_upper] from plain `model.predict` (not the compiled inference function
+    every xpz prediction path uses): the reference the paths are checked against to 1e-6."""
+    import pandas as pd
+
+    from xpz.model.architectures import posterior_layer
+    from xpz.model.posterior import redshifts_from_output
+
+    output = model.predict(np.asarray(fluxes, np.float32), batch_size=batch_size, verbose=0)
+    layer = posterior_layer(model)
+    edges = None if layer is None else np.asarray(layer.edges)
+    extra = {} if layer is None else layer.point_estimate()
+    z, lo, hi = redshifts_from_output(output, edges, **extra)
+    return pd.DataFrame({"z": z, "z_lower": lo, "z_upper": hi})
+
+
 def register_tiny_model(root: Path, fluxes: np.ndarray, name: str = MODEL_NAME) -> Registered:
     """Log + register a tiny model in `sqlite:///<root>/mlflow.db` (artifacts in <root>/mlruns)."""
     from xpz import tracking

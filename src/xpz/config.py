@@ -143,6 +143,9 @@ class HyperparametersConfig(_Section):
     loss: str = "crossentropy"  # crossentropy = softmax over z bins; huber/mse/mae = regression
     optimizer: str = "adamax"
     learning_rate: float = Field(2e-3, gt=0)
+    # stride of the first convolution: XP spectra carry ~110 degrees of freedom in 186 samples, so a
+    # stride-2 stem (kernel >= 3 still sees every sample) halves every later layer's work (issue 14)
+    stem_stride: int = Field(1, ge=1, le=4)
 
     @model_validator(mode="after")
     def _valid(self) -> "HyperparametersConfig":
@@ -217,7 +220,9 @@ class TuneConfig(_Section):
     max_train_samples: int | None = Field(None, ge=100)  # subsample of train per trial (None: all)
     max_val_samples: int | None = Field(None, ge=100)  # subsample of validation per trial
     num_initial_points: int | None = Field(None, ge=1)
-    min_improvement: float = Field(0.0, ge=0)  # relative proxy gain a trial needs to replace the default
+    min_improvement: float = Field(0.0, ge=0)  # relative mean gain a trial needs to replace the default
+    confirm_seeds: int = Field(2, ge=0, le=8)  # paired default-vs-best runs (seeds seed, seed+1, ...); 0: proxy rule
+    confirm_epochs: int | None = Field(None, ge=1)  # epochs of each confirmation run (None: `epochs`)
     seed: int = 42
 
     @model_validator(mode="after")

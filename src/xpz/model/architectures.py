@@ -61,6 +61,8 @@ def flat_hyperparameters(hp: HyperparametersConfig | Mapping[str, Any]) -> dict[
             out[f"units_{i}"] = int(u)
         out.update(activation=hp.activation, loss=hp.loss, optimizer=hp.optimizer)
         out["learning_rate"] = float(hp.learning_rate)
+        if hp.stem_stride != 1:  # absent when 1, so older flat dicts and searches read the same
+            out["stem_stride"] = int(hp.stem_stride)
         return out
     return prune_hyperparameters(hp)
 
@@ -247,14 +249,16 @@ def build_model(
     length = N_FLUX
     for i in range(int(hp["conv_layers"])):
         k = int(hp[f"kernel_{i}"])
+        stride = int(hp.get("stem_stride", 1)) if i == 0 else 1  # the input stem (see HyperparametersConfig)
         length = length - k + 1 if padding == "valid" else length
+        length = -(-length // stride)
         if length < 2:
             raise ValueError(
                 f"conv layer {i}: the sequence is too short ({length}) for kernel {k} with padding "
                 f"{padding!r}; use fewer conv layers or padding 'same'"
             )
         x = keras.layers.Conv1D(
-            int(hp[f"filters_{i}"]), k, padding=padding, activation=activation, name=f"conv_{i}"
+            int(hp[f"filters_{i}"]), k, strides=stride, padding=padding, activation=activation, name=f"conv_{i}"
         )(x)
         x = keras.layers.MaxPooling1D(2, name=f"pool_{i}")(x)
         length //= 2
@@ -351,6 +355,8 @@ class RedshiftHyperModel(kt.HyperModel):
             if hi > lo
             else hp.Fixed("learning_rate", lo)
         )
+        if d.get("stem_stride", 1) != 1:  # the default's input stem is kept by every trial
+            values["stem_stride"] = hp.Fixed("stem_stride", int(d["stem_stride"]))
         return values
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:

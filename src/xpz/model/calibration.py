@@ -69,13 +69,14 @@ def calibrate_posterior(
     """Set the prior and choose alpha, the temperature and the point estimate's quantile shift on
     validation (see module doc). Returns the choice and its validation metrics."""
     from xpz.model.evaluate import summary_metrics
+    from xpz.model.inference import predict_array
     from xpz.model.posterior import redshifts_from_output
 
     layer = posterior_layer(model)
     edges = np.asarray(layer.edges)
     tcfg = cfg.train
     logits_model = keras.Model(model.inputs, layer.input)
-    logits = logits_model.predict(np.asarray(val_fluxes, np.float32), batch_size=2048, verbose=0)
+    logits = predict_array(logits_model, val_fluxes, batch_size=2048)
     logits = logits.astype(np.float64)
 
     def assess(alpha: float, temperature: float, shift_z: float = 0.0, shift_gain: float = 0.0) -> Candidate:

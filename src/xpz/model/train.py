@@ -1,4 +1,10 @@
-"""Training: tf.data pipeline, seeds, early stopping, a wall-time cap, throughput, ensembles.
+"""Training: tf.data pipeline, seeds, early stopping, throughput, ensembles; budgets in work.
+
+The budget is work, never the clock: `train.epochs` x ceil(n_train / batch_size) steps per member,
+with the cosine schedule over exactly those steps, so the same data, params and seeds give the same
+model on any host. `train.max_seconds` is an opt-in safety (null in the default profile): if it
+ever stops training, `TrainResult.stopped_by_time_limit` is True, a warning is printed and the
+pipeline tags the MLflow run `xpz.stopped_by_time_limit=true`.
 
 `train_model` fits the scaling on the training split, builds the model (given hyperparameters, or
 `cfg.model.architecture`: the CPU default or the seed's Table 2), trains `train.members` networks
@@ -11,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -46,6 +53,7 @@ class TrainResult:
     calibration: dict[str, float] = field(default_factory=dict)
     best_epoch: int | None = None
     members: int = 1  # networks averaged into `model`
+    stopped_by_time_limit: bool = False  # the opt-in `train.max_seconds` cut training short
 
 
 # ----------------------------------------------------------------------------- data
@@ -112,7 +120,8 @@ class Throughput(keras.callbacks.Callback):
 
 
 class TimeLimit(keras.callbacks.Callback):
-    """Stop before an epoch that would end past `seconds` of fit time (predicted from the last one)."""
+    """Opt-in safety: stop before an epoch that would end past `seconds` of fit time (predicted from
+    the last one). Makes the result depend on the host's speed, so `stopped` is reported upwards."""
 
     def __init__(self, seconds: float):
         super().__init__()
@@ -125,43 +134,29 @@ class TimeLimit(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         now = time.perf_counter()
-        if now - self._start + (now - self._last) > self.seconds:
+        last_epoch = epoch + 1 >= (self.params or {}).get("epochs", math.inf)
+        if not last_epoch and now - self._start + (now - self._last) > self.seconds:
             self.model.stop_training = True
             self.stopped = True
         self._last = now
 
 
 class CosineProgress(keras.callbacks.Callback):
-    """Cosine learning-rate decay over training *progress* = max(step share, wall-time share).
+    """Cosine learning-rate decay over the step budget: lr = base * (floor + (1 - floor) *
+    (1 + cos(pi * step / total_steps)) / 2). Depends on steps only, never on the clock."""
 
-    With a wall-time cap the schedule still anneals fully before the cap, whatever the machine's
-    speed; training stops once progress reaches 1.
-    """
-
-    def __init__(self, base_lr: float, total_steps: int, max_seconds: float | None = None, floor: float = 0.02):
+    def __init__(self, base_lr: float, total_steps: int, floor: float = 0.02):
         super().__init__()
-        self.base_lr, self.total_steps, self.max_seconds, self.floor = base_lr, total_steps, max_seconds, floor
+        self.base_lr, self.total_steps, self.floor = base_lr, total_steps, floor
         self.step = 0
-        self.stopped = False
 
     def progress(self) -> float:
-        p = self.step / max(self.total_steps, 1)
-        if self.max_seconds:
-            p = max(p, (time.perf_counter() - self._start) / self.max_seconds)
-        return min(p, 1.0)
-
-    def on_train_begin(self, logs=None):
-        self._start = time.perf_counter()
+        return min(self.step / max(self.total_steps, 1), 1.0)
 
     def on_train_batch_begin(self, batch, logs=None):
         factor = self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * self.progress()))
         self.model.optimizer.learning_rate.assign(self.base_lr * factor)
         self.step += 1
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.progress() >= 1.0:
-            self.model.stop_training = True
-            self.stopped = True
 
 
 # ----------------------------------------------------------------------------- training
@@ -182,6 +177,7 @@ class MemberFit:
     seconds: float
     samples_per_s: float
     best_epoch: int | None
+    stopped_by_time_limit: bool = False
 
 
 def fit_member(
@@ -195,8 +191,9 @@ def fit_member(
     max_seconds: float | None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> MemberFit:
-    """Fit one network: early stopping on `tcfg.monitor` (best weights restored), the learning-rate
-    schedule of `tcfg` over `tcfg.epochs` or `max_seconds`, whichever ends first."""
+    """Fit one network for `tcfg.epochs` epochs: early stopping on `tcfg.monitor` (best weights
+    restored), the learning-rate schedule of `tcfg` over the step budget; `max_seconds` (opt-in)
+    may stop it earlier, which `MemberFit.stopped_by_time_limit` reports."""
     keras.utils.set_random_seed(seed)
     model = build()
     steps = math.ceil(n_train / tcfg.batch_size)
@@ -206,9 +203,10 @@ def fit_member(
     )  # every monitored quantity (loss, mae) is an error
     cbs: list[keras.callbacks.Callback] = [throughput, stopper]
     if tcfg.lr_schedule == "cosine":
-        cbs.append(CosineProgress(lr, tcfg.epochs * steps, max_seconds))
-    elif max_seconds:
-        cbs.append(TimeLimit(max_seconds))
+        cbs.append(CosineProgress(lr, tcfg.epochs * steps))
+    limit = TimeLimit(max_seconds) if max_seconds else None
+    if limit is not None:
+        cbs.append(limit)
     cbs.extend(callbacks)
     t0 = time.perf_counter()
     fit = model.fit(
@@ -220,7 +218,16 @@ def fit_member(
     times = throughput.train_seconds[1:] if len(throughput.train_seconds) > 1 else throughput.train_seconds
     samples_per_s = n_train * len(times) / sum(times) if times and sum(times) > 0 else float("nan")
     best_epoch = getattr(stopper, "best_epoch", None)
-    return MemberFit(model, history, seconds, float(samples_per_s), None if best_epoch is None else int(best_epoch) + 1)
+    stopped = bool(limit is not None and limit.stopped)
+    if stopped:
+        warnings.warn(
+            f"train.max_seconds={max_seconds:.0f} s per member stopped training after {len(history.get('loss', []))} "
+            f"of {tcfg.epochs} epochs: this model depends on the host's speed",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    best = None if best_epoch is None else int(best_epoch) + 1
+    return MemberFit(model, history, seconds, float(samples_per_s), best, stopped)
 
 
 def ensemble_model(members: Sequence[keras.Model], name: str = "xpz_ensemble") -> keras.Model:
@@ -253,7 +260,7 @@ def train_model(
     """Train on `splits.train`, early-stop on `splits.val`; calibrate a softmax head on `splits.val`.
 
     With `train.members` > 1, that many networks (seeds `train.seed`, `train.seed + 1`, ...) share
-    the wall-time cap and are averaged into one model (`ensemble_model`) before calibration.
+    the opt-in wall-time cap and are averaged into one model (`ensemble_model`) before calibration.
     The history, best epoch and throughput reported are the first member's; the others' curves are
     in the history as `member_<k>/<metric>`.
     """
@@ -305,4 +312,5 @@ def train_model(
         calibration=calibration,
         best_epoch=fits[0].best_epoch,
         members=len(fits),
+        stopped_by_time_limit=any(f.stopped_by_time_limit for f in fits),
     )

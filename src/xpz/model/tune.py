@@ -5,8 +5,10 @@ with the same parameters continues the search (finished trials are kept, only th
 raise `tune.max_trials` to search further). The search key hashes everything that makes trials
 comparable (search space, per-trial budget, objective, data split), so changing any of it starts a
 new search instead of resuming one whose scores mean something else. The first trial runs the CPU default architecture
-(`model.default`, clipped to the bounds), so the search always measures it, and the default is kept
-unless the best trial beats it by `tune.min_improvement` (`keep_default_unless_better`).
+(`model.default`, clipped to the bounds), so the search always measures it; the search's best trial
+replaces it only if it wins a paired comparison over `tune.confirm_seeds` seeds at equal budget by
+`tune.min_improvement` on average (`xpz.model.selection`; with `confirm_seeds: 0` the bare proxy rule
+`keep_default_unless_better`).
 `on_trial_end(TrialRecord)` is called after each trial that runs in this call: the tracking layer
 uses it to log nested MLflow runs (this module never imports mlflow). Trials may run on a
 subsample of train/validation (`tune.max_train_samples`, `tune.max_val_samples`) to keep a CPU
@@ -50,6 +52,7 @@ class TuneResult:
     trials: list[TrialRecord] = field(default_factory=list)
     best_trial_id: str | None = None
     directory: Path | None = None
+    decision: Any = None  # xpz.model.selection.Decision of the paired confirmation (None: none ran)
 
 
 def trial_record(trial: kt.engine.trial.Trial) -> TrialRecord:
@@ -165,13 +168,48 @@ def tune(
     if not best:
         raise RuntimeError(f"tune: no successful trial in {project_dir}")
     defaults = prune_hyperparameters({hp.name: hp.default for hp in tuner.oracle.hyperparameters.space})
-    chosen = keep_default_unless_better(trials, str(best[0].trial_id), defaults, tcfg.min_improvement, tcfg.direction)
+    best_id = str(best[0].trial_id)
+    decision = None
+    if tcfg.confirm_seeds == 0:  # the bare proxy rule (noisy: see xpz.model.selection)
+        chosen = keep_default_unless_better(trials, best_id, defaults, tcfg.min_improvement, tcfg.direction)
+    else:
+        chosen, decision = _confirm(trials, best_id, defaults, cfg, scaler, (x_train[it], z_train[it]), val_ds, project_dir)
     return TuneResult(
         best_hyperparameters=chosen.hyperparameters,
         trials=trials,
         best_trial_id=chosen.trial_id,
         directory=project_dir,
+        decision=decision,
     )
+
+
+def _confirm(trials, best_id, defaults, cfg: "Config", scaler, train, val_ds, project_dir: Path):
+    """The search's best trial against the default: paired training over `tune.confirm_seeds` seeds
+    at equal budget (`xpz.model.selection.decide`); returns (chosen trial, Decision or None)."""
+    from xpz.model.architectures import build_model
+    from xpz.model.selection import decide, paired_scores
+
+    tcfg = cfg.tune
+    best = next(t for t in trials if t.trial_id == best_id)
+    default = next((t for t in trials if t.hyperparameters == defaults and "score" in t.metrics), None)
+    if default is None or default is best:
+        return best, None
+    epochs = tcfg.confirm_epochs or tcfg.epochs
+    pick = min if tcfg.direction == "min" else max
+
+    def fit_score(hp: dict[str, Any], seed: int) -> float:
+        keras.utils.set_random_seed(seed)
+        model = build_model(hp, cfg.model, scaler)
+        ds = make_dataset(*train, batch_size=cfg.train.batch_size, shuffle=True, seed=seed)
+        history = model.fit(ds, validation_data=val_ds, epochs=epochs, verbose=0).history
+        return float(pick(history[tcfg.objective]))
+
+    seeds = [tcfg.seed + k for k in range(tcfg.confirm_seeds)]
+    d, c = paired_scores(fit_score, defaults, best.hyperparameters, seeds, cache=project_dir / "confirmation.json")
+    decision = decide(d, c, tcfg.min_improvement, tcfg.direction)
+    if cfg.train.verbose:
+        print(f"tune: trial {best.trial_id} vs the default over seeds {seeds}: {decision.reason}", flush=True)
+    return (best if decision.replace else default), decision
 
 
 def keep_default_unless_better(

@@ -152,8 +152,14 @@ def tune_step(
                 "xpz.best_trial_id": result.best_trial_id or "",
                 "xpz.tune_dir": str(result.directory or directory or cfg.tune.directory),
                 "xpz.tune_trials": str(len(result.trials)),
+                "xpz.tune_decision": "search best is the default" if result.decision is None else result.decision.reason,
             },
         )
+        if result.decision is not None:  # the paired confirmation (xpz.model.selection)
+            d = result.decision
+            scores = {f"tune/confirm_default_{i}": v for i, v in enumerate(d.default_scores)}
+            scores.update({f"tune/confirm_challenger_{i}": v for i, v in enumerate(d.challenger_scores)})
+            tracking.log_metrics(tr, run_id, {**scores, "tune/confirm_mean_gain": d.mean_gain})
     return result
 
 
@@ -165,11 +171,22 @@ def train_step(
     run_id: str | None = None,
 ) -> "TrainResult":
     """Train the final model (given hyperparameters, else `model.architecture`); with a run id, log the
-    hyperparameters (`hp.*`), the loss curves as step metrics, timing and calibration."""
+    hyperparameters (`hp.*`), the loss curves as step metrics, timing and calibration, the host
+    (`xpz.host.*` tags: CPU, cores, TensorFlow, sgemm GFLOP/s) and `xpz.stopped_by_time_limit`
+    (true only when the opt-in `train.max_seconds` cut training short: a host-dependent model)."""
+    from xpz.hostinfo import host_tags
     from xpz.model.train import train_model
 
     result = train_model(splits, cfg, hyperparameters=hyperparameters)
+    if result.stopped_by_time_limit:
+        print(
+            f"WARNING: train.max_seconds={cfg.train.max_seconds} stopped training before train.epochs="
+            f"{cfg.train.epochs}; this model depends on the host's speed (run tagged xpz.stopped_by_time_limit=true)",
+            flush=True,
+        )
     if tr is not None and run_id:
+        tags = {**host_tags(), "xpz.stopped_by_time_limit": str(result.stopped_by_time_limit).lower()}
+        tracking.set_tags(tr, run_id, tags)
         tracking.log_params(tr, run_id, dict(result.hyperparameters), prefix="hp.")
         tracking.log_history(tr, run_id, result.history)
         summary = {
