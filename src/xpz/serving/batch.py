@@ -65,6 +65,8 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("z", pa.float64()),
         pa.field("z_lower", pa.float64()),
         pa.field("z_upper", pa.float64()),
+        pa.field("ood_score", pa.float64()),
+        pa.field("eligible", pa.bool_()),
         pa.field("model_name", pa.string()),
         pa.field("model_version", pa.string()),
     ]
@@ -113,7 +115,7 @@ def _prefetch(chunks: Iterator[SpectraChunk], depth: int = PREFETCH) -> Iterator
         thread.join(timeout=5)
 
 
-def predict_chunks(chunks: Iterable[SpectraChunk], predictor: Predictor) -> Iterator[pa.Table]:
+def predict_chunks(chunks: Iterable[SpectraChunk], predictor: Predictor, pdf_writer=None) -> Iterator[pa.Table]:
     """Predictions for a stream of chunks from one file, as tables in the output schema.
 
     Rows go to the model in whole batches counted from the stream's first row (a remainder of
@@ -126,10 +128,20 @@ def predict_chunks(chunks: Iterable[SpectraChunk], predictor: Predictor) -> Iter
         flux = np.concatenate([flux_left, chunk.fluxes]) if len(flux_left) else chunk.fluxes
         k = (len(ids) // bs) * bs
         if k:
-            yield _table(ids[:k], predictor.predict(flux[:k]), predictor)
+            yield _table(ids[:k], _predict(predictor, ids[:k], flux[:k], pdf_writer), predictor)
         ids_left, flux_left = ids[k:], flux[k:]
     if len(ids_left):
-        yield _table(ids_left, predictor.predict(flux_left), predictor)
+        yield _table(ids_left, _predict(predictor, ids_left, flux_left, pdf_writer), predictor)
+
+
+def _predict(predictor: Predictor, ids: np.ndarray, flux: np.ndarray, pdf_writer) -> pd.DataFrame:
+    """Predictions of one batch-aligned block; with a `pdf_metrics.PdfWriter`, its p(z) written too."""
+    if pdf_writer is None:
+        return predictor.predict(flux)
+    pred, edges, cdf = predictor.predict_with_pdf(flux)
+    ancil = {"source_id": ids, **{c: pred[c].to_numpy() for c in pred.columns}}
+    pdf_writer.write(edges, cdf, ancil)
+    return pred
 
 
 def _table(ids: np.ndarray, pred: pd.DataFrame, predictor: Predictor) -> pa.Table:
@@ -138,6 +150,8 @@ def _table(ids: np.ndarray, pred: pd.DataFrame, predictor: Predictor) -> pa.Tabl
         [
             pa.array(ids, pa.int64()),
             *(pa.array(pred[c].to_numpy(np.float64), pa.float64()) for c in PREDICTION_COLUMNS),
+            pa.array(pred["ood_score"].to_numpy(np.float64), pa.float64()),
+            pa.array(pred["eligible"].to_numpy(bool), pa.bool_()),
             pa.repeat(pa.scalar(predictor.name, pa.string()), n),
             pa.repeat(pa.scalar(predictor.version, pa.string()), n),
         ],
@@ -169,9 +183,12 @@ def predict_file(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: bool = True,
     tracking_uri: str | None = None,
+    pdf: Path | str | None = None,
 ) -> PredictResult:
     """Predict every spectrum of `source` (a file, or a folder of partition files, read in path
-    order) into the Parquet file `out`. Nothing is written at `out` unless every row succeeded."""
+    order) into the Parquet file `out`. Nothing is written at `out` unless every row succeeded.
+    With `pdf`, each spectrum's p(z) also goes to that qp HDF5 file (`xpz.model.pdf_metrics`), in
+    chunks, same row order, ancillary columns source_id, z, z_lower, z_upper, ood_score, eligible."""
     from tqdm.auto import tqdm
 
     files = list_partitions(source) if Path(source).is_dir() else [Path(source)]
@@ -193,21 +210,34 @@ def predict_file(
     start = time.perf_counter()
     totals = [count_rows(f, fmt) for f in files]
     total = None if any(t is None for t in totals) else sum(totals)
+    pdf_writer = None
+    if pdf is not None:
+        from xpz.model.pdf_metrics import PdfWriter
+
+        if predictor.keras_model is None:
+            raise InputError(f"model {predictor.uri}: not an xpz Keras model, so it gives no p(z) (--pdf)")
+        if total is None:  # qp's HDF5 layout needs the row count up front: count by streaming once
+            total = sum(sum(len(c.source_id) for c in iter_spectra(f, fmt, chunk_size)) for f in files)
+        pdf_writer = PdfWriter(pdf, total)
     rows = 0
     out = Path(out)
     with atomic_path(out) as tmp, contextlib.ExitStack() as stack:
         stack.callback(streams[0].close)
+        if pdf_writer is not None:
+            stack.callback(pdf_writer.abort)  # removes its temporary file unless closed
         writer = stack.enter_context(pq.ParquetWriter(tmp, OUTPUT_SCHEMA))
         bar = stack.enter_context(
             tqdm(total=total, unit=" spectra", unit_scale=True, disable=not progress, desc=f"predict {Path(source).name}")
         )
         for i, path in enumerate(files):
             chunks = itertools.chain([first], streams[0]) if i == 0 else _prefetch(iter_spectra(path, fmt, chunk_size))
-            for table in predict_chunks(chunks, predictor):
+            for table in predict_chunks(chunks, predictor, pdf_writer):
                 writer.write_table(table)
                 rows += table.num_rows
                 bar.update(table.num_rows)
         writer.close()
+        if pdf_writer is not None:
+            pdf_writer.close()  # before the predictions are renamed into place
     return PredictResult(
         out, rows, predictor.name, predictor.version, predictor.uri, time.perf_counter() - start, len(files),
         load_seconds=start - loading,
