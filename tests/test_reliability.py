@@ -170,3 +170,45 @@ def test_qp_file_round_trips_in_chunks(tmp_path):
     np.testing.assert_array_equal(ens.ancil["source_id"], ancil["source_id"])
     np.testing.assert_allclose(ens.median().ravel(), z, atol=1e-6)
     np.testing.assert_allclose(ens.cdf(edges), cdf, atol=1e-9)
+
+
+def test_predict_file_carries_the_flag_and_writes_pdfs(fitted, impostors, dataset, tmp_path):
+    """`xpz predict` (and the Dask flow, which calls the same `predict_file`) with a model carrying
+    the eligibility layer: the flag per row, and --pdf's qp file in the same order, medians = z."""
+    import qp
+    from typer.testing import CliRunner
+
+    from xpz.cli import app
+    from xpz.data.io import write_dataset
+
+    _, wrapped, _, x = fitted
+    model_path = tmp_path / "model.keras"
+    wrapped.save(model_path)
+    rows = pd.concat([dataset.iloc[1000:1300], impostors[impostors["kind"] == "noise"].assign(z=0.1)])
+    rows = rows[["source_id", "z", *FLUX_COLUMNS]].reset_index(drop=True)
+    rows["source_id"] = np.arange(len(rows), dtype=np.int64) + 100
+    src = write_dataset(rows, tmp_path / "in.parquet")
+    out, pdf = tmp_path / "pred.parquet", tmp_path / "pz.hdf5"
+    result = CliRunner().invoke(app, ["predict", str(src), "--model", str(model_path), "--out", str(out),
+                                      "--pdf", str(pdf), "--chunk-size", "128", "--no-progress"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    pred = pd.read_parquet(out)
+    assert pred["eligible"].iloc[:300].mean() >= 0.97
+    assert not pred["eligible"].iloc[300:].any()
+    ens = qp.read(str(pdf))
+    assert ens.npdf == len(rows)
+    np.testing.assert_array_equal(ens.ancil["source_id"], pred["source_id"])
+    np.testing.assert_array_equal(ens.ancil["eligible"], pred["eligible"])
+    np.testing.assert_allclose(ens.median().ravel(), pred["z"], atol=1e-6)
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_real_gaia_stars_are_not_eligible(fitted, repo_root):
+    from xpz.data.io import read_gaia_xp_continuous
+    from xpz.model.posterior import predict_redshift
+
+    stars = read_gaia_xp_continuous(repo_root / "tests" / "fixtures" / "gaia_dr3_xp_continuous_stars.csv")
+    assert len(stars) == 2
+    out = predict_redshift(fitted[1], flux_matrix(stars))
+    assert not out["eligible"].any()
+    assert np.isfinite(out["ood_score"]).all()
