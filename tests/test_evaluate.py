@@ -147,7 +147,10 @@ def test_evaluate_end_to_end_on_a_tiny_model():
                 "baseline_knn/test_mae", "bin_0.10-0.15/share"):  # fmt: skip
         assert key in ev.metrics
     assert ev.metrics["baseline_knn/test_mae"] < ev.metrics["baseline_mean/test_mae"]
-    assert set(ev.figures) == {"loss_curves", "bin_bias", "z_histogram", "pred_vs_true"}
+    assert set(ev.figures) == {"loss_curves", "bin_bias", "z_histogram", "pred_vs_true", "pit"}
+    for key in ("test_pit_ks", "test_crps", "test_ez_sigma_nmad", "test_ez_outlier_rate_3sigma_iqr", "bin_0.10-0.15/crps"):
+        assert np.isfinite(ev.metrics[key])
+    assert ev.pdfs.npdf == 60
     assert list(ev.predictions.columns[:5]) == ["source_id", "z_true", "z", "z_lower", "z_upper"]
     assert ev.bin_table["share"].sum() == pytest.approx(100.0)
     assert "0.05-0.10" in ev.table_markdown()

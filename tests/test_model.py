@@ -87,7 +87,8 @@ def test_predict_redshift_regression_has_nan_interval():
     x = _fluxes(10)
     model = build_model({**TINY, "loss": "mse"}, ModelConfig(), fit_scaler(x))
     out = predict_redshift(model, x)
-    assert list(out.columns) == ["z", "z_lower", "z_upper"] and len(out) == 10
+    assert list(out.columns) == ["z", "z_lower", "z_upper", "ood_score", "eligible"] and len(out) == 10
+    assert out["ood_score"].isna().all() and out["eligible"].all()  # no eligibility layer: not assessed
     assert out["z_lower"].isna().all() and out["z_upper"].isna().all()
     with pytest.raises(ValueError, match="186"):
         predict_redshift(model, x[:, :10])

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from xpz.spectra import FLUX_COLUMNS, flux_matrix
 from xpz_models import fit_coefficients, model_predict_redshifts, write_gaia_csv, write_gaia_ecsv
 
-OUT_COLUMNS = ["source_id", "z", "z_lower", "z_upper", "model_name", "model_version", "reject_reason"]
+OUT_COLUMNS = ["source_id", "z", "z_lower", "z_upper", "ood_score", "eligible", "model_name", "model_version", "reject_reason"]
 
 
 @pytest.fixture(scope="module")

@@ -88,7 +88,7 @@ def test_served_batch_equals_pyfunc_and_batch_predict(server, registered, datase
     status, body = post(server, payload)
     assert status == 200, body
     served = pd.DataFrame(body["predictions"])
-    assert list(served.columns) == ["z", "z_lower", "z_upper"] and len(served) == 50
+    assert list(served.columns) == ["z", "z_lower", "z_upper", "ood_score", "eligible"] and len(served) == 50
 
     with use_tracking_uri(registered.tracking_uri):
         local = mlflow.pyfunc.load_model(registered.champion).predict(fluxes)

@@ -308,7 +308,7 @@ def test_champion_challenger_promotion_and_pyfunc(store, tiny_model):
     champion = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
     assert tracking.load_champion(store).metadata.model_id == model1.model_id
     got = champion.predict(raw)
-    assert list(got.columns) == ["z", "z_lower", "z_upper"]
+    assert list(got.columns) == ["z", "z_lower", "z_upper", "ood_score", "eligible"]
     np.testing.assert_allclose(got["z"].to_numpy(), expected["z"].to_numpy(), rtol=1e-5, atol=1e-6)
     keras_z = tiny_model.predict(raw, verbose=0).reshape(-1)  # the scaling layer is inside the model
     np.testing.assert_allclose(got["z"].to_numpy(), keras_z, rtol=1e-5, atol=1e-6)

@@ -278,6 +278,7 @@ class EvaluateConfig(_Section):
     knn_k: int = Field(10, ge=1)
     baselines: bool = True
     batch_size: int = Field(1024, ge=1)
+    impostors_per_kind: int = Field(500, ge=0)  # non-galaxies of each kind for the eligibility report (0: none)
 
     @model_validator(mode="after")
     def _bins(self) -> "EvaluateConfig":
@@ -287,6 +288,27 @@ class EvaluateConfig(_Section):
         if self.bias_z_max > self.z_max:
             raise ValueError(f"bias_z_max ({self.bias_z_max}) must not exceed z_max ({self.z_max})")
         return self
+
+
+class EligibilityConfig(_Section):
+    """The out-of-distribution score and its threshold (`xpz.model.ood`), fitted after training."""
+
+    enabled: bool = True
+    keep: float = Field(0.99, gt=0, lt=1)  # share of validation galaxies kept eligible
+    components: int = Field(8, ge=1, le=185)  # principal axes of the density model
+    mixture: int = Field(8, ge=1)  # Gaussian mixture components in the principal subspace
+    max_fit_samples: int | None = Field(30000, ge=100)  # training spectra the density is fitted on
+    seed: int = 0
+
+
+class CoverageConfig(_Section):
+    """Per-group quantile recalibration of p(z | x) on validation (`xpz.model.recalibration`)."""
+
+    enabled: bool = True
+    z_step: float = Field(0.05, gt=0)  # predicted-z groups of this width ...
+    z_max: float = Field(0.45, gt=0)  # ... up to here (one open group above)
+    snr_groups: int = Field(4, ge=1)  # quantiles of total flux (S/N)
+    min_count: int = Field(50, ge=1)  # smaller groups fall back to their z group, then to all
 
 
 class Config(_Section):
@@ -300,6 +322,8 @@ class Config(_Section):
     tune: TuneConfig = TuneConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    eligibility: EligibilityConfig = EligibilityConfig()
+    coverage: CoverageConfig = CoverageConfig()
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -47,12 +47,18 @@ def predict(
     tracking_uri: Annotated[
         Optional[str], typer.Option("--tracking-uri", help="MLflow store [default: MLFLOW_TRACKING_URI, else tracking.uri].")
     ] = None,
+    pdf: Annotated[
+        Optional[Path],
+        typer.Option("--pdf", help="Also write each spectrum's p(z) to this qp HDF5 file (qp.read reads it; "
+                     "ancillary columns source_id, z, z_lower, z_upper, ood_score, eligible)."),
+    ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
     strict: Annotated[
         bool, typer.Option("--strict", help="Exit 2, writing nothing, if any source has no usable XP spectrum.")
     ] = False,
 ) -> None:
-    """Predict redshifts (z and its 68% interval) for every spectrum of INPUT, streaming in chunks."""
+    """Predict redshifts (z, its 68% interval, ood_score and the eligible flag) for every spectrum of
+    INPUT, streaming in chunks; --pdf also writes each p(z) in qp's format."""
     from xpz.serving.batch import default_tracking_uri, predict_file
 
     configured_uri = None
@@ -63,12 +69,13 @@ def predict(
     uri = tracking_uri or default_tracking_uri(configured_uri)
     result = predict_file(
         source, out, model or f"models:/{registered}@champion", fmt=fmt, chunk_size=chunk_size,
-        progress=progress, tracking_uri=uri, strict=strict,
+        progress=progress, tracking_uri=uri, strict=strict, pdf=pdf,
     )  # fmt: skip
     version = f" v{result.model_version}" if result.model_version else ""
     typer.echo(
-        f"wrote {result.rows:,} predictions ({result.model_name}{version}) to {result.out} "
-        f"in {result.seconds:.1f} s ({result.spectra_per_s:,.0f} spectra/s; model loaded in {result.load_seconds:.1f} s)"
+        f"wrote {result.rows:,} predictions ({result.model_name}{version}) to {result.out}"
+        + (f" and their p(z) to {pdf}" if pdf else "")
+        + f" in {result.seconds:.1f} s ({result.spectra_per_s:,.0f} spectra/s; model loaded in {result.load_seconds:.1f} s)"
     )
     if result.rejected:  # issue 11: rejected sources keep their row (z NaN, reject_reason)
         typer.echo(f"{result.rejected:,} of {result.rows:,} sources not predicted (no usable XP spectrum): "

@@ -361,3 +361,8 @@ class RedshiftHyperModel(kt.HyperModel):
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         return build_model(self.declare(hp), self.cfg, self.scaler)
+
+
+# the pass-through layers that trained models carry (eligibility, coverage recalibration): importing
+# this module registers every custom object a saved xpz model needs
+from xpz.model import ood as _ood, recalibration as _recalibration  # noqa: E402,F401

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from xpz.files import write_text_atomic
+from xpz.model.pdf_metrics import PDF_BIN_COLUMNS
 from xpz.spectra import ID_COLUMN, TARGET_COLUMN, flux_matrix
 
 if TYPE_CHECKING:
@@ -178,11 +179,11 @@ def summary_metrics(
     return {f"{prefix}{k}": v for k, v in metrics.items()}, table
 
 
-def bin_metrics(table: pd.DataFrame) -> dict[str, float]:
+def bin_metrics(table: pd.DataFrame, columns=BIN_METRICS) -> dict[str, float]:
     """`bin_0.10-0.15/mean_error` ... (NaN entries of empty bins are left out)."""
     out = {}
     for _, row in table.iterrows():
-        for m in BIN_METRICS:
+        for m in columns:
             v = row[m]
             if not pd.isna(v):
                 out[f"bin_{row['bin']}/{m}"] = float(v)
@@ -293,6 +294,19 @@ class Evaluation:
     predictions: pd.DataFrame  # source_id, z_true, z, z_lower, z_upper
     figures: dict[str, Any] = field(default_factory=dict)
     baseline_tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    pdfs: Any = None  # the test galaxies' p(z): a qp Ensemble (xpz.model.pdf_metrics), or None
+
+    def write_pdfs(self, path: Path | str) -> Path | None:
+        """The test p(z) as a qp HDF5 file (None for a model without PDFs)."""
+        if self.pdfs is None:
+            return None
+        from xpz.files import atomic_path
+
+        with atomic_path(Path(path)) as tmp:
+            h5 = tmp.with_name(tmp.name + ".hdf5")  # qp picks the format from the suffix
+            self.pdfs.write_to(str(h5))
+            h5.replace(tmp)
+        return Path(path)
 
     def table_markdown(self) -> str:
         return table_markdown(self.bin_table)
@@ -307,16 +321,20 @@ class Evaluation:
 
 def evaluate(model, splits, cfg: "Config", history: dict[str, list[float]] | None = None) -> Evaluation:
     """Metrics, per-bin table, baselines and figures of `model` on the test split."""
-    from xpz.model.posterior import predict_redshift
+    from xpz.model.posterior import predict_posterior
 
     ecfg = cfg.evaluate
     test = splits.test
     z_true = test[TARGET_COLUMN].to_numpy(float)
-    pred = predict_redshift(model, flux_matrix(test), batch_size=ecfg.batch_size)
+    pred, edges, cdf = predict_posterior(model, flux_matrix(test), batch_size=ecfg.batch_size)
     metrics, table = summary_metrics(
         "test_", z_true, pred["z"], pred["z_lower"], pred["z_upper"], ecfg
     )
     metrics.update(bin_metrics(table))
+    extra_figures, pdfs = _reliability(model, test, pred, edges, cdf, cfg, metrics)
+    if pdfs is not None:
+        table = pdfs[1]
+        metrics.update(bin_metrics(table, PDF_BIN_COLUMNS))
     predictions = pd.DataFrame(
         {
             ID_COLUMN: test[ID_COLUMN].to_numpy(),
@@ -324,6 +342,8 @@ def evaluate(model, splits, cfg: "Config", history: dict[str, list[float]] | Non
             "z": pred["z"].to_numpy(),
             "z_lower": pred["z_lower"].to_numpy(),
             "z_upper": pred["z_upper"].to_numpy(),
+            "ood_score": pred["ood_score"].to_numpy(),
+            "eligible": pred["eligible"].to_numpy(),
         }
     )
     baseline_tables = {}
@@ -344,4 +364,31 @@ def evaluate(model, splits, cfg: "Config", history: dict[str, list[float]] | Non
     }
     if history:
         figures["loss_curves"] = loss_curves_figure(history)
-    return Evaluation(metrics, table, predictions, figures, baseline_tables)
+    figures.update(extra_figures)
+    return Evaluation(metrics, table, predictions, figures, baseline_tables, None if pdfs is None else pdfs[0])
+
+
+def _reliability(model, test, pred, edges, cdf, cfg: "Config", metrics: dict[str, float]):
+    """PDF metrics (`xpz.model.pdf_metrics`) and the eligibility report (`xpz.model.ood`) into
+    `metrics`; returns (figures, (qp Ensemble, bin table with PDF columns) or None)."""
+    from xpz.model.ood import ood_layer, ood_report
+
+    figures: dict[str, Any] = {}
+    pdfs = None
+    z_true = test[TARGET_COLUMN].to_numpy(float)
+    if cdf is not None:
+        from xpz.model.pdf_metrics import assess_pdfs
+
+        table = bin_table(z_true, pred["z"], pred["z_lower"], pred["z_upper"],
+                          bin_edges(cfg.evaluate.bin_width, cfg.evaluate.z_max))  # fmt: skip
+        m, table, figures["pit"], ens = assess_pdfs(z_true, pred, edges, cdf, table, test[ID_COLUMN].to_numpy())
+        metrics.update({f"test_{k}": v for k, v in m.items()})
+        pdfs = (ens, table)
+    layer = ood_layer(model)
+    if layer is not None and cfg.evaluate.impostors_per_kind > 0:
+        from xpz.data.impostors import generate_impostors
+
+        impostors = generate_impostors(cfg.evaluate.impostors_per_kind, cfg.data)
+        m, figures["eligibility"] = ood_report(layer, flux_matrix(test), impostors)
+        metrics.update(m)
+    return figures, pdfs

@@ -97,23 +97,59 @@ def redshifts_from_output(
     )
 
 
-def predict_redshift(model, fluxes: np.ndarray, batch_size: int = 1024) -> pd.DataFrame:
-    """Raw (n, 186) fluxes -> DataFrame[z, z_lower, z_upper] (the central 68% interval).
+ELIGIBILITY_COLUMNS = ("ood_score", "eligible")
 
-    The model runs through its cached compiled function (`xpz.model.inference.predict_array`),
+
+def predict_posterior(model, fluxes: np.ndarray, batch_size: int = 1024):
+    """Raw (n, 186) fluxes -> (DataFrame[z, z_lower, z_upper, ood_score, eligible], edges, cdf).
+
+    `cdf` (n, bins + 1) is each galaxy's p(z) as a CDF at the bin `edges` after the model's
+    per-group coverage recalibration (`xpz.model.recalibration`), and z and the interval are read off
+    it; both are None for a regression model. `ood_score` / `eligible` come from the model's
+    `xpz.model.ood.OodDensity` layer; a model saved without one gives NaN and True (not assessed).
+    The network runs through its cached compiled function (`xpz.model.inference.predict_array`),
     which gives `model.predict`'s output without its per-call overhead."""
     from xpz.model.architectures import posterior_layer
     from xpz.model.inference import predict_array
+    from xpz.model.ood import ood_layer
+    from xpz.model.recalibration import recalibration_layer
 
     x = np.asarray(fluxes, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != N_FLUX:
         raise ValueError(f"predict_redshift: expected (n, {N_FLUX}) fluxes, got shape {x.shape}")
-    if len(x) == 0:
-        return pd.DataFrame({c: np.empty(0) for c in PREDICTION_COLUMNS})
-    output = predict_array(model, x, batch_size=batch_size)  # model.predict's output, compiled
+    columns = (*PREDICTION_COLUMNS, *ELIGIBILITY_COLUMNS)
     layer = posterior_layer(model)
+    if len(x) == 0:
+        empty = pd.DataFrame({c: np.empty(0) for c in columns}).astype({"eligible": bool})
+        edges = None if layer is None else np.asarray(layer.edges, dtype=np.float64)
+        return empty, edges, None if edges is None else np.empty((0, len(edges)))
+    output = predict_array(model, x, batch_size=batch_size)  # model.predict's output, compiled
+    edges = cdf = None
     if layer is None:
         z, lo, hi = redshifts_from_output(output, None)
     else:
-        z, lo, hi = redshifts_from_output(output, np.asarray(layer.edges), **layer.point_estimate())
-    return pd.DataFrame({"z": z, "z_lower": lo, "z_upper": hi})
+        edges = np.asarray(layer.edges, dtype=np.float64)
+        shift = layer.point_estimate()
+        cdf = _cdf(output)
+        recal = recalibration_layer(model)
+        if recal is not None:
+            z0 = _row_quantiles(cdf, edges, point_levels(cdf, edges, **shift))
+            cdf = recal.apply(cdf, z0, x)
+        q = point_levels(cdf, edges, **shift)
+        q_lower = np.clip(q - INTERVAL / 2.0, 0.0, 1.0 - INTERVAL)
+        z = _row_quantiles(cdf, edges, q)
+        lo, hi = _row_quantiles(cdf, edges, q_lower), _row_quantiles(cdf, edges, q_lower + INTERVAL)
+    frame = pd.DataFrame({"z": z, "z_lower": lo, "z_upper": hi})
+    ood = ood_layer(model)
+    if ood is None:
+        frame["ood_score"], frame["eligible"] = np.nan, True
+    else:
+        scores = ood.score(x)
+        frame["ood_score"], frame["eligible"] = scores, ood.eligible(scores)
+    return frame, edges, cdf
+
+
+def predict_redshift(model, fluxes: np.ndarray, batch_size: int = 1024) -> pd.DataFrame:
+    """Raw (n, 186) fluxes -> DataFrame[z, z_lower, z_upper, ood_score, eligible] (the central 68%
+    interval; see `predict_posterior`)."""
+    return predict_posterior(model, fluxes, batch_size)[0]

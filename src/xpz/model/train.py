@@ -251,6 +251,22 @@ def ensemble_model(members: Sequence[keras.Model], name: str = "xpz_ensemble") -
     return model
 
 
+def _fit_reliability(model, x_train, x_val, z_val, cfg: "Config") -> tuple[keras.Model, dict[str, float]]:
+    """After calibration, on validation only: the per-group coverage recalibration
+    (`xpz.model.recalibration`) and the eligibility threshold (`xpz.model.ood`), stored in the model."""
+    from xpz.model.ood import fit_eligibility
+    from xpz.model.recalibration import fit_recalibration
+
+    summary: dict[str, float] = {}
+    if cfg.coverage.enabled and posterior_layer(model) is not None:
+        model, fitted = fit_recalibration(model, x_val, z_val, cfg.coverage)
+        summary.update(fitted)
+    if cfg.eligibility.enabled:
+        model, fitted = fit_eligibility(model, x_train, x_val, cfg.eligibility)
+        summary.update(fitted)
+    return model, summary
+
+
 def train_model(
     splits,
     cfg: "Config",
@@ -302,6 +318,8 @@ def train_model(
         else:
             layer.set_calibration(log_prior=log_prior, alpha=tcfg.prior_alpha or 0.0, temperature=1.0)
             calibration = {"prior_alpha": float(tcfg.prior_alpha or 0.0), "temperature": 1.0}
+    model, reliability = _fit_reliability(model, x_train, x_val, z_val, cfg)
+    calibration.update(reliability)
     return TrainResult(
         model=model,
         history=history,

@@ -70,6 +70,10 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("z", pa.float64()),
         pa.field("z_lower", pa.float64()),
         pa.field("z_upper", pa.float64()),
+        pa.field("ood_score", pa.float64()),
+        pa.field("eligible", pa.bool_()),
+        pa.field("ood_score", pa.float64()),  # NaN where rejected or not assessed
+        pa.field("eligible", pa.bool_()),  # false where rejected
         pa.field("model_name", pa.string()),
         pa.field("model_version", pa.string()),
         pa.field("reject_reason", pa.string()),  # null where predicted; else why z is NaN
@@ -119,9 +123,10 @@ def _prefetch(chunks: Iterator[SpectraChunk], depth: int = PREFETCH) -> Iterator
         thread.join(timeout=5)
 
 
-def predict_chunks(chunks: Iterable[SpectraChunk], predictor: Predictor) -> Iterator[pa.Table]:
+def predict_chunks(chunks: Iterable[SpectraChunk], predictor: Predictor, pdf_writer=None) -> Iterator[pa.Table]:
     """Predictions for a stream of chunks from one file, as tables in the output schema (one row per
-    input row, in order; a rejected row gets NaN and its `reject_reason`).
+    input row, in order; a rejected row gets NaN and its `reject_reason`). With a `pdf_writer`
+    (`xpz.model.pdf_metrics.PdfWriter`), the p(z) of every predicted row is written too.
 
     Usable rows go to the model in whole batches counted from the stream's first usable row (a
     remainder of fewer than `batch_size` rows waits for the next chunk), so the chunking never matters."""
@@ -139,12 +144,27 @@ def predict_chunks(chunks: Iterable[SpectraChunk], predictor: Predictor) -> Iter
         if k:
             usable = np.flatnonzero(np.array([w is None for w in reasons], dtype=bool))
             cut = usable[k - 1] + 1  # rows up to the k-th usable one are complete
-            yield _table(ids[:cut], reasons[:cut], predictor.predict(flux[:k]), predictor)
+            yield _table(ids[:cut], reasons[:cut], _predict(predictor, ids[usable[:k]], flux[:k], pdf_writer), predictor)
             ids, reasons, flux = ids[cut:], reasons[cut:], flux[k:]
         ids_left, why_left, flux_left = ids, reasons, flux
     if len(ids_left):
-        pred = predictor.predict(flux_left) if len(flux_left) else pd.DataFrame({c: [] for c in PREDICTION_COLUMNS})
+        ok = np.array([w is None for w in why_left], dtype=bool)
+        pred = _predict(predictor, ids_left[ok], flux_left, pdf_writer) if len(flux_left) else _no_predictions()
         yield _table(ids_left, why_left, pred, predictor)
+
+
+def _no_predictions() -> pd.DataFrame:
+    return pd.DataFrame({c: np.empty(0) for c in (*PREDICTION_COLUMNS, "ood_score")}).assign(eligible=np.empty(0, bool))
+
+
+def _predict(predictor: Predictor, ids: np.ndarray, flux: np.ndarray, pdf_writer) -> pd.DataFrame:
+    """Predictions of one batch-aligned block; with a `pdf_metrics.PdfWriter`, its p(z) written too."""
+    if pdf_writer is None:
+        return predictor.predict(flux)
+    pred, edges, cdf = predictor.predict_with_pdf(flux)
+    ancil = {"source_id": ids, **{c: pred[c].to_numpy() for c in pred.columns}}
+    pdf_writer.write(edges, cdf, ancil)
+    return pred
 
 
 def _table(ids: np.ndarray, reasons: np.ndarray, pred: pd.DataFrame, predictor: Predictor) -> pa.Table:
@@ -155,10 +175,16 @@ def _table(ids: np.ndarray, reasons: np.ndarray, pred: pd.DataFrame, predictor: 
         values = np.full(n, np.nan)
         values[ok] = pred[c].to_numpy(np.float64)
         columns.append(pa.array(values, pa.float64()))
+    ood = np.full(n, np.nan)
+    ood[ok] = pred["ood_score"].to_numpy(np.float64)
+    eligible = np.zeros(n, dtype=bool)
+    eligible[ok] = pred["eligible"].to_numpy(bool)
     return pa.Table.from_arrays(
         [
             pa.array(ids, pa.int64()),
             *columns,
+            pa.array(ood, pa.float64()),
+            pa.array(eligible, pa.bool_()),
             pa.repeat(pa.scalar(predictor.name, pa.string()), n),
             pa.repeat(pa.scalar(predictor.version, pa.string()), n),
             pa.array(list(reasons), pa.string()),
@@ -194,20 +220,23 @@ def predict_file(
     progress: bool = True,
     tracking_uri: str | None = None,
     strict: bool = False,
+    pdf: Path | str | None = None,
 ) -> PredictResult:
     """Predict every spectrum of `source` (a file, a DataLink zip, or a folder of files read in path
     order) into the Parquet file `out`, one row per input source. A source without a usable XP
-    spectrum gets z NaN and a `reject_reason`; with `strict` any such source is an `InputError`.
-    Nothing is written at `out` unless every row succeeded."""
+    spectrum gets z NaN, `eligible` false and a `reject_reason`; with `strict` any such source is an
+    `InputError`. Nothing is written at `out` unless every row succeeded. With `pdf`, the p(z) of
+    each predicted spectrum also goes to that qp HDF5 file (`xpz.model.pdf_metrics`), in chunks, in
+    the same order, with ancillary columns source_id, z, z_lower, z_upper, ood_score, eligible."""
     with tempfile.TemporaryDirectory(prefix="xpz-bundle-") as workdir:
         bundle = expand(source, Path(workdir))
         files = [kind.path for kind in bundle.files]
-        result = _predict_files(files, source, out, model, fmt, chunk_size, progress, tracking_uri, strict)
+        result = _predict_files(files, source, out, model, fmt, chunk_size, progress, tracking_uri, strict, pdf)
     result.skipped = bundle.skipped
     return result
 
 
-def _predict_files(files, source, out, model, fmt, chunk_size, progress, tracking_uri, strict) -> PredictResult:  # noqa: ANN001
+def _predict_files(files, source, out, model, fmt, chunk_size, progress, tracking_uri, strict, pdf) -> PredictResult:  # noqa: ANN001
     from tqdm.auto import tqdm
 
     for path in files:  # cheap checks of every file before anything heavy
@@ -228,17 +257,28 @@ def _predict_files(files, source, out, model, fmt, chunk_size, progress, trackin
     start = time.perf_counter()
     totals = [count_rows(f, fmt) for f in files]
     total = None if any(t is None for t in totals) else sum(totals)
+    pdf_writer = None
+    if pdf is not None:
+        from xpz.model.pdf_metrics import PdfWriter
+
+        if predictor.keras_model is None:
+            raise InputError(f"model {predictor.uri}: not an xpz Keras model, so it gives no p(z) (--pdf)")
+        # qp's HDF5 layout needs the number of predicted rows up front: count them by streaming once
+        usable = sum(_usable_rows(c) for f in files for c in iter_spectra(f, fmt, chunk_size))
+        pdf_writer = PdfWriter(pdf, usable)
     rows = rejected = 0
     out = Path(out)
     with atomic_path(out) as tmp, contextlib.ExitStack() as stack:
         stack.callback(streams[0].close)
+        if pdf_writer is not None:
+            stack.callback(pdf_writer.abort)  # removes its temporary file unless closed
         writer = stack.enter_context(pq.ParquetWriter(tmp, OUTPUT_SCHEMA))
         bar = stack.enter_context(
             tqdm(total=total, unit=" spectra", unit_scale=True, disable=not progress, desc=f"predict {Path(source).name}")
         )
         for i, path in enumerate(files):
             chunks = itertools.chain([first], streams[0]) if i == 0 else _prefetch(iter_spectra(path, fmt, chunk_size))
-            for table in predict_chunks(chunks, predictor):
+            for table in predict_chunks(chunks, predictor, pdf_writer):
                 bad = table.num_rows - table.column("reject_reason").null_count
                 if bad and strict:
                     raise InputError(f"{path}: {describe_rejects(table)} (--strict: nothing written)")
@@ -247,10 +287,16 @@ def _predict_files(files, source, out, model, fmt, chunk_size, progress, trackin
                 rejected += bad
                 bar.update(table.num_rows)
         writer.close()
+        if pdf_writer is not None:
+            pdf_writer.close()  # before the predictions are renamed into place
     return PredictResult(
         out, rows, predictor.name, predictor.version, predictor.uri, time.perf_counter() - start, len(files),
         load_seconds=start - loading, rejected=rejected,
     )
+
+
+def _usable_rows(chunk: SpectraChunk) -> int:
+    return len(chunk) if chunk.reasons is None else int(sum(w is None for w in chunk.reasons))
 
 
 def describe_rejects(table: pa.Table) -> str:

@@ -22,6 +22,7 @@ from xpz.errors import InputError
 
 DEFAULT_MODEL_BATCH = 1024
 PREDICTION_COLUMNS = ("z", "z_lower", "z_upper")
+ELIGIBILITY_COLUMNS = ("ood_score", "eligible")  # xpz.model.ood; NaN / True from a model without them
 
 
 @dataclass
@@ -33,13 +34,31 @@ class Predictor:
     uri: str  # what was loaded (an alias resolved to its version)
     batch_size: int
     _predict: Callable[[np.ndarray], object]
+    keras_model: object = None  # the Keras model, when known (for p(z): `predict_with_pdf`)
+
+    def predict_with_pdf(self, fluxes: np.ndarray):
+        """(predictions, bin edges, CDFs at the edges) from the Keras model, batch-aligned like
+        `predict`; `InputError` for a model that gives no p(z)."""
+        from xpz.model.posterior import predict_posterior
+
+        if self.keras_model is None:
+            raise InputError(f"model {self.uri}: not an xpz Keras model, so it gives no p(z) (--pdf)")
+        x = np.ascontiguousarray(fluxes, dtype=np.float32)
+        n = len(x)
+        padded = -(-n // self.batch_size) * self.batch_size
+        if padded > n:
+            x = np.concatenate([x, np.repeat(x[-1:], padded - n, axis=0)])
+        frame, edges, cdf = predict_posterior(self.keras_model, x, batch_size=self.batch_size)
+        if cdf is None:
+            raise InputError(f"model {self.uri}: a regression model gives no p(z) (--pdf)")
+        return _as_prediction_frame(frame, padded).iloc[:n].reset_index(drop=True), edges, cdf[:n]
 
     def predict(self, fluxes: np.ndarray) -> pd.DataFrame:
         """Predictions for (n, 186) fluxes, fed in whole batches (the last padded; see module doc)."""
         x = np.ascontiguousarray(fluxes, dtype=np.float32)
         n = len(x)
         if n == 0:
-            return pd.DataFrame({c: np.empty(0) for c in PREDICTION_COLUMNS})
+            return _as_prediction_frame(pd.DataFrame({c: np.empty(0) for c in PREDICTION_COLUMNS}), 0)
         padded = -(-n // self.batch_size) * self.batch_size
         if padded > n:
             x = np.concatenate([x, np.repeat(x[-1:], padded - n, axis=0)])
@@ -53,6 +72,8 @@ def _as_prediction_frame(output: object, n: int) -> pd.DataFrame:
     else:
         frame = pd.DataFrame({"z": np.asarray(output, dtype=np.float64).reshape(n, -1)[:, 0]})
     out = pd.DataFrame({c: frame[c].to_numpy(np.float64) if c in frame else np.full(n, np.nan) for c in PREDICTION_COLUMNS})
+    out["ood_score"] = frame["ood_score"].to_numpy(np.float64) if "ood_score" in frame else np.full(n, np.nan)
+    out["eligible"] = frame["eligible"].to_numpy(bool) if "eligible" in frame else np.ones(n, bool)
     if len(out) != n:
         raise RuntimeError(f"model returned {len(out)} predictions for {n} spectra")
     return out
@@ -197,7 +218,8 @@ def load_predictor(model: str, tracking_uri: str | None = None) -> Predictor:
 
         keras_model = keras.saving.load_model(uri, compile=False)
         batch = DEFAULT_MODEL_BATCH
-        return Predictor(name, version, uri, batch, lambda x: predict_redshift(keras_model, x, batch_size=batch))
+        return Predictor(name, version, uri, batch, lambda x: predict_redshift(keras_model, x, batch_size=batch),
+                         keras_model)  # fmt: skip
 
     import mlflow
 
@@ -206,11 +228,14 @@ def load_predictor(model: str, tracking_uri: str | None = None) -> Predictor:
             pyfunc = mlflow.pyfunc.load_model(uri)
         except Exception as err:
             raise InputError(f"model {model!r}: cannot load {uri}: {err}") from None
+    keras_model = None
     try:
-        batch = int(getattr(pyfunc.unwrap_python_model(), "batch_size", DEFAULT_MODEL_BATCH))
+        wrapper = pyfunc.unwrap_python_model()
+        batch = int(getattr(wrapper, "batch_size", DEFAULT_MODEL_BATCH))
+        keras_model = getattr(wrapper, "keras_model", None)
     except Exception:  # not a python_model flavour
         batch = DEFAULT_MODEL_BATCH
-    return Predictor(name, version, uri, batch, pyfunc.predict)
+    return Predictor(name, version, uri, batch, pyfunc.predict, keras_model)
 
 
 @lru_cache(maxsize=4)

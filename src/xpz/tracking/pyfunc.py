@@ -66,7 +66,8 @@ def _import_custom_objects() -> None:
 
 
 class XpzRedshiftModel(mlflow.pyfunc.PythonModel):
-    """Raw Gaia XP fluxes -> DataFrame[z, z_lower, z_upper], via `xpz.model.posterior.predict_redshift`.
+    """Raw Gaia XP fluxes -> DataFrame[z, z_lower, z_upper, ood_score, eligible], via
+    `xpz.model.posterior.predict_redshift` (`eligible` False: not like the training galaxies).
 
     The Keras model (scaling layer inside) is the artifact `keras_model`; input is a DataFrame holding
     the 186 flux columns (`xpz.spectra.FLUX_COLUMNS`, other columns ignored) or an (n, 186) array.

@@ -192,7 +192,7 @@ def log_frame(tr: Tracking, run_id: str, frame: pd.DataFrame, artifact_file: str
 
 
 def log_evaluation(tr: Tracking, run_id: str, evaluation: Any, close_figures: bool = True) -> None:
-    """Metrics, per-bin table (CSV + Markdown), test predictions and figures of an `Evaluation`."""
+    """Metrics, per-bin table (CSV + Markdown), test predictions, test p(z) (qp) and figures of an `Evaluation`."""
     log_metrics(tr, run_id, evaluation.metrics)
     bin_table = getattr(evaluation, "bin_table", None)
     if bin_table is not None:
@@ -203,6 +203,10 @@ def log_evaluation(tr: Tracking, run_id: str, evaluation: Any, close_figures: bo
     predictions = getattr(evaluation, "predictions", None)
     if predictions is not None and len(predictions):
         log_frame(tr, run_id, predictions, "evaluation/predictions.parquet")
+    write_pdfs = getattr(evaluation, "write_pdfs", None)
+    if callable(write_pdfs) and getattr(evaluation, "pdfs", None) is not None:
+        with tempfile.TemporaryDirectory(prefix="xpz-mlflow-") as tmp:  # the test p(z), qp's HDF5 format
+            tr.client.log_artifact(run_id, str(write_pdfs(Path(tmp) / "test_pdfs.hdf5")), "evaluation")
     figures = getattr(evaluation, "figures", None)
     if figures:
         log_figures(tr, run_id, figures, close=close_figures)
