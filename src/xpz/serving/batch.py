@@ -70,8 +70,6 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("z", pa.float64()),
         pa.field("z_lower", pa.float64()),
         pa.field("z_upper", pa.float64()),
-        pa.field("ood_score", pa.float64()),
-        pa.field("eligible", pa.bool_()),
         pa.field("ood_score", pa.float64()),  # NaN where rejected or not assessed
         pa.field("eligible", pa.bool_()),  # false where rejected
         pa.field("model_name", pa.string()),
