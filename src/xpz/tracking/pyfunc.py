@@ -81,6 +81,9 @@ def as_flux_array(model_input: Any) -> np.ndarray:
                 f"({describe_rows(missing)}); columns are matched by name, other columns are ignored"
             )
         frame = data.loc[:, named]
+        if frame.shape[1] != N_FLUX:
+            dupes = sorted({str(c) for c in data.columns[data.columns.duplicated()]})
+            raise InputError(f"model input: flux columns {describe_rows(dupes)} appear more than once")
         bad = [str(c) for c in frame.columns if frame[c].dtype.kind not in "iuf"]
         if bad:
             raise InputError(f"model input: flux columns {describe_rows(bad)} are not numeric "
