@@ -89,3 +89,25 @@ def test_bad_input_gives_one_message_and_exit_2(project, monkeypatch, label, arg
     assert "Traceback" not in output, output
     assert output.startswith("error: ") and sum(line.startswith("error: ") for line in output.splitlines()) == 1, output
     assert all(w in output for w in words), f"{label}: {words} not in {output!r}"
+
+
+def test_prefect_startup_timeout_is_one_clear_message(tmp_path):
+    """The flow's command line (the DVC `train` stage) without PREFECT_API_URL: when Prefect's temporary
+    server does not come up in time, one message says what to change, exit 2, no traceback."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    shutil.copytree(REPO / "flows", tmp_path / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    copy_params(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="0")
+    proc = subprocess.run([sys.executable, "flows/train_pipeline.py", "--profile", "smoke"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in errors[0] and "PREFECT_API_URL" in errors[0]
