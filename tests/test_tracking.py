@@ -314,8 +314,11 @@ def test_champion_challenger_promotion_and_pyfunc(store, tiny_model):
     np.testing.assert_allclose(got["z"].to_numpy(), keras_z, rtol=1e-5, atol=1e-6)
     got_df = champion.predict(splits.test[list(FLUX_COLUMNS)])
     np.testing.assert_allclose(got_df["z"].to_numpy(), expected["z"].to_numpy(), rtol=1e-5, atol=1e-6)
-    sig = champion.metadata.get_input_schema()
-    assert sig.is_tensor_spec() and sig.inputs[0].shape == (-1, len(FLUX_COLUMNS))
+    # no input schema (MLflow would enforce it by position/dtype before as_flux_array); outputs named
+    assert champion.metadata.get_input_schema() is None
+    assert {"z", "z_lower", "z_upper"} <= set(champion.metadata.get_output_schema().input_names())
+    reversed_f64 = splits.test[list(FLUX_COLUMNS)[::-1]].astype("float64")
+    np.testing.assert_allclose(champion.predict(reversed_f64)["z"].to_numpy(), expected["z"].to_numpy(), rtol=1e-5, atol=1e-6)
     info = champion.metadata
     assert info.run_id is None or info.run_id == run1  # MLmodel may omit the run for model_id logging
     assert client.get_logged_model(model1.model_id).source_run_id == run1
