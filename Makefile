@@ -14,17 +14,28 @@ export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: run test install data pipeline clean help
+.PHONY: run test install data pipeline clean help lock check-data
 
 help:
 	@echo "make run   - set up .venv and run the main job on the embedded default dataset"
 	@echo "make test  - set up .venv (with dev extra) and run the test suite"
 
-$(VENV)/.installed: pyproject.toml
+# The environment is the lock (exact versions, sha256 hashes): requirements.lock, compiled from
+# pyproject.toml's lower-bound ranges (for library users) by `make lock`. xpz itself goes in
+# editable, without dependencies, so nothing outside the lock is installed.
+$(VENV)/.installed: requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,scale]'
+	$(BIN)/python -m pip install -q --require-hashes --no-deps -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
+
+# Refresh the lock: newest versions within pyproject's ranges (UV_ARGS=--upgrade-package NAME for one
+# package). Needs uv (pip install uv); commit requirements.lock, then `make install` applies it.
+LOCK_PYTHON ?= 3.11.7
+UV_ARGS ?=
+lock:
+	uv pip compile pyproject.toml --extra dev --extra scale --generate-hashes --no-header \
+	  --python-version $(LOCK_PYTHON) --python-platform x86_64-manylinux_2_28 $(UV_ARGS) -o requirements.lock
 
 install: $(VENV)/.installed
 
@@ -49,6 +60,11 @@ run: pipeline
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Fresh-clone check: regenerate the default dataset in a temporary folder and compare its md5
+# with the one committed in data.dvc (the lock makes the bytes the same on every host).
+check-data: install
+	XPZ_CHECK_DATA=1 $(BIN)/python -m pytest -q tests/test_reproducible.py -k data_dvc
 
 clean:
 	rm -rf reports splits tuning .pytest_cache

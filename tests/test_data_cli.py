@@ -56,3 +56,29 @@ def test_help_on_every_command():
     for cmd in (["--help"], ["data", "--help"], *[["data", c, "--help"] for c in ("generate", "import", "validate", "split", "show")]):
         out = invoke(*cmd)
         assert "Usage" in out
+
+
+def test_validate_other_path_leaves_the_projects_output_alone(workdir, small_dataset_path):
+    """`validate --path OTHER` (passing or failing) neither writes nor deletes the project's
+    reports/validation/result.json (a DVC output); its report goes to reports/validation-other/<stem>/."""
+    import pandas as pd
+
+    params = str(copy_params(workdir))
+    project_result = workdir / "reports/validation/result.json"
+    project_result.parent.mkdir(parents=True)
+    project_result.write_text('{"success": true, "rows": 1}\n')
+    before = project_result.read_bytes()
+
+    other = workdir / "other.parquet"
+    other.write_bytes(small_dataset_path.read_bytes())
+    out = invoke("data", "validate", "--params", params, "--profile", "smoke", "--path", str(other))
+    assert "validation PASSED" in out and "reports/validation-other/other" in out
+    assert json.loads((workdir / "reports/validation-other/other/result.json").read_text())["success"] is True
+
+    bad = workdir / "bad.parquet"
+    frame = pd.read_parquet(small_dataset_path)
+    frame.loc[frame.index[:3], "flux_010"] = float("nan")
+    frame.to_parquet(bad)
+    result = runner.invoke(app, ["data", "validate", "--params", params, "--profile", "smoke", "--path", str(bad)])
+    assert result.exit_code in (1, 2), result.output
+    assert project_result.read_bytes() == before  # untouched by both

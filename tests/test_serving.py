@@ -118,3 +118,85 @@ def test_served_bad_batch_is_a_client_error(server, dataset):
     status, body = post(server, {"dataframe_split": {"columns": list(FLUX_COLUMNS[:185]), "data": fluxes.astype(float).tolist()}})
     assert status == 400, body
     assert "186" in json.dumps(body) or "flux_185" in json.dumps(body)
+
+
+def post_csv(url: str, text: str) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{url}/invocations", data=text.encode(), headers={"Content-Type": "text/csv"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def contract_frames(dataset: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """A reference frame (the 186 flux columns, float32, grid order) and the same spectra sent as users
+    do: shuffled or reversed columns, float64 or integer values, source_id and redshift beside them."""
+    batch = dataset.iloc[:20].reset_index(drop=True)
+    reference = batch[list(FLUX_COLUMNS)].astype("float32")
+    shuffled = list(np.random.default_rng(1).permutation(FLUX_COLUMNS))
+    integers = reference.round().astype("int64")
+    variants = {
+        "reversed+source_id": batch[["source_id", *FLUX_COLUMNS[::-1]]],
+        "shuffled float64": reference.astype("float64")[shuffled],
+        "float32 with z": batch[[*FLUX_COLUMNS, "redshift"]] if "redshift" in batch else reference,
+    }
+    return reference, {**variants, "integers": integers}
+
+
+def test_served_contract_by_name_any_dtype_json_and_csv(server, registered, dataset):
+    """The same spectra in any column order and real dtype, with extra columns, give the same z as the
+    reference on every path: pyfunc in Python, JSON and CSV bodies to the real server."""
+    import mlflow
+
+    from xpz.serving.batch import use_tracking_uri
+
+    reference, variants = contract_frames(dataset)
+    with use_tracking_uri(registered.tracking_uri):
+        pyfunc = mlflow.pyfunc.load_model(registered.champion)
+    expected = pyfunc.predict(reference)["z"].to_numpy()
+    expected_int = pyfunc.predict(reference.round().astype("float32"))["z"].to_numpy()
+    for label, frame in variants.items():
+        want = expected_int if label == "integers" else expected
+        np.testing.assert_allclose(pyfunc.predict(frame)["z"].to_numpy(), want, rtol=0, atol=1e-6, err_msg=label)
+        split = json.loads(frame.to_json(orient="split", index=False))
+        status, body = post(server, {"dataframe_split": split})
+        assert status == 200, (label, body)
+        np.testing.assert_allclose(pd.DataFrame(body["predictions"])["z"].to_numpy(), want, rtol=0, atol=1e-6, err_msg=label)
+        status, body = post_csv(server, frame.to_csv(index=False))
+        assert status == 200, (label, body)
+        np.testing.assert_allclose(pd.DataFrame(body["predictions"])["z"].to_numpy(), want, rtol=0, atol=1e-6, err_msg=label)
+    # reversed columns are NOT the reference spectra taken by position: the contract matters
+    assert not np.allclose(pyfunc.predict(reference[list(FLUX_COLUMNS[::-1])].to_numpy())["z"].to_numpy(), expected, atol=1e-3)
+
+
+def test_served_refuses_what_it_cannot_answer(server, registered, dataset):
+    """NaN/inf fluxes and missing columns: HTTP 400 naming rows and columns (JSON and CSV), a
+    ModelInputError (an InputError) from the pyfunc; never a number."""
+    import mlflow
+
+    from xpz.errors import InputError
+    from xpz.serving.batch import use_tracking_uri
+
+    reference, _ = contract_frames(dataset)
+    nan = reference.astype("float64").copy()
+    nan.loc[3, "flux_007"] = np.nan
+    nan.loc[5, "flux_100"] = np.inf
+    missing = reference.drop(columns=["flux_010", "flux_185"])
+    text = reference.astype("float64").to_csv(index=False).replace("\n", "\nnot-a-number,", 1)
+    with use_tracking_uri(registered.tracking_uri):
+        pyfunc = mlflow.pyfunc.load_model(registered.champion)
+    for frame, words in ((nan, ["rows 3, 5", "flux_007", "flux_100", "non-finite"]),
+                         (missing, ["flux_010", "flux_185", "missing"])):  # fmt: skip
+        with pytest.raises(InputError) as err:
+            pyfunc.predict(frame)
+        assert all(w in str(err.value) for w in words), str(err.value)
+        status, body = post(server, {"dataframe_split": json.loads(frame.to_json(orient="split", index=False))})
+        assert status == 400 and all(w in body.get("message", "") for w in words), body
+        assert "predictions" not in body
+        status, body = post_csv(server, frame.to_csv(index=False))
+        assert status == 400 and all(w in body.get("message", "") for w in words), body
+    status, body = post(server, {"inputs": np.full((2, 186), np.nan).tolist()})
+    assert status == 400 and "non-finite" in body.get("message", ""), body
+    status, body = post_csv(server, text)  # a malformed CSV body
+    assert status == 400 and "predictions" not in body, body

@@ -314,8 +314,11 @@ def test_champion_challenger_promotion_and_pyfunc(store, tiny_model):
     np.testing.assert_allclose(got["z"].to_numpy(), keras_z, rtol=1e-5, atol=1e-6)
     got_df = champion.predict(splits.test[list(FLUX_COLUMNS)])
     np.testing.assert_allclose(got_df["z"].to_numpy(), expected["z"].to_numpy(), rtol=1e-5, atol=1e-6)
-    sig = champion.metadata.get_input_schema()
-    assert sig.is_tensor_spec() and sig.inputs[0].shape == (-1, len(FLUX_COLUMNS))
+    # no input schema (MLflow would enforce it by position/dtype before as_flux_array); outputs named
+    assert champion.metadata.get_input_schema() is None
+    assert {"z", "z_lower", "z_upper"} <= set(champion.metadata.get_output_schema().input_names())
+    reversed_f64 = splits.test[list(FLUX_COLUMNS)[::-1]].astype("float64")
+    np.testing.assert_allclose(champion.predict(reversed_f64)["z"].to_numpy(), expected["z"].to_numpy(), rtol=1e-5, atol=1e-6)
     info = champion.metadata
     assert info.run_id is None or info.run_id == run1  # MLmodel may omit the run for model_id logging
     assert client.get_logged_model(model1.model_id).source_run_id == run1
@@ -385,3 +388,35 @@ def test_flux_input_forms():
     np.testing.assert_array_equal(tracking.as_flux_array(arr[0]), arr[:1])
     with pytest.raises(InputError, match="shape"):
         tracking.as_flux_array(arr[:, :10])
+
+
+def test_flux_contract_casts_and_refuses():
+    """as_flux_array: by name, any real dtype, extra columns ignored; missing, duplicated, non-numeric
+    and non-finite inputs refused naming rows and columns (the served model's contract)."""
+    import pandas as pd
+
+    from xpz.errors import InputError
+    from xpz.tracking import as_flux_array
+
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame(rng.integers(0, 100, size=(4, 186)), columns=list(FLUX_COLUMNS))
+    expected = frame.to_numpy(np.float32)
+    shuffled = frame[list(rng.permutation(FLUX_COLUMNS))].assign(source_id=[7, 8, 9, 10])
+    for variant in (frame, frame.astype("float64"), frame.astype("float32"), shuffled, frame.to_dict("list"),
+                    frame.to_dict("records"), frame.to_numpy(), frame.to_numpy().astype("int32")):  # fmt: skip
+        out = as_flux_array(variant)
+        assert out.dtype == np.float32 and out.shape == (4, 186)
+        np.testing.assert_array_equal(out, expected)
+    nan = frame.astype("float64")
+    nan.loc[2, "flux_050"] = np.nan
+    nan.loc[3, "flux_051"] = 1e39  # beyond float32
+    cases = {
+        "rows 2, 3, columns flux_050, flux_051": nan,
+        "flux_000, flux_185": frame.drop(columns=["flux_000", "flux_185"]),
+        "flux_003 appear more than once": pd.concat([frame, frame[["flux_003"]]], axis=1),
+        "flux_004 are not numeric": frame.assign(flux_004=list("abcd")),
+        "rows 1, columns flux_005;": np.array([np.ones(186), np.where(np.arange(186) == 5, np.inf, 1.0)]),
+    }
+    for words, bad in cases.items():
+        with pytest.raises(InputError, match=words):
+            as_flux_array(bad)

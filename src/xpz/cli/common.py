@@ -30,7 +30,8 @@ SetOpt = Annotated[
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """['train.epochs=3', ...] -> {'train.epochs': 3}; values are read as YAML scalars."""
+    """['train.epochs=3', ...] -> {'train.epochs': 3}; values are read as YAML scalars, and a value that
+    is not valid YAML (e.g. a cron `* * * * *`) is kept as the string given."""
     import yaml
 
     out: dict[str, Any] = {}
@@ -38,7 +39,10 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.epochs=3")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[key.strip()] = value
     return out
 
 

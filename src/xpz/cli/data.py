@@ -63,13 +63,25 @@ def data_validate(
     params: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
     path: Annotated[Optional[Path], typer.Option(help="Dataset Parquet (default: data.path).")] = None,
+    report_dir: Annotated[
+        Optional[Path],
+        typer.Option(help="Where the report goes (default: validate.report_dir for data.path, "
+                          "reports/validation-other/<stem> for any other --path)."),
+    ] = None,
 ) -> None:
-    """Run the Great Expectations suite; exit 1 with a readable summary if the dataset fails it."""
-    from xpz.data.stages import validate_dataset
+    """Run the Great Expectations suite; exit 1 with a readable summary if the dataset fails it.
+
+    Only the project's dataset (data.path) writes validate.report_dir/result.json, the DVC output the
+    split stage depends on; another --path reports elsewhere and leaves the project's outputs alone."""
+    from xpz.data.stages import other_report_dir, validate_dataset
 
     cfg = config_from_options(params, profile)
-    report = validate_dataset(path or cfg.data.path, cfg.validation)
+    source = path or cfg.data.path
+    if report_dir is None and Path(source).resolve() != Path(cfg.data.path).resolve():
+        report_dir = other_report_dir(source)
+    report = validate_dataset(source, cfg.validation, report_dir=report_dir)
     typer.echo(report.summary())
+    typer.echo(f"report: {report_dir or cfg.validation.report_dir}")
     if not report.success:
         raise typer.Exit(1)
 

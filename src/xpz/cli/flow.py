@@ -29,14 +29,32 @@ def flow_arguments(argv: list[str] | None, default_reports_dir: str = "reports")
     return args
 
 
+def ephemeral_timeout_message() -> str:
+    import os
+
+    limit = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "20 (Prefect's default)")
+    return (
+        f"error: Prefect's temporary server did not start within {limit} s (no PREFECT_API_URL is set, "
+        "so Prefect starts one per run); on a slow or busy machine raise "
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS (e.g. 180), or start a real server "
+        "(`prefect server start`) and set PREFECT_API_URL=http://127.0.0.1:4200/api"
+    )
+
+
 def run_flow_from_argv(flow: Callable[..., Any], argv: list[str] | None, default_reports_dir: str = "reports") -> int:
     """Run `flow` once with options from `argv`: 0 when its flow run is Completed (its summary as one
     JSON line on stdout), 1 otherwise (the state's message on stderr)."""
     args = flow_arguments(argv, default_reports_dir)
-    state = flow(
-        params=args.params, profile=args.profile, overrides=args.overrides, sync=args.sync,
-        reports_dir=args.reports_dir, return_state=True,
-    )  # fmt: skip
+    try:
+        state = flow(
+            params=args.params, profile=args.profile, overrides=args.overrides, sync=args.sync,
+            reports_dir=args.reports_dir, return_state=True,
+        )  # fmt: skip
+    except RuntimeError as err:  # Prefect's temporary server (no PREFECT_API_URL) did not come up in time
+        if "ephemeral Prefect API server" not in str(err):
+            raise
+        print(ephemeral_timeout_message(), file=sys.stderr)
+        return 2
     if not state.is_completed():
         print(f"train_pipeline: flow run {state.name}: {state.message}", file=sys.stderr)
         return 1

@@ -8,7 +8,10 @@
 
 Scheduled runs pass `sync=True`: the flow first brings the data to its DVC version (`dvc pull`) and
 re-splits if needed, then validates, retrains, and promotes only a model that beats the champion.
-The Prefect server comes from `PREFECT_API_URL` (see README, "Orchestration and real servers").
+A schedule needs a real Prefect server: `serve` and `deploy` REQUIRE one (`prefect server start`, then
+`PREFECT_API_URL=http://127.0.0.1:4200/api`) and stop with exit 2 when none is configured or reachable,
+because the temporary server Prefect starts without `PREFECT_API_URL` runs no scheduler. The cron and
+time zone are checked when read (Prefect's own `Cron` parser), so a bad cron is refused by `show` too.
 
 This module is orchestration wiring (the only Prefect import under src/xpz is inside functions here);
 the flow itself lives in `flows/train_pipeline.py`.
@@ -16,6 +19,7 @@ the flow itself lives in `flows/train_pipeline.py`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -23,6 +27,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from xpz.cli.common import ParamsOpt, ProfileOpt, guarded, parse_overrides
+from xpz.errors import InputError
 
 FLOW_FILE = Path("flows/train_pipeline.py")
 FLOW_FUNC = "train_pipeline"
@@ -66,7 +71,11 @@ def deployment_spec(
     if cron is not None:
         from xpz.config import ScheduleConfig
 
-        sched = ScheduleConfig(cron=cron, deployment=sched.deployment, timezone=sched.timezone)
+        try:
+            sched = ScheduleConfig(cron=cron, deployment=sched.deployment, timezone=sched.timezone)
+        except ValueError as err:
+            raise InputError(f"--cron {cron!r}: {_first_error(err)}") from None
+    cron_schedule(sched.cron, sched.timezone)  # refuse a bad cron or time zone now, not when serving
     parameters: dict[str, Any] = {"params": str(params), "sync": sync}
     if profile:
         parameters["profile"] = profile
@@ -79,6 +88,58 @@ def deployment_spec(
         "parameters": parameters,
         "profile": cfg.profile,
     }
+
+
+def _first_error(err: Exception) -> str:
+    errors = getattr(err, "errors", None)
+    if callable(errors):
+        with contextlib.suppress(Exception):
+            return str(errors()[0]["msg"]).removeprefix("Value error, ")
+    return str(err)
+
+
+def cron_schedule(cron: str, timezone: str):  # type: ignore[no-untyped-def]
+    """Prefect's `Cron` schedule for (cron, time zone); `InputError` for an invalid cron or time zone."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from prefect.schedules import Cron
+
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InputError(f"schedule timezone {timezone!r}: not an IANA time zone (e.g. UTC, Europe/Paris)") from None
+    try:
+        return Cron(cron, timezone=timezone)
+    except ValueError as err:
+        raise InputError(
+            f"schedule cron {cron!r}: {_first_error(err)} (5 fields: minute 0-59, hour 0-23, day 1-31, "
+            "month 1-12, weekday 0-6)"
+        ) from None
+
+
+def require_server(timeout_s: float = 10.0) -> str:
+    """The configured Prefect API URL, after checking that a server answers there; `InputError` otherwise.
+
+    Without `PREFECT_API_URL` Prefect would start a temporary in-process server, which has no scheduler:
+    the deployment would be created and no scheduled run would ever start.
+    """
+    import urllib.error
+    import urllib.request
+
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    how = ("start one with `prefect server start` (or use Prefect Cloud) and set "
+           "PREFECT_API_URL, e.g. PREFECT_API_URL=http://127.0.0.1:4200/api")  # fmt: skip
+    if not url:
+        raise InputError(f"schedules need a running Prefect server and PREFECT_API_URL is not set; {how}")
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout_s) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise InputError(f"no Prefect server answers at PREFECT_API_URL={url} ({reason}); {how}") from None
+    return url
 
 
 def load_flow(project_dir: Path):  # type: ignore[no-untyped-def]
@@ -132,15 +193,15 @@ def serve(
     """Create the deployment with the cron from params `schedule` and serve it until interrupted."""
     import os
 
-    from prefect.schedules import Cron
-
     spec = deployment_spec(params, profile, parse_overrides(set_), cron, name, sync)
+    api_url = require_server()
     os.chdir(project_dir)  # runs execute in the checkout: relative params, data and reports paths
     flow = load_flow(Path("."))
-    typer.echo(f"serving deployment {FLOW_FUNC}/{spec['name']} (cron {spec['cron']!r} {spec['timezone']}); Ctrl-C stops")
+    typer.echo(f"serving deployment {FLOW_FUNC}/{spec['name']} (cron {spec['cron']!r} {spec['timezone']}) "
+               f"on the Prefect server {api_url}; Ctrl-C stops")  # fmt: skip
     flow.serve(
         name=spec["name"],
-        schedules=[Cron(spec["cron"], timezone=spec["timezone"])],
+        schedules=[cron_schedule(spec["cron"], spec["timezone"])],
         parameters=spec["parameters"],
         tags=["xpz", f"profile:{spec['profile']}"],
         description="xpz scheduled retraining: sync data -> validate -> tune -> train -> evaluate -> register/promote",
@@ -163,17 +224,17 @@ def deploy(
     project_dir: ProjectOpt = Path("."),
 ) -> None:
     """Register the deployment on a work pool (no serving here): `prefect worker start --pool NAME` runs it."""
-    from prefect import Flow
-    from prefect.schedules import Cron
-
     spec = deployment_spec(params, profile, parse_overrides(set_), cron, name, sync)
+    require_server()
+    from prefect import Flow
+
     source = project_dir.resolve()
     _flow_entrypoint(source)
     flow = Flow.from_source(source=str(source), entrypoint=f"{FLOW_FILE.as_posix()}:{FLOW_FUNC}")
     deployment_id = flow.deploy(
         name=spec["name"],
         work_pool_name=work_pool,
-        schedules=[Cron(spec["cron"], timezone=spec["timezone"])],
+        schedules=[cron_schedule(spec["cron"], spec["timezone"])],
         parameters=spec["parameters"],
         tags=["xpz", f"profile:{spec['profile']}"],
         build=False,

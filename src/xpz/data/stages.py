@@ -85,12 +85,20 @@ def import_dataset(
     return len(df)
 
 
-def validate_dataset(path: Path, cfg: ValidateConfig) -> ValidationReport:
-    """Validate the raw dataset; on success write `<report_dir>/result.json` (the DVC output that
-    the split stage depends on), on failure remove it so nothing downstream can run on bad data."""
+def other_report_dir(path: Path) -> Path:
+    """Where `xpz data validate --path OTHER` reports: `reports/validation-other/<file stem>`, never the
+    project dataset's `validate.report_dir`, whose result.json is a DVC output."""
+    return Path("reports/validation-other") / Path(path).stem
+
+
+def validate_dataset(path: Path, cfg: ValidateConfig, report_dir: Path | None = None) -> ValidationReport:
+    """Validate a dataset; on success write `<report_dir>/result.json` (default `cfg.report_dir`: the DVC
+    output that the split stage depends on), on failure remove it so nothing downstream can run on bad
+    data. Pass another `report_dir` for any file other than the project's dataset."""
     df = read_dataset(path)
-    report = validate_frame(df, cfg, source=str(path), report_dir=cfg.report_dir)
-    result_path = Path(cfg.report_dir) / VALIDATION_RESULT
+    report_dir = Path(report_dir if report_dir is not None else cfg.report_dir)
+    report = validate_frame(df, cfg, source=str(path), report_dir=report_dir)
+    result_path = report_dir / VALIDATION_RESULT
     if report.success:
         with atomic_path(result_path) as tmp:
             tmp.write_text(

@@ -228,13 +228,17 @@ def generate_chunks(cfg: DataConfig, progress: bool = True) -> Iterator[pd.DataF
     Each frame has exactly the columns :data:`xpz.spectra.DATASET_COLUMNS` (``source_id`` int64,
     ``z`` float64, 186 float32 fluxes in e-/s per pseudo-wavelength unit). The concatenation
     depends only on (seed, n_galaxies, noise, g_min, g_max, z_max), never on chunk_size; memory
-    is bounded by chunk_size + one block of 1,000 rows.
+    is bounded by chunk_size + one block of 1,000 rows. BLAS runs on one thread while a block is
+    computed: a multi-threaded matrix product sums in an order that depends on the thread count, so
+    the bytes would otherwise depend on the host's cores.
     """
+    from threadpoolctl import threadpool_limits
     from tqdm.auto import tqdm
 
     if cfg.z_max > Z_LIMIT:
         raise ValueError(f"data.z_max = {cfg.z_max} is above {Z_LIMIT}, the largest the generator supports")
-    instrument()  # set-up before the progress bar starts
+    with threadpool_limits(limits=1, user_api="blas"):
+        instrument()  # set-up before the progress bar starts
     n_total = cfg.n_galaxies
     n_blocks = -(-n_total // BLOCK_SIZE)
     buffer: list[pd.DataFrame] = []
@@ -242,7 +246,8 @@ def generate_chunks(cfg: DataConfig, progress: bool = True) -> Iterator[pd.DataF
     emitted = 0
     with tqdm(total=n_total, unit="spec", desc="synthetic spectra", disable=not progress) as bar:
         for block in range(n_blocks):
-            frame = _generate_block(cfg, block)
+            with threadpool_limits(limits=1, user_api="blas"):
+                frame = _generate_block(cfg, block)
             keep = min(BLOCK_SIZE, n_total - block * BLOCK_SIZE)
             if keep < BLOCK_SIZE:
                 frame = frame.iloc[:keep]

@@ -92,6 +92,9 @@ def _client(tracking_uri: str | None):
                 f"no MLflow store at {uri} ({path.absolute()} does not exist); "
                 "set MLFLOW_TRACKING_URI or --tracking-uri to the store holding the model"
             )
+        from xpz.tracking.relocate import localize_artifacts
+
+        localize_artifacts(uri)  # a moved/copied project uses its own artifacts, or stops naming the path
     return MlflowClient(tracking_uri=uri)
 
 

@@ -18,8 +18,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.entities import LoggedModelOutput
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from xpz.errors import InputError
+from xpz.errors import InputError, describe_rows
 from xpz.spectra import FLUX_COLUMNS, FLUX_DTYPE, N_FLUX
 
 if TYPE_CHECKING:
@@ -31,28 +33,82 @@ from xpz.tracking.store import KERAS_ARTIFACT, MODEL_NAME, Tracking
 # --------------------------------------------------------------------------------- pyfunc model
 
 
-def as_flux_array(model_input: Any) -> np.ndarray:
-    """Raw fluxes from a DataFrame (the 186 flux columns, by name) or an array-like, as (n, 186) float32."""
+class ModelInputError(MlflowException, InputError):
+    """A model input the served model cannot answer. An `InputError` (the CLI exits 2) and an
+    `MlflowException` with INVALID_PARAMETER_VALUE, which MLflow's scoring server answers with HTTP 400."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def _flux_frame(model_input: Any) -> pd.DataFrame | np.ndarray:
+    """A DataFrame for named input (a frame, a {column: values} mapping, records), else an array."""
     if isinstance(model_input, pd.DataFrame):
-        if all(c in model_input.columns for c in FLUX_COLUMNS):
-            values = model_input.loc[:, list(FLUX_COLUMNS)].to_numpy(dtype=FLUX_DTYPE)
-        elif model_input.shape[1] == N_FLUX:
-            values = model_input.to_numpy(dtype=FLUX_DTYPE)
-        else:
-            missing = [c for c in FLUX_COLUMNS if c not in model_input.columns]
+        return model_input
+    if isinstance(model_input, Mapping):
+        if len(model_input) == 1 and not str(next(iter(model_input))).startswith("flux_"):
+            return _flux_frame(next(iter(model_input.values())))  # {"inputs": ...}-style wrapper
+        return pd.DataFrame({k: np.atleast_1d(np.asarray(v)) for k, v in model_input.items()})
+    if isinstance(model_input, list) and model_input and isinstance(model_input[0], Mapping):
+        return pd.DataFrame.from_records(model_input)
+    return np.asarray(model_input)
+
+
+def _check_real(values: np.ndarray, what: str) -> None:
+    if values.dtype.kind not in "iuf":
+        raise InputError(f"model input: {what} must be real numbers, got dtype {values.dtype}")
+
+
+def as_flux_array(model_input: Any) -> np.ndarray:
+    """Raw fluxes from model input as an (n, 186) float32 array: the input contract of the served model.
+
+    A DataFrame (or a {column: values} mapping, or a list of records) is matched BY NAME on the 186
+    columns `flux_000..flux_185` (`xpz.spectra.FLUX_COLUMNS`), in any order; other columns (source_id,
+    ...) are ignored. Only an unnamed frame (columns 0..185) or an (n, 186) / (186,) array is taken by
+    position. Any real dtype (int, float32, float64) is accepted and cast to float32.
+    Raises `InputError` naming the columns and rows for: a missing flux column, a non-numeric column,
+    a wrong shape, or a non-finite value (NaN, inf, or beyond float32's range).
+    """
+    data = _flux_frame(model_input)
+    if isinstance(data, pd.DataFrame):
+        named = list(FLUX_COLUMNS)
+        if list(data.columns) == list(range(N_FLUX)):
+            named = list(range(N_FLUX))  # an unnamed table, e.g. JSON "inputs" as lists
+        missing = [c for c in named if c not in data.columns]
+        if missing:
             raise InputError(
-                f"model input: expected the {N_FLUX} flux columns flux_000..flux_185; "
-                f"missing {len(missing)} (e.g. {', '.join(missing[:3])})"
+                f"model input: {len(missing)} of the {N_FLUX} flux columns flux_000..flux_185 are missing "
+                f"({describe_rows(missing)}); columns are matched by name, other columns are ignored"
             )
+        frame = data.loc[:, named]
+        if frame.shape[1] != N_FLUX:
+            dupes = sorted({str(c) for c in data.columns[data.columns.duplicated()]})
+            raise InputError(f"model input: flux columns {describe_rows(dupes)} appear more than once")
+        bad = [str(c) for c in frame.columns if frame[c].dtype.kind not in "iuf"]
+        if bad:
+            raise InputError(f"model input: flux columns {describe_rows(bad)} are not numeric "
+                             f"(dtype {frame[bad[0]].dtype}); fluxes must be real numbers")  # fmt: skip
+        rows = list(frame.index)
+        values = frame.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
-        if isinstance(model_input, Mapping):
-            model_input = next(iter(model_input.values())) if len(model_input) == 1 else model_input
-        values = np.asarray(model_input, dtype=FLUX_DTYPE)
+        values = data
+        _check_real(values, "fluxes")
         if values.ndim == 1 and values.shape[0] == N_FLUX:
             values = values.reshape(1, N_FLUX)
-    if values.ndim != 2 or values.shape[1] != N_FLUX:
-        raise InputError(f"model input: expected shape (n, {N_FLUX}) of raw fluxes, got {values.shape}")
-    return np.ascontiguousarray(values)
+        if values.ndim != 2 or values.shape[1] != N_FLUX:
+            raise InputError(f"model input: expected shape (n, {N_FLUX}) of raw fluxes, got {values.shape}")
+        rows = list(range(len(values)))
+    with np.errstate(over="ignore", invalid="ignore"):
+        fluxes = np.asarray(values, dtype=np.float64).astype(FLUX_DTYPE)
+    finite = np.isfinite(fluxes)
+    if not finite.all():
+        bad_rows = [rows[i] for i in np.flatnonzero(~finite.all(axis=1))]
+        bad_cols = [FLUX_COLUMNS[j] for j in np.flatnonzero(~finite.all(axis=0))]
+        raise InputError(
+            f"model input: non-finite flux (NaN, inf or beyond float32) in rows {describe_rows(bad_rows)}, "
+            f"columns {describe_rows(bad_cols)}; no redshift is given for such a spectrum"
+        )
+    return np.ascontiguousarray(fluxes)
 
 
 def _import_custom_objects() -> None:
@@ -69,8 +125,9 @@ class XpzRedshiftModel(mlflow.pyfunc.PythonModel):
     """Raw Gaia XP fluxes -> DataFrame[z, z_lower, z_upper, ood_score, eligible], via
     `xpz.model.posterior.predict_redshift` (`eligible` False: not like the training galaxies).
 
-    The Keras model (scaling layer inside) is the artifact `keras_model`; input is a DataFrame holding
-    the 186 flux columns (`xpz.spectra.FLUX_COLUMNS`, other columns ignored) or an (n, 186) array.
+    The Keras model (scaling layer inside) is the artifact `keras_model`. Input: see `as_flux_array`
+    (flux_000..flux_185 by name, extra columns ignored, any real dtype); input it cannot answer raises
+    `ModelInputError` (HTTP 400 from `mlflow models serve`), never a number.
     """
 
     def __init__(self, batch_size: int = 1024) -> None:
@@ -83,17 +140,20 @@ class XpzRedshiftModel(mlflow.pyfunc.PythonModel):
         _import_custom_objects()
         self._model = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT], compile=False)
 
-    # `np.ndarray` is a hint MLflow 3 takes as "no signature from type hints": the logged tensor
-    # signature decides, and a DataFrame of the flux columns arrives here as an array.
     @property
     def keras_model(self) -> Any:
         """The loaded Keras model (after `load_context`)."""
         return self._model
 
-    def predict(self, context, model_input: np.ndarray, params=None):
+    # `pd.DataFrame` is a hint MLflow 3 derives no schema from (arrays and mappings pass too); the logged
+    # signature has no input schema (see `log_model`): the input arrives as sent, `as_flux_array` checks it.
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         from xpz.model.posterior import predict_redshift
 
-        fluxes = as_flux_array(model_input)
+        try:
+            fluxes = as_flux_array(model_input)
+        except InputError as err:
+            raise ModelInputError(str(err)) from None
         batch_size = int((params or {}).get("batch_size", self.batch_size))
         return predict_redshift(self._model, fluxes, batch_size=batch_size)
 
@@ -137,19 +197,21 @@ def log_model(
 ) -> LoggedModel:
     """Log the Keras model wrapped in `XpzRedshiftModel` as the run's LoggedModel `model`.
 
-    The xpz package is bundled as code (`code_paths`), requirements are pinned to this environment,
-    and the signature (186 float32 flux columns -> z, z_lower, z_upper) comes from `input_example`.
+    The xpz package is bundled as code (`code_paths`), requirements are pinned to this environment.
+    The signature has outputs only: an input schema would make MLflow enforce it before `predict`
+    (a tensor spec takes columns by position and refuses float64; a column spec refuses ints, turns
+    arrays into empty frames and cannot ignore extra columns), so `as_flux_array` is the one contract
+    on every path (pyfunc, `mlflow models serve` with JSON or CSV bodies, `xpz predict`).
     """
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature, infer_signature
 
     from xpz.model.posterior import predict_redshift
 
     client = tr.client
     example = as_flux_array(input_example)
     wrapper = XpzRedshiftModel(batch_size=batch_size)
-    # A tensor signature (float32, (-1, 186)): both an (n, 186) array and a DataFrame of the 186 flux
-    # columns (in grid order) pass MLflow's schema enforcement; a column signature would reject arrays.
-    signature = infer_signature(example, predict_redshift(keras_model, example))
+    outputs = infer_signature(example, predict_redshift(keras_model, example)).outputs
+    signature = ModelSignature(inputs=None, outputs=outputs)
     logged = client.create_logged_model(
         tr.experiment_id,
         name=MODEL_NAME,
@@ -168,7 +230,7 @@ def log_model(
             code_paths=[_package_dir()],
             pip_requirements=pip_requirements(),
             signature=signature,
-            input_example=example,
+            input_example=pd.DataFrame(example, columns=list(FLUX_COLUMNS)),
         )
     client.log_outputs(run_id, models=[LoggedModelOutput(logged.model_id, step=0)])
     return LoggedModel(model_id=logged.model_id, model_uri=f"models:/{logged.model_id}")
@@ -178,7 +240,10 @@ def log_model(
 
 def run_model(tr: Tracking, run_id: str) -> LoggedModel:
     """The (last) model logged by a run."""
-    run = tr.client.get_run(run_id)
+    try:
+        run = tr.client.get_run(run_id)
+    except MlflowException:
+        raise InputError(f"no MLflow run {run_id!r} in {tr.tracking_uri}") from None
     outputs = list(getattr(run.outputs, "model_outputs", None) or [])
     if not outputs:
         raise InputError(f"MLflow run {run_id} has no logged model")
@@ -188,7 +253,10 @@ def run_model(tr: Tracking, run_id: str) -> LoggedModel:
 
 def load_keras_model(model_uri: str) -> Any:
     """The Keras model inside an xpz pyfunc model (`models:/<id>`, `models:/<name>@champion`, ...)."""
-    wrapper = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    try:
+        wrapper = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    except MlflowException as err:
+        raise InputError(f"model {model_uri!r}: {err.message}") from None
     if not isinstance(wrapper, XpzRedshiftModel):
         raise InputError(f"{model_uri} is not an xpz redshift model")
     return wrapper.keras_model

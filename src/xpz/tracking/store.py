@@ -85,10 +85,14 @@ def configure(cfg: "TrackingConfig", tracking_uri: str | None = None) -> Trackin
 
     The URI is, in order: the `tracking_uri` argument, `MLFLOW_TRACKING_URI`, `cfg.uri`. For a local
     store (sqlite or file) a missing experiment is created with `cfg.artifact_location` as its
-    artifact root; a remote server keeps its own artifact settings.
+    artifact root; a remote server keeps its own artifact settings. A sqlite store copied or moved with
+    its project has its recorded artifact paths pointed at the copy (`xpz.tracking.relocate`).
     """
+    from xpz.tracking.relocate import localize_artifacts
+
     uri = resolve_uri(cfg, tracking_uri)
     registry_uri = os.environ.get(REGISTRY_URI_ENV) or uri
+    localize_artifacts(uri)  # a moved/copied checkout uses its own artifacts (xpz.tracking.relocate)
     mlflow.set_tracking_uri(uri)  # pyfunc logging and models:/ URIs resolve through it
     client = MlflowClient(tracking_uri=uri, registry_uri=registry_uri)
     experiment = client.get_experiment_by_name(cfg.experiment)

@@ -1,0 +1,113 @@
+"""No traceback from user input: every command, driven with bad values and files, prints one clear
+`error: ...` line and exits with status 2 (bad cron, unknown alias or version, corrupt file, missing
+file, bad -S override, unknown profile, unreadable params)."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import copy_params, random_frame
+from xpz.data.io import write_dataset
+from xpz.cli import app
+
+runner = CliRunner()
+
+CORRUPT_PARQUET = b"PAR1 this is not a parquet file at all" * 10
+
+# (label, argv, words the message must contain); paths are relative to the test's workdir
+CASES = [
+    # -S overrides, profiles, params files: every command that reads params
+    *[(f"{cmd} bad -S", [*cmd.split(), "-S", "train.epochs"], ["KEY=VALUE"])
+      for cmd in ("data generate", "data split", "tune", "train", "evaluate --model m", "run", "schedule show")],
+    *[(f"{cmd} unknown -S key", [*cmd.split(), "-S", "train.no_such_knob=3"], ["no_such_knob"])
+      for cmd in ("data generate", "run", "schedule show")],
+    ("run bad -S value", ["run", "-S", "train.epochs=many"], ["epochs"]),
+    *[(f"{cmd} unknown profile", [*cmd.split(), "--profile", "nope"], ["nope"])
+      for cmd in ("data generate", "data validate", "data show", "tune", "models", "promote 1", "schedule show")],
+    *[(f"{cmd} missing params", [*cmd.split(), "--params", "missing.yaml"], ["missing.yaml"])
+      for cmd in ("data generate", "data validate", "train", "models", "schedule show")],
+    ("corrupt params", ["data", "split", "--params", "corrupt.yaml"], ["corrupt.yaml"]),
+    # data files: missing, corrupt
+    ("validate missing file", ["data", "validate", "--path", "missing.parquet"], ["missing.parquet"]),
+    ("validate corrupt file", ["data", "validate", "--path", "corrupt.parquet"], ["corrupt.parquet"]),
+    ("show missing file", ["data", "show", "--path", "missing.parquet"], ["missing.parquet"]),
+    ("show corrupt file", ["data", "show", "--path", "corrupt.parquet"], ["corrupt.parquet"]),
+    ("import missing file", ["data", "import", "missing.csv"], ["missing.csv"]),
+    ("import corrupt file", ["data", "import", "corrupt.csv"], ["corrupt.csv"]),
+    ("split without data", ["data", "split"], ["galaxies.parquet"]),
+    ("train without data", ["train"], ["galaxies.parquet"]),
+    ("tune without data", ["tune"], ["galaxies.parquet"]),
+    ("train corrupt hyperparameters", ["train", "--hyperparameters", "corrupt.json"], ["corrupt.json"]),
+    ("train missing hyperparameters", ["train", "--hyperparameters", "missing.json"], ["missing.json"]),
+    ("predict missing file", ["predict", "missing.parquet", "-m", "model.keras"], ["missing.parquet"]),
+    ("predict corrupt file", ["predict", "corrupt.parquet", "-m", "{registered}"], ["corrupt.parquet"]),
+    ("predict bad format", ["predict", "corrupt.parquet", "--format", "xls", "-m", "{registered}"], ["xls"]),
+    # models: unknown alias, version, run
+    ("predict unknown alias", ["predict", "good.parquet", "-m", "{unknown_alias}"], ["nope"]),
+    ("predict unknown version", ["predict", "good.parquet", "-m", "models:/{name}/99"], ["99"]),
+    ("evaluate unknown alias", ["evaluate", "--model", "{unknown_alias}"], ["nope"]),
+    ("evaluate neither run nor model", ["evaluate"], ["--run-id"]),
+    ("evaluate unknown run", ["evaluate", "--run-id", "0123456789abcdef"], ["0123456789abcdef"]),
+    ("promote unknown version", ["promote", "99"], ["99"]),
+    # schedules: bad cron, time zone
+    *[(f"schedule {cmd} bad cron", ["schedule", *cmd.split(), "--cron", "61 * * * *"], ["61 * * * *"])
+      for cmd in ("show", "serve", "deploy --work-pool p")],
+    ("schedule bad cron in params", ["schedule", "show", "-S", "schedule.cron=* * *"], ["cron"]),
+    ("schedule -S cron, not YAML", ["schedule", "show", "-S", "schedule.cron=61 * * * *"], ["61 * * * *"]),
+    ("schedule bad time zone", ["schedule", "show", "-S", "schedule.timezone=Mars/Base"], ["Mars/Base"]),
+]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, registered):
+    import keras  # noqa: F401  - import what sets up logging before CliRunner swaps sys.stderr
+    import mlflow  # noqa: F401
+    import prefect.schedules  # noqa: F401
+
+    root = tmp_path_factory.mktemp("cli-errors")
+    copy_params(root)
+    (root / "corrupt.yaml").write_text("profile: [smoke\n  data: {")
+    (root / "corrupt.parquet").write_bytes(CORRUPT_PARQUET)
+    (root / "corrupt.csv").write_text("z,flux_000\n0.1,\x00\x01garbage,,,\n\"unterminated\n")
+    (root / "corrupt.json").write_text("{not json")
+    write_dataset(random_frame(20, seed=1), root / "good.parquet")
+    return root, registered
+
+
+@pytest.mark.parametrize("label,argv,words", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gives_one_message_and_exit_2(project, monkeypatch, label, argv, words):
+    root, registered = project
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registered.tracking_uri)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    subs = {"{registered}": registered.champion, "{unknown_alias}": f"models:/{registered.name}@nope"}
+    argv = [subs.get(a, a).replace("{name}", registered.name) for a in argv]
+    result = runner.invoke(app, argv)
+    output = result.output
+    assert result.exit_code == 2, f"{label}: exit {result.exit_code}\n{output}\n{result.exception!r}"
+    assert "Traceback" not in output, output
+    assert output.startswith("error: ") and sum(line.startswith("error: ") for line in output.splitlines()) == 1, output
+    assert all(w in output for w in words), f"{label}: {words} not in {output!r}"
+
+
+def test_prefect_startup_timeout_is_one_clear_message(tmp_path):
+    """The flow's command line (the DVC `train` stage) without PREFECT_API_URL: when Prefect's temporary
+    server does not come up in time, one message says what to change, exit 2, no traceback."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    shutil.copytree(REPO / "flows", tmp_path / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    copy_params(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="0")
+    proc = subprocess.run([sys.executable, "flows/train_pipeline.py", "--profile", "smoke"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in errors[0] and "PREFECT_API_URL" in errors[0]
