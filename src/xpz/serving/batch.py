@@ -44,6 +44,7 @@ from xpz.files import atomic_path
 from xpz.data.archive import expand
 from xpz.data.stream import (
     DEFAULT_CHUNK_SIZE,
+    FORMATS,
     SpectraChunk,
     check_file,
     count_rows,
@@ -226,6 +227,8 @@ def predict_file(
     `InputError`. Nothing is written at `out` unless every row succeeded. With `pdf`, the p(z) of
     each predicted spectrum also goes to that qp HDF5 file (`xpz.model.pdf_metrics`), in chunks, in
     the same order, with ancillary columns source_id, z, z_lower, z_upper, ood_score, eligible."""
+    if fmt not in FORMATS:  # an option error comes before anything is read
+        raise InputError(f"--format {fmt!r}: unknown format (expected one of {', '.join(FORMATS)})")
     with tempfile.TemporaryDirectory(prefix="xpz-bundle-") as workdir:
         bundle = expand(source, Path(workdir))
         files = [kind.path for kind in bundle.files]
