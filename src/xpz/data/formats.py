@@ -138,15 +138,20 @@ def _length(value: object) -> int | None:
         return None
 
 
-def identify(path: Path | str) -> FileKind:
-    """Container and product of one file, from its bytes (the suffix is never trusted)."""
-    path = Path(path)
+def check_file(path: Path) -> None:
+    """InputError unless `path` is an existing, non-empty file (the cheap checks before any read)."""
     if not path.exists():
         raise InputError(f"{path}: file not found")
     if path.is_dir():
         raise InputError(f"{path}: is a folder; pass one file")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty")
+
+
+def identify(path: Path | str) -> FileKind:
+    """Container and product of one file, from its bytes (the suffix is never trusted)."""
+    path = Path(path)
+    check_file(path)
     head, zipped = read_head(path)
     if not head:
         raise InputError(f"{path}: the file is empty (after gzip decompression)")

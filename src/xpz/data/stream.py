@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from xpz.errors import InputError, describe_rows
-from xpz.data.formats import NEEDED, FileKind, identify, input_format
+from xpz.data.formats import NEEDED, FileKind, check_file, identify, input_format  # noqa: F401  (check_file re-exported)
 from xpz.data.io import conform, parse_seed_frame, seed_csv_header
 from xpz.data.xpcont import iter_xp
 from xpz.spectra import FLUX_COLUMNS, FLUX_DTYPE, ID_COLUMN, N_FLUX, TARGET_COLUMN
@@ -66,15 +66,6 @@ def _from_frame(frame: pd.DataFrame, first_row: int, source: str) -> SpectraChun
     ids = frame[ID_COLUMN].to_numpy(dtype=np.int64)
     fluxes = np.ascontiguousarray(frame.loc[:, list(FLUX_COLUMNS)].to_numpy(dtype=FLUX_DTYPE))
     return _check_finite(SpectraChunk(ids, fluxes, first_row), source)
-
-
-def check_file(path: Path) -> None:
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder; pass one file (or use the catalogue functions)")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: the file is empty")
 
 
 # ------------------------------------------------------------------------------------ Parquet

@@ -22,13 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import hashlib
-import json
 
 import keras
 import keras_tuner as kt
 import numpy as np
 
+from xpz.files import json_digest
 from xpz.model.architectures import RedshiftHyperModel, prune_hyperparameters
 from xpz.model.scaling import fit_scaler
 from xpz.spectra import TARGET_COLUMN, flux_matrix
@@ -101,7 +100,7 @@ def search_key(cfg: "Config", digests: dict[str, str]) -> str:
         "batch_size": cfg.train.batch_size,
         "splits": dict(sorted(digests.items())),
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
+    return json_digest(payload)[:10]
 
 
 def search_directory(cfg: "Config", digests: dict[str, str], directory: Path | str | None = None) -> Path:

@@ -6,7 +6,6 @@ are the same whoever ran the job. May import: xpz core and xpz.pipeline.steps (t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
-from xpz.files import file_digest, write_text_atomic
+from xpz.files import file_digest, json_digest, write_text_atomic
 
 if TYPE_CHECKING:
     from xpz.model.evaluate import Evaluation
@@ -30,11 +29,6 @@ SUMMARY_ROWS = (
     ("68% interval coverage", "test_coverage_68"), ("baseline mean: test MAE", "baseline_mean/test_mae"),
     ("baseline kNN: test MAE", "baseline_knn/test_mae"),
 )  # fmt: skip
-
-
-def json_digest(obj: Any) -> str:
-    """sha256 of an object's canonical JSON (sorted keys): a cache key for settings."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def validation_key(data_path: Path | str, section: Mapping[str, Any]) -> str | None:
