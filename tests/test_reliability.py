@@ -212,3 +212,57 @@ def test_real_gaia_stars_are_not_eligible(fitted, repo_root):
     out = predict_redshift(fitted[1], flux_matrix(stars))
     assert not out["eligible"].any()
     assert np.isfinite(out["ood_score"]).all()
+
+
+def test_template_chi2_equals_the_brute_force_fit():
+    """min_j min_{A>0} sum (x - A t_j)^2 / var, against a direct evaluation on a grid of amplitudes
+    refined in closed form, with one spectrum that only a negative amplitude would fit (A = 0 then)."""
+    from xpz.model.ood import template_chi2
+
+    rng = np.random.default_rng(1)
+    t = rng.uniform(0.5, 2.0, size=(7, 186))
+    x = np.vstack([3.0 * t[2] + rng.normal(0, 0.1, 186), -2.0 * t[0], rng.uniform(0, 5, 186)])
+    var = rng.uniform(0.5, 2.0, size=x.shape)
+    expected = []
+    for xi, vi in zip(x, var):
+        best = np.sum(xi**2 / vi)  # A = 0
+        for tj in t:
+            a = max(np.sum(xi * tj / vi) / np.sum(tj**2 / vi), 0.0)
+            best = min(best, np.sum((xi - a * tj) ** 2 / vi))
+        expected.append(best)
+    # float32 products: the error is float32 rounding of the total sum w x^2, not of the (small) residual
+    scale = np.sum(x**2 / var, axis=1)
+    assert (np.abs(template_chi2(x, var, t) - expected) <= 1e-6 * scale + 1e-6 * np.abs(expected)).all()
+    assert template_chi2(x, var, t)[1] == pytest.approx(np.sum(x[1] ** 2 / var[1]), rel=1e-5)
+
+
+def test_union_cuts_keep_the_share_and_cut_each_term():
+    from xpz.model.ood import union_cuts
+
+    rng = np.random.default_rng(2)
+    terms = rng.normal(size=(20000, 3))
+    cuts = union_cuts(terms, 0.99)
+    inside = (terms <= cuts).all(axis=1)
+    assert inside.mean() == pytest.approx(0.99, abs=0.0006)
+    # three independent terms share the 1% flagged: each cut sits near its own 99.67% quantile
+    np.testing.assert_allclose(cuts, np.quantile(terms, 1 - 0.01 / 3, axis=0), atol=0.08)
+    with pytest.raises(ValueError, match="no finite"):
+        union_cuts(np.empty((0, 3)), 0.99)
+
+
+def test_a_two_term_layer_saved_before_the_template_term_still_scores(fitted):
+    """Models registered before the template term hold 10 eligibility weights: they load, flag as
+    before (residual + density against their stored threshold), and say so (`legacy`)."""
+    from xpz.model.ood import OodDensity
+
+    _, wrapped, _, x = fitted
+    new = wrapped.get_layer("eligibility")
+    old = OodDensity(new.components, new.mixture)
+    old.build((None, 1))
+    store = {str(i): w.numpy() for i, w in enumerate(new.weights[:10])}
+    store["7"] = np.asarray(5.0)  # an old threshold on the two-term sum
+    old.load_own_variables(store)
+    assert old.legacy and "ood_cut_template" not in old.summary()
+    terms, _ = new.terms(x[:200])
+    np.testing.assert_allclose(old.score(x[:200]), terms[:, 0] + terms[:, 1], rtol=1e-12)
+    np.testing.assert_array_equal(old.eligible(old.score(x[:200])), terms[:, 0] + terms[:, 1] <= 5.0)

@@ -297,6 +297,8 @@ class EligibilityConfig(_Section):
     keep: float = Field(0.99, gt=0, lt=1)  # share of validation galaxies kept eligible
     components: int = Field(8, ge=1, le=185)  # principal axes of the density model
     mixture: int = Field(8, ge=1)  # Gaussian mixture components in the principal subspace
+    templates: int = Field(256, ge=1)  # empirical galaxy templates of the template term (k-means centres)
+    template_components: int = Field(15, ge=1, le=185)  # principal axes that denoise the templates
     max_fit_samples: int | None = Field(30000, ge=100)  # training spectra the density is fitted on
     seed: int = 0
 

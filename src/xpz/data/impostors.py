@@ -68,6 +68,20 @@ def _to_fluxes(sed: np.ndarray, cfg: DataConfig, rng: np.random.Generator, block
     return sed @ mod.sed_to_flux + _block_noise(cfg, block, sed)
 
 
+def blackbody_fluxes(
+    temperature: np.ndarray, ebv: np.ndarray, cfg: DataConfig | None = None, seed: int = 7
+) -> np.ndarray:
+    """(n, 186) fluxes of blackbodies at `temperature` (K) reddened by Calzetti dust `ebv` (E(B-V), mag;
+    0 for none), each at a G drawn uniformly in [cfg.g_min, cfg.g_max], with cfg.noise times the
+    galaxies' noise (0: noise-free). For maps of the eligibility flag over (T, E(B-V))."""
+    cfg = cfg or DataConfig()
+    rng = np.random.default_rng(seed)
+    lam = observed_wavelengths()
+    t, e = np.broadcast_arrays(np.asarray(temperature, float), np.asarray(ebv, float))
+    sed = blackbody(t, lam) * 10.0 ** (-0.4 * e[:, None] * _calzetti(lam)[None, :])
+    return _to_fluxes(sed, cfg, rng, 1001)
+
+
 def generate_impostors(n_per_kind: int, cfg: DataConfig | None = None, seed: int = 7) -> pd.DataFrame:
     """`n_per_kind` spectra of each of `KINDS`: DataFrame[source_id, kind, flux_000..flux_185].
 

@@ -1,28 +1,44 @@
 """Eligibility: an out-of-distribution score for every spectrum, and a threshold chosen on validation.
 
-The score knows the training galaxies through two density terms, fitted on the training split:
+The score knows the training galaxies through three terms, all fitted on the training split:
 
     unit-sum fluxes f = x / s (s = sum(x), the total flux), principal axes W of the training f:
     u = W (f - mu)  (the first `components` coordinates) and the residual r = s (f - mu - W^T u)
     (in flux units: what the galaxy subspace does not describe);
+    sigma_i^2 = a_i + b_i max(x_i, 0): the per-pixel noise variance (background + Poisson-like),
+    fitted by least squares to the training residuals;
 
-    chi2   = sum_i r_i^2 / (a_i + b_i max(x_i, 0))   the residual against the instrument's noise,
-             with a per-pixel variance a_i + b_i x_i (background + Poisson-like) fitted by least
-             squares to the training residuals (so a clean bright spectrum that galaxies cannot
-             describe scores high, a faint noisy galaxy does not);
-    nll    = -log GMM(u, log10 s)   a Gaussian mixture (`mixture` components, full covariance) of
-             the subspace coordinates and the log total flux (shape and brightness of galaxies);
+    residual  = sum_i r_i^2 / sigma_i^2 / (186 - components)   what the galaxy subspace misses;
+    density   = -log GMM(u, log10 s) / (components + 1)          a Gaussian mixture (`mixture`
+                components, full covariance) of the subspace coordinates and the log total flux;
+    template  = min_j min_{A > 0} sum_i (x_i - A t_ji)^2 / sigma_i^2 / 185   the best fit of the
+                spectrum by one of `templates` empirical galaxy shapes t_j (k-means centres of the
+                training f, denoised by their first `template_components` principal axes) with a
+                free amplitude: how far the spectrum is from the nearest *observed* galaxy shape,
+                in units of its own noise (empirical-template chi^2 fitting, as in template photo-z).
 
-    score  = chi2 / (186 - components) + nll / (components + 1)      (each per degree of freedom).
+    ood_score = max_k (term_k - theta_k) / (theta_k - m_k)      eligible = ood_score <= 0
 
-A spectrum with any non-finite flux or a total flux <= 0 scores +inf. The threshold is the `keep`
-quantile (e.g. 99%) of the validation scores: `eligible = score <= threshold` keeps that share of
-galaxies like those the model was trained on. (Principal-component subspace plus residual: the
-probabilistic-PCA picture of Tipping & Bishop 1999; mixture: scikit-learn's GaussianMixture.)
+Each term catches different non-galaxies: the density term smooth stellar continua away from the
+galaxies' colours, the template term broad-line (quasar) and band-scaled spectra that the linear
+subspace can still describe, the residual term structure outside the subspace. The per-term
+cuts theta_k are the (1 - eps) quantiles of the validation terms, with eps chosen so that the union
+of the three keeps `keep` (e.g. 99%) of the validation galaxies; m_k, the validation medians, put
+the terms on one scale (a galaxy-like spectrum scores about -1). The stored threshold is 0.
 
-All of it lives in the `OodDensity` Keras layer (its weights: the density model and the threshold),
+A spectrum with any non-finite flux or a total flux <= 0 scores +inf. (Principal-component subspace
+plus residual: the probabilistic-PCA picture of Tipping & Bishop 1999; mixture: scikit-learn's
+GaussianMixture; templates: scikit-learn's MiniBatchKMeans.)
+
+Limits (measured, README "Eligibility"): cool blackbodies (4,000-7,000 K) and reddened hot ones
+lie within the noise of the reddest low-redshift galaxies, whose light *is* that of cool stars,
+even when the blackbody itself is noise-free; the spectrum alone cannot flag them (Gaia's own
+galaxy classification, DSC, adds parallax and proper motion).
+
+All of it lives in the `OodDensity` Keras layer (its weights: the three models and the cuts),
 applied as a pass-through to the model's output, so a saved `.keras` file (and the MLflow model
 that wraps it) carries the eligibility rule: `xpz.model.posterior.predict_redshift` reads it.
+Models saved before the template term load with their two-term score (`legacy`).
 """
 
 from __future__ import annotations
@@ -33,6 +49,10 @@ import keras
 import numpy as np
 
 from xpz.spectra import N_FLUX
+
+TERMS = ("residual", "density", "template")
+_LEGACY_WEIGHTS = 10  # weights of the two-term layer (models saved before the template term)
+_TEMPLATE_BLOCK = 4096  # rows per block of the template fit (bounds the (rows, templates) temporaries)
 
 
 def flux_features(fluxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -46,22 +66,45 @@ def flux_features(fluxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return x, x / s[:, None], s, valid
 
 
+def template_chi2(x: np.ndarray, var: np.ndarray, templates: np.ndarray) -> np.ndarray:
+    """(n,) min over templates t_j (m, 186) of min_{A > 0} sum_i (x_i - A t_ji)^2 / var_i, for fluxes
+    x and noise variances var (n, 186). With w = 1/var: chi2_j = sum w x^2 - (sum w x t_j)^2 / sum w t_j^2
+    when the best amplitude is positive, else sum w x^2 (A = 0). float32 matrix products in blocks."""
+    t = np.asarray(templates, dtype=np.float32)
+    t2 = t * t
+    out = np.empty(len(x))
+    for i in range(0, len(x), _TEMPLATE_BLOCK):
+        w = (1.0 / var[i : i + _TEMPLATE_BLOCK]).astype(np.float32)
+        wx = w * x[i : i + _TEMPLATE_BLOCK].astype(np.float32)
+        base = np.einsum("ij,ij->i", wx, x[i : i + _TEMPLATE_BLOCK], dtype=np.float64)
+        a = wx @ t.T  # (rows, m) sum w x t_j
+        b = w @ t2.T  # (rows, m) sum w t_j^2 > 0
+        np.sqrt(b, out=b)
+        np.divide(a, b, out=a)  # the gain a^2 / b is monotone in a / sqrt(b) where a > 0
+        best = np.maximum(a.max(axis=1), 0.0).astype(np.float64)
+        out[i : i + _TEMPLATE_BLOCK] = np.maximum(base - best * best, 0.0)
+    return out
+
+
 @keras.saving.register_keras_serializable(package="xpz")
 class OodDensity(keras.layers.Layer):
-    """Pass-through layer holding the density model of the training galaxies and the threshold.
+    """Pass-through layer holding the three models of the training galaxies and the cuts.
 
     `score(fluxes)` gives the out-of-distribution score (higher = less like the training set),
-    `eligible(scores)` the flag. `call` returns its input unchanged."""
+    `eligible(scores)` the flag, `terms(fluxes)` the three terms. `call` returns its input unchanged."""
 
-    def __init__(self, components: int = 8, mixture: int = 8, **kwargs):
+    def __init__(self, components: int = 8, mixture: int = 8, templates: int = 256,
+                 template_components: int = 15, **kwargs):  # fmt: skip
         super().__init__(**kwargs)
         self.components, self.mixture = int(components), int(mixture)
+        self.n_templates, self.template_components = int(templates), int(template_components)
+        self.legacy = False
 
     def build(self, input_shape):
         k, m, d = self.components, self.mixture, N_FLUX
 
-        def weight(name, shape, init="zeros"):
-            return self.add_weight(name=name, shape=shape, initializer=init, trainable=False, dtype="float64")
+        def weight(name, shape, init="zeros", dtype="float64"):
+            return self.add_weight(name=name, shape=shape, initializer=init, trainable=False, dtype=dtype)
 
         self.mean = weight("mean", (d,))
         self.axes = weight("axes", (k, d))
@@ -73,6 +116,9 @@ class OodDensity(keras.layers.Layer):
         self.threshold = weight("threshold", ())
         self.keep = weight("keep", ())
         self.fitted = weight("fitted", ())
+        self.templates = weight("templates", (self.n_templates, d), dtype="float32")
+        self.term_cuts = weight("term_cuts", (len(TERMS),))
+        self.term_scales = weight("term_scales", (len(TERMS),), "ones")
 
     def call(self, inputs):
         return inputs
@@ -81,7 +127,17 @@ class OodDensity(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "components": self.components, "mixture": self.mixture}
+        return {**super().get_config(), "components": self.components, "mixture": self.mixture,
+                "templates": self.n_templates, "template_components": self.template_components}  # fmt: skip
+
+    def load_own_variables(self, store):
+        """A layer saved before the template term holds 10 variables: load them; score as then."""
+        if len(store.keys()) == _LEGACY_WEIGHTS:
+            for i, variable in enumerate(self.weights[:_LEGACY_WEIGHTS]):
+                variable.assign(store[str(i)])
+            self.legacy = True
+            return
+        super().load_own_variables(store)
 
     # ------------------------------------------------------------------ numpy side
     def _v(self, name: str) -> np.ndarray:
@@ -93,7 +149,7 @@ class OodDensity(keras.layers.Layer):
         u = (f - mean) @ axes.T
         r = s[:, None] * (f - mean - u @ axes)
         var = self._v("noise_a") + self._v("noise_b") * np.clip(x, 0.0, None)
-        return u, r, var, np.log10(s), valid
+        return u, r, var, np.log10(s), valid, x
 
     def _mixture_nll(self, y: np.ndarray) -> np.ndarray:
         """-log density of a Gaussian mixture with precision Cholesky factors (sklearn's form)."""
@@ -108,13 +164,23 @@ class OodDensity(keras.layers.Layer):
         top = stacked.max(axis=1, keepdims=True)
         return -(top + np.log(np.exp(stacked - top).sum(axis=1, keepdims=True)))[:, 0]
 
+    def terms(self, fluxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """((n, 3) terms residual, density, template per degree of freedom (see module doc), valid)."""
+        u, r, var, log_s, valid, x = self._terms(fluxes)
+        k = self.components
+        out = np.empty((len(x), len(TERMS)))
+        out[:, 0] = np.sum(r**2 / var, axis=1) / (N_FLUX - k)
+        out[:, 1] = self._mixture_nll(np.concatenate([u, log_s[:, None]], axis=1)) / (k + 1)
+        out[:, 2] = np.nan if self.legacy else template_chi2(x, var, self._v("templates")) / (N_FLUX - 1)
+        return out, valid
+
     def score(self, fluxes: np.ndarray) -> np.ndarray:
         """(n,) out-of-distribution scores of raw (n, 186) fluxes (+inf for unusable spectra)."""
-        u, r, var, log_s, valid = self._terms(fluxes)
-        chi2 = np.sum(r**2 / var, axis=1)
-        nll = self._mixture_nll(np.concatenate([u, log_s[:, None]], axis=1))
-        k = self.components
-        out = chi2 / (N_FLUX - k) + nll / (k + 1)
+        t, valid = self.terms(fluxes)
+        if self.legacy:  # the two-term score of models saved before the template term
+            out = t[:, 0] + t[:, 1]
+        else:
+            out = np.max((t - self._v("term_cuts")) / self._v("term_scales"), axis=1)
         out[~valid | ~np.isfinite(out)] = np.inf
         return out
 
@@ -124,11 +190,15 @@ class OodDensity(keras.layers.Layer):
         return np.isfinite(s) & (s <= float(self.threshold.numpy()))
 
     def summary(self) -> dict[str, float]:
-        return {"ood_threshold": float(self.threshold.numpy()), "ood_keep": float(self.keep.numpy())}
+        out = {"ood_threshold": float(self.threshold.numpy()), "ood_keep": float(self.keep.numpy())}
+        if not self.legacy:
+            out.update({f"ood_cut_{name}": float(c) for name, c in zip(TERMS, self._v("term_cuts"))})
+        return out
 
     def fit(self, train_fluxes: np.ndarray, val_fluxes: np.ndarray, keep: float, seed: int = 0) -> dict[str, float]:
-        """Fit the density model on training fluxes, the threshold (the `keep` quantile of the
-        validation scores) on validation fluxes. Returns the threshold and its validation share."""
+        """Fit the three models on training fluxes and the cuts on validation fluxes (the union of
+        the per-term cuts keeps the `keep` share of them). Returns the cuts and the validation share."""
+        from sklearn.cluster import MiniBatchKMeans
         from sklearn.decomposition import PCA
         from sklearn.mixture import GaussianMixture
 
@@ -136,14 +206,18 @@ class OodDensity(keras.layers.Layer):
             self.build((None, 1))
         x, f, s, valid = flux_features(train_fluxes)
         x, f, s = x[valid], f[valid], s[valid]
-        if len(f) < max(self.components + 2, self.mixture) * 4:
-            raise ValueError(f"OodDensity.fit: {len(f)} valid training spectra are too few")
+        need = max((self.components + 2) * 4, self.mixture * 4, self.n_templates * 2)
+        if len(f) < need:
+            raise ValueError(
+                f"OodDensity.fit: {len(f)} valid training spectra are too few (need >= {need} for "
+                f"{self.components} axes, {self.mixture} mixture components and {self.n_templates} templates)"
+            )
         pca = PCA(n_components=self.components, random_state=seed).fit(f)
         self.mean.assign(pca.mean_)
         self.axes.assign(pca.components_)
         self.noise_a.assign(np.ones(N_FLUX))
         self.noise_b.assign(np.zeros(N_FLUX))
-        u, r, _, log_s, _ = self._terms(x)
+        u, r, _, log_s, _, _ = self._terms(x)
         xp = np.clip(x, 0.0, None)
         r2 = r**2  # residual variance ~ a + b * flux, per pixel (least-squares line)
         xm, rm = xp.mean(axis=0), r2.mean(axis=0)
@@ -157,12 +231,32 @@ class OodDensity(keras.layers.Layer):
         self.mix_log_weights.assign(np.log(gmm.weights_))
         self.mix_means.assign(gmm.means_)
         self.mix_prec_chol.assign(gmm.precisions_cholesky_)
-        val_scores = self.score(val_fluxes)
-        threshold = float(np.quantile(val_scores[np.isfinite(val_scores)], keep))
-        self.threshold.assign(threshold)
+        denoiser = PCA(n_components=min(self.template_components, N_FLUX - 1), random_state=seed).fit(f)
+        shapes = denoiser.inverse_transform(denoiser.transform(f))
+        kmeans = MiniBatchKMeans(self.n_templates, random_state=seed, n_init=1, batch_size=4096).fit(shapes)
+        self.templates.assign(kmeans.cluster_centers_.astype(np.float32))
+        val_terms, val_valid = self.terms(val_fluxes)
+        cuts = union_cuts(val_terms[val_valid], keep)
+        self.term_cuts.assign(cuts)
+        self.term_scales.assign(np.maximum(cuts - np.median(val_terms[val_valid], axis=0), 1e-12))
+        self.threshold.assign(0.0)
         self.keep.assign(float(keep))
         self.fitted.assign(1.0)
-        return {**self.summary(), "ood_val_eligible": float(np.mean(self.eligible(val_scores)))}
+        return {**self.summary(), "ood_val_eligible": float(np.mean(self.eligible(self.score(val_fluxes))))}
+
+
+def union_cuts(terms: np.ndarray, keep: float, iterations: int = 50) -> np.ndarray:
+    """Per-column cuts theta_k = the (1 - eps) quantile of each column of `terms` (n, K), with eps
+    found by bisection so that the share of rows under every cut is `keep` (as close as the data
+    allow from above). Raises ValueError for an empty `terms`."""
+    if len(terms) == 0:
+        raise ValueError("union_cuts: no finite validation terms to fit the cuts on")
+    lo, hi = 0.0, 1.0 - keep
+    for _ in range(iterations):
+        eps = 0.5 * (lo + hi)
+        inside = np.mean((terms <= np.quantile(terms, 1.0 - eps, axis=0)).all(axis=1))
+        lo, hi = (eps, hi) if inside >= keep else (lo, eps)
+    return np.quantile(terms, 1.0 - lo, axis=0)
 
 
 def ood_layer(model: keras.Model) -> OodDensity | None:
@@ -194,7 +288,7 @@ def fit_eligibility(model: keras.Model, train_fluxes, val_fluxes, cfg: Any) -> t
     x = np.asarray(train_fluxes)
     if cfg.max_fit_samples and len(x) > cfg.max_fit_samples:
         x = x[np.sort(rng.choice(len(x), cfg.max_fit_samples, replace=False))]
-    layer = OodDensity(cfg.components, cfg.mixture, name="eligibility")
+    layer = OodDensity(cfg.components, cfg.mixture, cfg.templates, cfg.template_components, name="eligibility")
     summary = layer.fit(x, val_fluxes, cfg.keep, seed=cfg.seed)
     return attach_layer(model, layer), summary
 
@@ -231,7 +325,7 @@ def ood_report(layer: OodDensity, galaxy_fluxes, impostors) -> tuple[dict[str, f
     fig = Figure(figsize=(6, 4.5), layout="constrained")
     ax = fig.add_subplot()
     ax.plot(completeness, purity, "-", label="threshold scan")
-    ax.plot(*at, "o", color="C3", label=f"stored threshold {threshold:.0f} (keep {float(layer.keep.numpy()):.0%})")
+    ax.plot(*at, "o", color="C3", label=f"stored threshold {threshold:.3g} (keep {float(layer.keep.numpy()):.0%})")
     ax.set_xlabel("completeness: share of test galaxies eligible")
     ax.set_ylabel("purity: galaxies among the eligible (1:1 mix)")
     ax.set_title("Eligibility flag: purity vs completeness")
