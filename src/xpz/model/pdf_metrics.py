@@ -156,8 +156,12 @@ def pit_metrics(ensemble, z_true) -> tuple[np.ndarray, dict[str, float]]:
     """(PIT values, {pit_ks, pit_ks_pvalue, pit_cvm, pit_cvm_pvalue, pit_ad}) via `qp.metrics.PIT`."""
     from qp.metrics.pit import PIT
 
+    import warnings
+
     pit = PIT(ensemble, np.asarray(z_true, float))
-    meta = pit.calculate_pit_meta_metrics()
+    with warnings.catch_warnings():  # scipy's AD p-value is floored at 0.001 / capped at 0.25 and says so
+        warnings.filterwarnings("ignore", message="p-value (floored|capped)", category=UserWarning)
+        meta = pit.calculate_pit_meta_metrics()  # the AD p-value is not reported (only its statistic)
     out = {
         "pit_ks": float(meta["ks"].statistic),
         "pit_ks_pvalue": float(meta["ks"].pvalue),
