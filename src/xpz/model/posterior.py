@@ -106,10 +106,11 @@ def predict_posterior(model, fluxes: np.ndarray, batch_size: int = 1024):
     `cdf` (n, bins + 1) is each galaxy's p(z) as a CDF at the bin `edges` after the model's
     per-group coverage recalibration (`xpz.model.recalibration`), and z is read off it; the interval
     is the model's conformal set (`xpz.model.conformal`), or, for a model without one, the central
-    68% of that CDF around z; edges and cdf are None for a regression model. `ood_score` / `eligible` come from the model's
-    `xpz.model.ood.OodDensity` layer; a model saved without one gives NaN and True (not assessed).
-    The network runs through its cached compiled function (`xpz.model.inference.predict_array`),
-    which gives `model.predict`'s output without its per-call overhead."""
+    68% of that CDF around z; edges and cdf are None for a regression model. `ood_score` /
+    `eligible` come from the model's `xpz.model.ood.OodDensity` layer; a model saved without one
+    gives NaN and True (not assessed). The network runs through its cached compiled function
+    (`xpz.model.inference.predict_array`), which gives `model.predict`'s output without its
+    per-call overhead."""
     from xpz.model.architectures import posterior_layer
     from xpz.model.conformal import conformal_layer
     from xpz.model.inference import predict_array
