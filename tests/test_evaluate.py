@@ -131,7 +131,7 @@ def _frame(n, seed):
     return df[list(DATASET_COLUMNS)]
 
 
-def test_evaluate_end_to_end_on_a_tiny_model():
+def test_evaluate_end_to_end_on_a_tiny_model(tmp_path):
     from xpz.model.architectures import build_model
     from xpz.model.scaling import fit_scaler
     from xpz.spectra import flux_matrix
@@ -154,6 +154,14 @@ def test_evaluate_end_to_end_on_a_tiny_model():
     assert list(ev.predictions.columns[:5]) == ["source_id", "z_true", "z", "z_lower", "z_upper"]
     assert ev.bin_table["share"].sum() == pytest.approx(100.0)
     assert "0.05-0.10" in ev.table_markdown()
+    # coverage per S/N quartile (xpz.model.coverage_report), logged like the per-bin coverage
+    assert list(ev.snr_table["count"]) == [15, 15, 15, 15]
+    inside = (ev.predictions["z_true"] >= ev.predictions["z_lower"]) & (ev.predictions["z_true"] <= ev.predictions["z_upper"])
+    assert (ev.snr_table["coverage_68"] * 15).sum() == pytest.approx(inside.sum())
+    assert ev.metrics["snr_q1/coverage_68"] == pytest.approx(ev.snr_table["coverage_68"].iloc[0])
+    assert ev.metrics["test_coverage_68_snr_min"] == pytest.approx(ev.snr_table["coverage_68"].min())
+    paths = ev.write_tables(tmp_path)
+    assert pd.read_csv(paths["snr_csv"])["count"].sum() == 60 and paths["snr_md"].exists()
 
 
 def test_evaluate_config_rejects_bad_bins():

@@ -89,10 +89,13 @@ def test_threshold_and_recalibration_saved_with_the_model(fitted, tmp_path, data
 
 
 def test_recalibration_sees_validation_only(smoke_config, dataset):
-    """Training with a test split of NaN fluxes gives the same recalibration and threshold as with the
-    real test split: test data never reaches the fit."""
+    """Training with a test split of NaN fluxes gives the same recalibration, conformal thresholds and
+    eligibility threshold as with the real test split: test data never reaches the fit."""
     from xpz.data.split import split_dataset
+    from xpz.model.conformal import conformal_layer
+    from xpz.model.evaluate import summary_metrics
     from xpz.model.ood import ood_layer
+    from xpz.model.posterior import predict_redshift
     from xpz.model.recalibration import recalibration_layer
     from xpz.model.train import train_model
 
@@ -108,6 +111,17 @@ def test_recalibration_sees_validation_only(smoke_config, dataset):
     tables = [recalibration_layer(r.model).pit_quantiles.numpy() for r in results]
     assert np.isfinite(tables[0]).all()
     np.testing.assert_allclose(tables[0], tables[1], atol=1e-6)
+    # the conformal thresholds (xpz.model.conformal) too
+    conformal = [conformal_layer(r.model) for r in results]
+    assert conformal[0].z_edges == conformal[1].z_edges
+    np.testing.assert_allclose(conformal[0].thresholds.numpy(), conformal[1].thresholds.numpy(), atol=1e-9)
+    # the shift and the metrics reported are those of the served estimator (recalibrated CDF, conformal interval)
+    pred = predict_redshift(results[0].model, flux_matrix(splits.val))
+    z_val = splits.val["z"].to_numpy(np.float32)  # as training reads it: the threshold-setting galaxies sit on the bounds
+    m, _ = summary_metrics("", z_val, pred["z"], pred["z_lower"], pred["z_upper"], cfg.evaluate)
+    for key in ("mae", "worst_bin_bias", "coverage_68"):
+        assert results[0].calibration[f"val_{key}"] == pytest.approx(m[key], rel=1e-6), key
+    assert m["coverage_68"] >= 0.67
     assert float(ood_layer(results[0].model).threshold.numpy()) == pytest.approx(
         float(ood_layer(results[1].model).threshold.numpy()), rel=1e-6
     )

@@ -363,6 +363,7 @@ class RedshiftHyperModel(kt.HyperModel):
         return build_model(self.declare(hp), self.cfg, self.scaler)
 
 
-# the pass-through layers that trained models carry (eligibility, coverage recalibration): importing
-# this module registers every custom object a saved xpz model needs
+# the pass-through layers that trained models carry (eligibility, coverage recalibration, conformal
+# intervals): importing this module registers every custom object a saved xpz model needs
 from xpz.model import ood as _ood, recalibration as _recalibration  # noqa: E402,F401
+from xpz.model import conformal as _conformal  # noqa: E402,F401

@@ -10,6 +10,9 @@
    within `train.bias_target`, or, where no candidate reaches it, within `train.bias_slack` of the
    least biased candidate (`choose_candidate`). A shifted estimate moves its interval too, so T
    is then fitted again.
+5. after the per-group recalibration (`xpz.model.recalibration`, grouped by the shift-free median),
+   `choose_shift` chooses the shift again, by the same rule, on the recalibrated CDF that is served;
+   the 68% interval is then the conformal set of `xpz.model.conformal` (T then only shapes p(z)).
 """
 
 from __future__ import annotations
@@ -130,4 +133,31 @@ def calibrate_posterior(
         out[f"alpha_{c.alpha:g}/val_mae"] = float(c.metrics["mae"])
         out[f"alpha_{c.alpha:g}/val_worst_bin_bias"] = float(c.metrics["worst_bin_bias"])
         out[f"alpha_{c.alpha:g}/temperature"] = c.temperature
+    return out
+
+
+def choose_shift(model: keras.Model, val_fluxes: np.ndarray, val_z: np.ndarray, cfg: "Config") -> dict[str, float]:
+    """Choose the point estimate's quantile shift again, on the estimator that is served: the
+    model's recalibrated CDF (`xpz.model.recalibration`, grouped by the shift-free median, so the
+    CDF does not move with the shift). Same grids and rule (`choose_candidate`) as
+    `calibrate_posterior`, validation only; sets the shift in the model's `RedshiftPosterior`.
+    Returns the choice and its validation point metrics (`val_mae`, `val_worst_bin_bias`, ...)."""
+    from xpz.model.evaluate import summary_metrics
+    from xpz.model.posterior import _row_quantiles, point_levels, predict_posterior
+
+    layer = posterior_layer(model)
+    tcfg = cfg.train
+    _, edges, cdf = predict_posterior(model, val_fluxes)
+
+    def assess(shift_z: float, gain: float) -> Candidate:
+        z = _row_quantiles(cdf, edges, point_levels(cdf, edges, shift_z, gain))
+        m, _ = summary_metrics("", val_z, z, cfg=cfg.evaluate)
+        return Candidate(float(layer.alpha.numpy()), float(layer.temperature.numpy()), shift_z, gain, m)
+
+    candidates = [assess(0.0, 0.0)]
+    candidates += [assess(sz, g) for sz in tcfg.shift_z_grid for g in tcfg.shift_gain_grid if g > 0]
+    chosen = choose_candidate(candidates, tcfg.bias_target, tcfg.bias_slack)
+    layer.set_calibration(shift_z=chosen.shift_z, shift_gain=chosen.shift_gain)
+    out = {"shift_z": float(chosen.shift_z), "shift_gain": float(chosen.shift_gain)}
+    out.update({f"val_{k}": float(v) for k, v in chosen.metrics.items()})
     return out

@@ -295,6 +295,7 @@ class Evaluation:
     figures: dict[str, Any] = field(default_factory=dict)
     baseline_tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     pdfs: Any = None  # the test galaxies' p(z): a qp Ensemble (xpz.model.pdf_metrics), or None
+    snr_table: pd.DataFrame | None = None  # per S/N quartile (xpz.model.coverage_report)
 
     def write_pdfs(self, path: Path | str) -> Path | None:
         """The test p(z) as a qp HDF5 file (None for a model without PDFs)."""
@@ -313,24 +314,27 @@ class Evaluation:
 
     def write_tables(self, directory: Path | str) -> dict[str, Path]:
         d = Path(directory)
-        return {
-            "csv": write_table(self.bin_table, d / "bin_table.csv"),
-            "md": write_table(self.bin_table, d / "bin_table.md"),
-        }
+        out = {"csv": write_table(self.bin_table, d / "bin_table.csv"), "md": write_table(self.bin_table, d / "bin_table.md")}
+        if self.snr_table is not None:
+            out.update({f"snr_{k}": write_table(self.snr_table, d / f"snr_table.{k}") for k in ("csv", "md")})
+        return out
 
 
 def evaluate(model, splits, cfg: "Config", history: dict[str, list[float]] | None = None) -> Evaluation:
     """Metrics, per-bin table, baselines and figures of `model` on the test split."""
+    from xpz.model.coverage_report import coverage_spread, snr_metrics, snr_table
     from xpz.model.posterior import predict_posterior
 
     ecfg = cfg.evaluate
     test = splits.test
-    z_true = test[TARGET_COLUMN].to_numpy(float)
-    pred, edges, cdf = predict_posterior(model, flux_matrix(test), batch_size=ecfg.batch_size)
+    z_true, x_test = test[TARGET_COLUMN].to_numpy(float), flux_matrix(test)
+    pred, edges, cdf = predict_posterior(model, x_test, batch_size=ecfg.batch_size)
     metrics, table = summary_metrics(
         "test_", z_true, pred["z"], pred["z_lower"], pred["z_upper"], ecfg
     )
     metrics.update(bin_metrics(table))
+    snr = snr_table(z_true, pred["z"], pred["z_lower"], pred["z_upper"], x_test)
+    metrics.update({**snr_metrics(snr), **{f"test_{k}": v for k, v in coverage_spread(table, snr).items()}})
     extra_figures, pdfs = _reliability(model, test, pred, edges, cdf, cfg, metrics)
     if pdfs is not None:
         table = pdfs[1]
@@ -351,7 +355,7 @@ def evaluate(model, splits, cfg: "Config", history: dict[str, list[float]] | Non
         train_z = splits.train[TARGET_COLUMN].to_numpy(float)
         for name, zb in (
             ("baseline_mean", mean_baseline(train_z, len(test))),
-            ("baseline_knn", knn_baseline(flux_matrix(splits.train), train_z, flux_matrix(test), ecfg.knn_k)),
+            ("baseline_knn", knn_baseline(flux_matrix(splits.train), train_z, x_test, ecfg.knn_k)),
         ):
             m, t = summary_metrics(f"{name}/test_", z_true, zb, cfg=ecfg)
             metrics.update(m)
@@ -365,7 +369,7 @@ def evaluate(model, splits, cfg: "Config", history: dict[str, list[float]] | Non
     if history:
         figures["loss_curves"] = loss_curves_figure(history)
     figures.update(extra_figures)
-    return Evaluation(metrics, table, predictions, figures, baseline_tables, None if pdfs is None else pdfs[0])
+    return Evaluation(metrics, table, predictions, figures, baseline_tables, None if pdfs is None else pdfs[0], snr)
 
 
 def _reliability(model, test, pred, edges, cdf, cfg: "Config", metrics: dict[str, float]):

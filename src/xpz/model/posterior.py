@@ -104,12 +104,15 @@ def predict_posterior(model, fluxes: np.ndarray, batch_size: int = 1024):
     """Raw (n, 186) fluxes -> (DataFrame[z, z_lower, z_upper, ood_score, eligible], edges, cdf).
 
     `cdf` (n, bins + 1) is each galaxy's p(z) as a CDF at the bin `edges` after the model's
-    per-group coverage recalibration (`xpz.model.recalibration`), and z and the interval are read off
-    it; both are None for a regression model. `ood_score` / `eligible` come from the model's
-    `xpz.model.ood.OodDensity` layer; a model saved without one gives NaN and True (not assessed).
-    The network runs through its cached compiled function (`xpz.model.inference.predict_array`),
-    which gives `model.predict`'s output without its per-call overhead."""
+    per-group coverage recalibration (`xpz.model.recalibration`), and z is read off it; the interval
+    is the model's conformal set (`xpz.model.conformal`), or, for a model without one, the central
+    68% of that CDF around z; edges and cdf are None for a regression model. `ood_score` /
+    `eligible` come from the model's `xpz.model.ood.OodDensity` layer; a model saved without one
+    gives NaN and True (not assessed). The network runs through its cached compiled function
+    (`xpz.model.inference.predict_array`), which gives `model.predict`'s output without its
+    per-call overhead."""
     from xpz.model.architectures import posterior_layer
+    from xpz.model.conformal import conformal_layer
     from xpz.model.inference import predict_array
     from xpz.model.ood import ood_layer
     from xpz.model.recalibration import recalibration_layer
@@ -132,13 +135,17 @@ def predict_posterior(model, fluxes: np.ndarray, batch_size: int = 1024):
         shift = layer.point_estimate()
         cdf = _cdf(output)
         recal = recalibration_layer(model)
-        if recal is not None:
-            z0 = _row_quantiles(cdf, edges, point_levels(cdf, edges, **shift))
-            cdf = recal.apply(cdf, z0, x)
+        if recal is not None:  # groups by the median (older models: by the shifted point estimate)
+            level = 0.5 if recal.group_by == "median" else point_levels(cdf, edges, **shift)
+            cdf = recal.apply(cdf, _row_quantiles(cdf, edges, level), x)
         q = point_levels(cdf, edges, **shift)
-        q_lower = np.clip(q - INTERVAL / 2.0, 0.0, 1.0 - INTERVAL)
         z = _row_quantiles(cdf, edges, q)
-        lo, hi = _row_quantiles(cdf, edges, q_lower), _row_quantiles(cdf, edges, q_lower + INTERVAL)
+        conformal = conformal_layer(model)
+        if conformal is not None:  # the conformal set's hull (xpz.model.conformal)
+            lo, hi = conformal.interval(cdf, edges, q, z, x)
+        else:
+            q_lower = np.clip(q - INTERVAL / 2.0, 0.0, 1.0 - INTERVAL)
+            lo, hi = _row_quantiles(cdf, edges, q_lower), _row_quantiles(cdf, edges, q_lower + INTERVAL)
     frame = pd.DataFrame({"z": z, "z_lower": lo, "z_upper": hi})
     ood = ood_layer(model)
     if ood is None:

@@ -11,9 +11,12 @@ the posterior CDF F(z | x) is remapped within groups g of (predicted z, signal-t
 conformal calibration). On validation F'(z_true) is then uniform in every group, so every
 central interval, the 68% one included, covers its share there; nothing else is fitted.
 
-Groups: bins of the (pre-recalibration) point estimate of width `z_step` up to `z_max` (one open
-bin above), times the quantiles of the log total flux in `snr_groups` parts (the S/N of a spectrum
-rises monotonically with its total flux under the instrument model). A group with fewer than
+Groups: bins of the (pre-recalibration) posterior median of width `z_step` up to `z_max` (one
+open bin above), times the quantiles of the log total flux in `snr_groups` parts (the S/N of a
+spectrum rises monotonically with its total flux under the instrument model). Grouping by the
+median, which no quantile shift moves, lets `xpz.model.calibration.choose_shift` pick the point
+estimate afterwards on F' itself (models saved before `group_by` existed group by the shifted point
+estimate, as they were fitted). A group with fewer than
 `min_count` validation galaxies uses its z bin pooled over S/N, and if that is still too small,
 all galaxies. The map G_g is stored as the PIT quantiles at `LEVELS` levels in the
 `CoverageRecalibration` layer (a pass-through with weights), so a saved model carries it.
@@ -40,10 +43,13 @@ def log_total_flux(fluxes: np.ndarray) -> np.ndarray:
 class CoverageRecalibration(keras.layers.Layer):
     """Pass-through layer holding the per-group PIT maps (see module doc)."""
 
-    def __init__(self, z_edges, snr_groups: int = 4, **kwargs):
+    def __init__(self, z_edges, snr_groups: int = 4, group_by: str = "point", **kwargs):
         super().__init__(**kwargs)
         self.z_edges = [float(e) for e in z_edges]  # inner edges of the predicted-z groups
         self.snr_groups = int(snr_groups)
+        if group_by not in ("median", "point"):
+            raise ValueError(f"CoverageRecalibration: group_by must be 'median' or 'point', got {group_by!r}")
+        self.group_by = group_by  # which pre-recalibration estimate picks the z group
 
     def build(self, input_shape):
         nz, ns = len(self.z_edges) + 1, self.snr_groups
@@ -60,7 +66,8 @@ class CoverageRecalibration(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "z_edges": self.z_edges, "snr_groups": self.snr_groups}
+        return {**super().get_config(), "z_edges": self.z_edges, "snr_groups": self.snr_groups,
+                "group_by": self.group_by}  # fmt: skip
 
     def groups(self, z_point: np.ndarray, fluxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(z group, S/N group) indices of each galaxy."""
@@ -122,17 +129,19 @@ def fit_recalibration(model: keras.Model, val_fluxes, val_z, cfg: Any) -> tuple[
     returns the model carrying a `CoverageRecalibration` layer and a summary (validation coverage)."""
     from xpz.model.architectures import posterior_layer
     from xpz.model.ood import attach_layer
-    from xpz.model.posterior import predict_posterior
+    from xpz.model.conformal import cdf_at
+    from xpz.model.posterior import _row_quantiles, predict_posterior
 
     if posterior_layer(model) is None:
         return model, {}
     x = np.asarray(val_fluxes, np.float32)
     z_true = np.asarray(val_z, float)
-    pred, edges, cdf = predict_posterior(model, x)
-    pit = np.array([np.interp(z_true[i], edges, cdf[i]) for i in range(len(z_true))])
+    _, edges, cdf = predict_posterior(model, x)
+    pit = cdf_at(cdf, edges, z_true)
     n = int(round(cfg.z_max / cfg.z_step))
-    layer = CoverageRecalibration(np.round(np.arange(1, n + 1) * cfg.z_step, 10), cfg.snr_groups, name="recalibration")
-    summary = layer.fit(pit, pred["z"].to_numpy(), x, cfg.min_count)
+    layer = CoverageRecalibration(np.round(np.arange(1, n + 1) * cfg.z_step, 10), cfg.snr_groups,
+                                  group_by="median", name="recalibration")  # fmt: skip
+    summary = layer.fit(pit, _row_quantiles(cdf, edges, 0.5), x, cfg.min_count)
     wrapped = attach_layer(model, layer)
     after, _, _ = predict_posterior(wrapped, x)
     inside = (z_true >= after["z_lower"].to_numpy()) & (z_true <= after["z_upper"].to_numpy())

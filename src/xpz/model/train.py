@@ -253,7 +253,11 @@ def ensemble_model(members: Sequence[keras.Model], name: str = "xpz_ensemble") -
 
 def _fit_reliability(model, x_train, x_val, z_val, cfg: "Config") -> tuple[keras.Model, dict[str, float]]:
     """After calibration, on validation only: the per-group coverage recalibration
-    (`xpz.model.recalibration`) and the eligibility threshold (`xpz.model.ood`), stored in the model."""
+    (`xpz.model.recalibration`), then the point estimate's shift chosen again on the recalibrated
+    CDF (`xpz.model.calibration.choose_shift`), then the conformal intervals (`xpz.model.conformal`)
+    for that point estimate, and the eligibility threshold (`xpz.model.ood`), stored in the model."""
+    from xpz.model.calibration import choose_shift
+    from xpz.model.conformal import fit_conformal
     from xpz.model.ood import fit_eligibility
     from xpz.model.recalibration import fit_recalibration
 
@@ -261,6 +265,13 @@ def _fit_reliability(model, x_train, x_val, z_val, cfg: "Config") -> tuple[keras
     if cfg.coverage.enabled and posterior_layer(model) is not None:
         model, fitted = fit_recalibration(model, x_val, z_val, cfg.coverage)
         summary.update(fitted)
+        if cfg.train.calibrate:
+            summary.update(choose_shift(model, x_val, z_val, cfg))
+        if cfg.coverage.conformal:
+            model, fitted = fit_conformal(model, x_val, z_val, cfg.coverage, cfg.evaluate.bin_width,
+                                          cfg.evaluate.z_max, cfg.train.interval)  # fmt: skip
+            summary.update(fitted)
+            summary["val_coverage_68"] = fitted["val_coverage_68_conformal"]
     if cfg.eligibility.enabled:
         model, fitted = fit_eligibility(model, x_train, x_val, cfg.eligibility)
         summary.update(fitted)

@@ -200,6 +200,8 @@ def log_evaluation(tr: Tracking, run_id: str, evaluation: Any, close_figures: bo
         log_bin_table(tr, run_id, bin_table, markdown=to_md() if callable(to_md) else None)
     for name, table in (getattr(evaluation, "baseline_tables", None) or {}).items():
         log_bin_table(tr, run_id, table, name=f"per_bin_{name}")
+    if getattr(evaluation, "snr_table", None) is not None:  # per S/N quartile (xpz.model.coverage_report)
+        log_bin_table(tr, run_id, evaluation.snr_table, name="per_snr")
     predictions = getattr(evaluation, "predictions", None)
     if predictions is not None and len(predictions):
         log_frame(tr, run_id, predictions, "evaluation/predictions.parquet")
