@@ -159,8 +159,9 @@ def pit_metrics(ensemble, z_true) -> tuple[np.ndarray, dict[str, float]]:
     import warnings
 
     pit = PIT(ensemble, np.asarray(z_true, float))
-    with warnings.catch_warnings():  # scipy's AD p-value is floored at 0.001 / capped at 0.25 and says so
-        warnings.filterwarnings("ignore", message="p-value (floored|capped)", category=UserWarning)
+    with warnings.catch_warnings():  # scipy's anderson_ksamp, as qp calls it: the AD p-value is floored at
+        # 0.001 / capped at 0.25, and its `midrank` argument is deprecated; neither touches the statistic
+        warnings.filterwarnings("ignore", message="(p-value (floored|capped))|(Parameter `variant`)", category=UserWarning)
         meta = pit.calculate_pit_meta_metrics()  # the AD p-value is not reported (only its statistic)
     out = {
         "pit_ks": float(meta["ks"].statistic),
