@@ -165,6 +165,60 @@ class OodDensity(keras.layers.Layer):
         return {**self.summary(), "ood_val_eligible": float(np.mean(self.eligible(val_scores)))}
 
 
+# ---------------------------------------------------------------- fast evaluation of OodDensity.score
+def fast_score(layer: OodDensity, fluxes: np.ndarray, block: int = 2048) -> np.ndarray:
+    """`layer.score(fluxes)` evaluated faster: the same formula in float64, rearranged, for the
+    prediction paths (`xpz.model.posterior`); fitting and reports keep `OodDensity.score`.
+
+    Same result to ~1e-12 relative (rounding only): r = x - s (mean + u W) equals s (f - mean - u W),
+    u = (x W^T) / s - mean W^T equals (f - mean) W^T; the mixture's components in one matrix product
+    instead of a loop. Rows in blocks of `block`, every (block, 186) step in place (cache-sized,
+    no full-size float64 temporaries), the skinny matrix products on one BLAS thread (they are
+    memory-bound; a second thread only adds synchronisation, badly so on a shared CPU).
+    (n,) scores; +inf for unusable spectra, as `score`."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _fast_score(layer, np.asarray(fluxes), block)
+
+
+def _fast_score(layer: OodDensity, x_all: np.ndarray, block: int) -> np.ndarray:
+    mean, axes = layer._v("mean"), layer._v("axes")
+    noise_a, noise_b = layer._v("noise_a"), layer._v("noise_b")
+    log_w, mix_means, chols = layer._v("mix_log_weights"), layer._v("mix_means"), layer._v("mix_prec_chol")
+    k, (m, d) = layer.components, mix_means.shape
+    mean_u = mean @ axes.T
+    chol_cols = chols.transpose(1, 0, 2).reshape(d, m * d)  # y @ chol_j for every j at once
+    shift = np.einsum("md,mde->me", mix_means, chols).reshape(m * d)
+    const = log_w - 0.5 * d * np.log(2 * np.pi) + np.log(np.abs(np.diagonal(chols, axis1=1, axis2=2))).sum(axis=1)
+    out = np.empty(len(x_all))
+    for start in range(0, len(x_all), block):
+        x = np.array(x_all[start : start + block], dtype=np.float64)  # a copy: worked on in place
+        s = x.sum(axis=1)  # finite iff every flux is
+        valid = np.isfinite(s) & (s > 0)
+        if not valid.all():
+            x[~valid], s[~valid] = 0.0, 1.0
+        u = (x @ axes.T) / s[:, None] - mean_u
+        r = u @ axes  # -> s (mean + u W) - x = -r of `score`, in place
+        r += mean
+        r *= s[:, None]
+        r -= x
+        np.maximum(x, 0.0, out=x)  # -> the noise variance a + b max(x, 0), in place
+        x *= noise_b
+        x += noise_a
+        np.square(r, out=r)
+        r /= x
+        chi2 = r.sum(axis=1)
+        t = np.concatenate([u, np.log10(s)[:, None]], axis=1) @ chol_cols - shift
+        logs = const - 0.5 * np.square(t).reshape(len(t), m, d).sum(axis=2)
+        top = logs.max(axis=1)
+        nll = -(top + np.log(np.exp(logs - top[:, None]).sum(axis=1)))
+        score = chi2 / (N_FLUX - k) + nll / (k + 1)
+        score[~valid | ~np.isfinite(score)] = np.inf
+        out[start : start + block] = score
+    return out
+
+
 def ood_layer(model: keras.Model) -> OodDensity | None:
     """The model's fitted `OodDensity` layer, or None (a model saved before eligibility existed)."""
     for layer in reversed(model.layers):
