@@ -89,3 +89,20 @@ def test_cli_pyfunc_and_batch_paths_equal_model_predict(registered, dataset, sma
     for got in (pyfunc, served_like, cli):
         for column in ("z", "z_lower", "z_upper"):
             np.testing.assert_allclose(np.asarray(got[column]), reference[column], rtol=0, atol=1e-6)
+
+
+def test_cdf_is_the_float64_cumulative_sum_of_the_clipped_output():
+    """`posterior._cdf` (in place, float32 output summed in float64) equals its definition bit for bit."""
+    from xpz.model.posterior import _cdf
+
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.full(120, 0.3), 500).astype(np.float32)
+    p[0], p[1, 3], p[2, 5] = 0.0, -1e-9, np.nan
+    for probs in (p, p.astype(np.float64)):
+        q = np.clip(probs.astype(np.float64), 0.0, None)
+        cdf = np.concatenate([np.zeros((len(q), 1)), np.cumsum(q, axis=1)], axis=1)
+        expected = cdf / np.maximum(cdf[:, -1:], 1e-300)
+        got = _cdf(probs)
+        assert got.dtype == np.float64 and got.shape == (500, 121)
+        np.testing.assert_array_equal(got, expected)
+    assert (_cdf(p)[3:, -1] == 1.0).all() and (_cdf(p)[0] == 0.0).all()

@@ -67,6 +67,32 @@ def test_flag_keeps_galaxies_and_rejects_non_galaxies(fitted, impostors):
     assert np.isinf(scores[1:]).all()
 
 
+
+def test_fast_score_equals_the_reference_score(fitted, impostors):
+    """`fast_score` (the prediction paths' evaluation) gives `OodDensity.score` to 1e-10 relative,
+    +inf at the same rows (non-finite, all-zero, negative total), whatever the row blocks, for
+    float32 and float64 input; `predict_redshift`'s ood_score and eligible are the reference's."""
+    from xpz.model.ood import fast_score
+    from xpz.model.posterior import predict_redshift
+
+    _, wrapped, _, x = fitted
+    layer = wrapped.get_layer("eligibility")
+    odd = np.vstack([np.full((1, 186), np.nan), np.zeros((1, 186)), -x[:1], np.full((1, 186), np.inf),
+                     x[:1] * 1e4, np.where(np.arange(186) == 5, np.nan, x[1])])  # fmt: skip
+    fluxes = np.vstack([x[1000:], flux_matrix(impostors), odd]).astype(np.float32)
+    reference = layer.score(fluxes)
+    finite = np.isfinite(reference)
+    assert finite.sum() > 500 and (~finite).sum() >= 5 and np.ptp(reference[finite]) > 10
+    for block, data in ((2048, fluxes), (7, fluxes), (100, fluxes.astype(np.float64))):
+        fast = fast_score(layer, data, block=block)
+        assert fast.shape == reference.shape
+        np.testing.assert_array_equal(np.isinf(fast), ~finite)
+        np.testing.assert_allclose(fast[finite], reference[finite], rtol=1e-10, atol=1e-12)  # scores cross 0
+    pred = predict_redshift(wrapped, x[1000:])
+    np.testing.assert_allclose(pred["ood_score"], layer.score(x[1000:]), rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(pred["eligible"], layer.eligible(layer.score(x[1000:])))
+
+
 def test_threshold_and_recalibration_saved_with_the_model(fitted, tmp_path, dataset):
     import keras
 

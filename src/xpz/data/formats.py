@@ -186,7 +186,10 @@ def _identify_parquet(path: Path, zipped: bool) -> FileKind:
     try:
         pf = pq.ParquetFile(path)
         names = pf.schema_arrow.names
-        first = pf.read_row_group(0).slice(0, 1).to_pylist()[0] if pf.metadata.num_rows else {}
+        # only the columns `product_of` reads a value of (not the whole first row group, read
+        # again by every caller: several times per file on the prediction path)
+        wanted = [n for n in names if n.lower() in ("flux", "wavelength")]
+        first = pf.read_row_group(0, columns=wanted).slice(0, 1).to_pylist()[0] if wanted and pf.metadata.num_rows else {}
     except Exception as err:  # pyarrow raises several kinds; the message is what matters
         raise InputError(f"{path}: not a readable Parquet file (truncated or corrupt?): {err}") from None
     if not names:

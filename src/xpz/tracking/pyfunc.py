@@ -99,7 +99,8 @@ def as_flux_array(model_input: Any) -> np.ndarray:
             raise InputError(f"model input: expected shape (n, {N_FLUX}) of raw fluxes, got {values.shape}")
         rows = list(range(len(values)))
     with np.errstate(over="ignore", invalid="ignore"):
-        fluxes = np.asarray(values, dtype=np.float64).astype(FLUX_DTYPE)
+        # float32 input as it is (nothing can overflow); else via float64, where beyond float32 becomes inf
+        fluxes = values if values.dtype == FLUX_DTYPE else np.asarray(values, dtype=np.float64).astype(FLUX_DTYPE)
     finite = np.isfinite(fluxes)
     if not finite.all():
         bad_rows = [rows[i] for i in np.flatnonzero(~finite.all(axis=1))]
