@@ -90,7 +90,12 @@ def test_fast_score_equals_the_reference_score(fitted, impostors):
         np.testing.assert_allclose(fast[finite], reference[finite], rtol=1e-10, atol=1e-12)  # scores cross 0
     pred = predict_redshift(wrapped, x[1000:])
     np.testing.assert_allclose(pred["ood_score"], layer.score(x[1000:]), rtol=1e-10, atol=1e-12)
-    np.testing.assert_array_equal(pred["eligible"], layer.eligible(layer.score(x[1000:])))
+    # the cuts are order statistics of these very validation rows: a row sitting on a cut scores 0 to
+    # rounding in either evaluation, so compare the flag away from it
+    ref = layer.score(x[1000:])
+    away = np.abs(ref) > 1e-9
+    assert away.mean() > 0.98
+    np.testing.assert_array_equal(pred["eligible"].to_numpy()[away], layer.eligible(ref)[away])
 
 
 def test_threshold_and_recalibration_saved_with_the_model(fitted, tmp_path, dataset):
