@@ -101,7 +101,7 @@ def register(root: Path, name: str, keras_model, example: np.ndarray) -> str:
 
 def build(arch: str, base: np.ndarray, z: np.ndarray | None = None):
     """(model, trainable parameters); with the generated spectra's redshifts `z`, the model carries
-    the recalibration and eligibility layers fitted on them, as a trained model does."""
+    the recalibration, conformal-interval and eligibility layers fitted on them, as a trained model does."""
     import keras
 
     from xpz.config import load_config
@@ -126,6 +126,10 @@ def build(arch: str, base: np.ndarray, z: np.ndarray | None = None):
         cut = len(base) * 3 // 4
         if params.coverage.enabled:
             model, _ = fit_recalibration(model, base[cut:], z[cut:], params.coverage)
+            if params.coverage.conformal:
+                from xpz.model.conformal import fit_conformal
+
+                model, _ = fit_conformal(model, base[cut:], z[cut:], params.coverage)
         if params.eligibility.enabled:
             model, _ = fit_eligibility(model, base[:cut], base[cut:], params.eligibility)
     return model, n_params
@@ -147,24 +151,16 @@ def breakdown(args, model, x: np.ndarray, source: Path) -> None:
     from xpz.model.architectures import posterior_layer
     from xpz.model.inference import predict_array
     from xpz.model.ood import fast_score, ood_layer
-    from xpz.model.recalibration import recalibration_layer
 
     out = predict_array(model, x)
-    head, recal, ood = posterior_layer(model), recalibration_layer(model), ood_layer(model)
-    edges, shift = np.asarray(head.edges, np.float64), head.point_estimate()
+    head, ood = posterior_layer(model), ood_layer(model)
 
-    def post() -> None:  # what predict_posterior does with the network's output
-        cdf = posterior._cdf(out)
-        if recal is not None:
-            cdf = recal.apply(cdf, posterior._row_quantiles(cdf, edges, posterior.point_levels(cdf, edges, **shift)), x)
-        q = posterior.point_levels(cdf, edges, **shift)
-        lower = np.clip(q - posterior.INTERVAL / 2, 0.0, 1.0 - posterior.INTERVAL)
-        for level in (q, lower, lower + posterior.INTERVAL):
-            posterior._row_quantiles(cdf, edges, level)
+    def post() -> None:  # what predict_posterior does with the network's output (the same function)
+        posterior._redshifts(model, head, out, x)
 
     parts = {
         "network (predict_array, batch 1024)": lambda: predict_array(model, x),
-        "p(z) quantiles + recalibration": post,
+        "p(z): recalibration, z, conformal interval": post,
         "read fluxes (Parquet)": lambda: pd.read_parquet(source, columns=list(FLUX_COLUMNS)).to_numpy(np.float32),
     }
     if ood is not None:
