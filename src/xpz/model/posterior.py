@@ -15,8 +15,10 @@ bin of true z gives exactly this form: the Lagrangian's per-galaxy optimum is th
 0.5 - sum_b(lambda_b P(z in b | x)) / 2, so a constraint on the high-z bins raises the quantile in
 proportion to the posterior mass there. Galaxies that are surely at low z keep their median;
 `xpz.model.train.calibrate_posterior` chooses `shift_z` and `shift_gain` on the validation split.
-The interval holds the central `interval` probability around q: [q - 0.34, q + 0.34], moved
-inside [0, 1] when q is near an end, so it always contains z.
+The interval: a model carrying `xpz.model.conformal.ConformalIntervals` (every model trained now)
+gives the hull of its conformal set, which covers 68% in every bin of true z and S/N quartile on
+validation; an older model gives the central `interval` probability around q: [q - 0.34, q + 0.34],
+moved inside [0, 1] when q is near an end. Both always contain z.
 """
 
 from __future__ import annotations
@@ -172,6 +174,6 @@ def _redshifts(model, layer, output: np.ndarray, x: np.ndarray):
 
 
 def predict_redshift(model, fluxes: np.ndarray, batch_size: int = 1024) -> pd.DataFrame:
-    """Raw (n, 186) fluxes -> DataFrame[z, z_lower, z_upper, ood_score, eligible] (the central 68%
-    interval; see `predict_posterior`)."""
+    """Raw (n, 186) fluxes -> DataFrame[z, z_lower, z_upper, ood_score, eligible] (the 68% interval;
+    see `predict_posterior`)."""
     return predict_posterior(model, fluxes, batch_size)[0]
