@@ -26,8 +26,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from xpz.config import load_config  # noqa: E402
 from xpz.env import quiet_telemetry  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _registered_model import add_model_arguments, load_model  # noqa: E402
 
 SEED = 2026  # not the training seed (params data.seed)
 
@@ -57,15 +59,12 @@ def report(label: str, z_true: np.ndarray, fluxes: np.ndarray, pred: pd.DataFram
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="models:/..., runs:/..., an MLflow model folder or a .keras file "
-                    "(default: models:/<tracking.registered_model>@champion)")  # fmt: skip
-    ap.add_argument("--params", default="params.yaml")
+    add_model_arguments(ap)
     ap.add_argument("--data", default=None, help="dataset (default: params data.path)")
     ap.add_argument("--split", default=None, help="split assignment (default: params split.path)")
     ap.add_argument("--n", type=int, default=200_000, help="galaxies in the fresh set (0: none)")
     ap.add_argument("--seed", type=int, default=SEED, help="generator seed of the fresh set")
     ap.add_argument("--chunk-size", type=int, default=20_000)
-    ap.add_argument("--tracking-uri", default=None)
     args = ap.parse_args(argv)
     from xpz.hostinfo import print_host
 
@@ -74,12 +73,9 @@ def main(argv=None) -> int:
 
     from xpz.data.split import load_splits
     from xpz.data.synthetic import generate
-    from xpz.serving.batch import load_predictor
     from xpz.spectra import TARGET_COLUMN, flux_matrix
 
-    cfg = load_config(args.params)
-    model = args.model or f"models:/{cfg.tracking.registered_model}@champion"
-    predictor = load_predictor(model, args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri)
+    cfg, model, predictor = load_model(args)
     print(f"model {model} ({predictor.uri})")
     sets = []
     test = load_splits(args.data or cfg.data.path, args.split or cfg.split.path).test

@@ -24,8 +24,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from xpz.config import load_config  # noqa: E402
 from xpz.env import quiet_telemetry  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _registered_model import add_model_arguments, load_model  # noqa: E402
 
 SEED = 2027  # not the training seed
 TEMPERATURES = (3000, 4000, 5000, 6500, 9000, 15000, 30000)
@@ -34,12 +36,9 @@ EBV = (0.0, 0.1, 0.3, 0.6, 1.0)
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="models:/..., runs:/..., an MLflow model folder or a .keras file "
-                    "(default: models:/<tracking.registered_model>@champion)")  # fmt: skip
-    ap.add_argument("--params", default="params.yaml")
+    add_model_arguments(ap)
     ap.add_argument("--n", type=int, default=500, help="non-galaxies per kind, and per map cell / 2")
     ap.add_argument("--galaxies", type=int, default=20_000, help="fresh test galaxies")
-    ap.add_argument("--tracking-uri", default=None)
     args = ap.parse_args(argv)
     from xpz.hostinfo import print_host
 
@@ -49,12 +48,9 @@ def main(argv=None) -> int:
     from xpz.data.impostors import blackbody_fluxes, generate_impostors
     from xpz.data.synthetic import generate
     from xpz.model.ood import ood_layer
-    from xpz.serving.batch import load_predictor
     from xpz.spectra import flux_matrix
 
-    cfg = load_config(args.params)
-    model = args.model or f"models:/{cfg.tracking.registered_model}@champion"
-    predictor = load_predictor(model, args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri)
+    cfg, model, predictor = load_model(args)
     layer = None if predictor.keras_model is None else ood_layer(predictor.keras_model)
     if layer is None:
         print(f"model {model}: no eligibility layer (a model saved before it existed)", file=sys.stderr)

@@ -26,8 +26,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from xpz.config import load_config  # noqa: E402
 from xpz.env import quiet_telemetry  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _registered_model import add_model_arguments, load_model  # noqa: E402
 
 SEED = 2026  # not the training seed (params data.seed)
 
@@ -46,25 +48,19 @@ def shifted_sets(data_cfg, n: int) -> list[tuple[str, dict, float]]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="models:/..., runs:/..., an MLflow model folder or a .keras file "
-                    "(default: models:/<tracking.registered_model>@champion)")  # fmt: skip
-    ap.add_argument("--params", default="params.yaml")
+    add_model_arguments(ap)
     ap.add_argument("--n", type=int, default=50_000, help="galaxies per test set")
-    ap.add_argument("--tracking-uri", default=None)
     args = ap.parse_args(argv)
     from xpz.hostinfo import print_host
 
     print_host()  # CPU model, numpy sgemm GFLOP/s, reference network samples/s: compare hosts as ratios
     quiet_telemetry()
 
-    from xpz.serving.batch import load_predictor
     from xpz.model.evaluate import summary_metrics
     from xpz.spectra import TARGET_COLUMN, flux_matrix
     from xpz.data.synthetic import generate
 
-    cfg = load_config(args.params)
-    model = args.model or f"models:/{cfg.tracking.registered_model}@champion"
-    predictor = load_predictor(model, args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri)
+    cfg, model, predictor = load_model(args)
     print(f"model {model} ({predictor.uri}); {args.n:,} galaxies per set, generator seed {SEED}\n")
     print("| test set | MAE | sigma_NMAD | outliers | worst bias z<=0.5 | coverage 68 | spectra/s |")
     print("|---|---|---|---|---|---|---|")

@@ -155,7 +155,7 @@ def test_recalibration_saved_before_group_by_still_groups_by_the_point_estimate(
     import keras
 
     from xpz.model.architectures import posterior_layer
-    from xpz.model.ood import attach_layer
+    from xpz.model.passthrough import attach_layer
     from xpz.model.posterior import _cdf, _row_quantiles, point_levels, predict_redshift
     from xpz.model.recalibration import CoverageRecalibration, recalibration_layer
 

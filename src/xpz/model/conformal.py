@@ -39,6 +39,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from xpz.model.passthrough import PassThrough, attach_layer
 from xpz.model.recalibration import log_total_flux
 
 
@@ -82,7 +83,7 @@ def threshold(scores: np.ndarray, level: float) -> float:
 
 
 @keras.saving.register_keras_serializable(package="xpz")
-class ConformalIntervals(keras.layers.Layer):
+class ConformalIntervals(PassThrough):
     """Pass-through layer holding the per-cell thresholds t[b, s] (see module doc)."""
 
     def __init__(self, z_edges, snr_groups: int = 4, level: float = 0.68, **kwargs):
@@ -97,12 +98,6 @@ class ConformalIntervals(keras.layers.Layer):
                                          trainable=False, dtype="float64")  # fmt: skip
         self.thresholds = self.add_weight(name="thresholds", shape=(nb, ns), initializer="ones",
                                           trainable=False, dtype="float64")  # fmt: skip
-
-    def call(self, inputs):
-        return inputs
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
 
     def get_config(self):
         return {**super().get_config(), "z_edges": self.z_edges, "snr_groups": self.snr_groups, "level": self.level}
@@ -177,7 +172,6 @@ def fit_conformal(
     `CoverageConfig`: `snr_groups`, `min_count`) and return the model carrying a
     `ConformalIntervals` layer, with a summary (cells, fallbacks, validation coverage)."""
     from xpz.model.architectures import posterior_layer
-    from xpz.model.ood import attach_layer
     from xpz.model.posterior import point_levels, predict_posterior
 
     head = posterior_layer(model)

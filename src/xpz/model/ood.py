@@ -48,6 +48,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from xpz.model.passthrough import PassThrough, attach_layer
 from xpz.spectra import N_FLUX
 
 TERMS = ("residual", "density", "template")
@@ -87,7 +88,7 @@ def template_chi2(x: np.ndarray, var: np.ndarray, templates: np.ndarray) -> np.n
 
 
 @keras.saving.register_keras_serializable(package="xpz")
-class OodDensity(keras.layers.Layer):
+class OodDensity(PassThrough):
     """Pass-through layer holding the three models of the training galaxies and the cuts.
 
     `score(fluxes)` gives the out-of-distribution score (higher = less like the training set),
@@ -119,12 +120,6 @@ class OodDensity(keras.layers.Layer):
         self.templates = weight("templates", (self.n_templates, d), dtype="float32")
         self.term_cuts = weight("term_cuts", (len(TERMS),))
         self.term_scales = weight("term_scales", (len(TERMS),), "ones")
-
-    def call(self, inputs):
-        return inputs
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
 
     def get_config(self):
         return {**super().get_config(), "components": self.components, "mixture": self.mixture,
@@ -328,20 +323,6 @@ def ood_layer(model: keras.Model) -> OodDensity | None:
         if isinstance(layer, OodDensity) and float(layer.fitted.numpy()) > 0:
             return layer
     return None
-
-
-def attach_layer(model: keras.Model, layer: keras.layers.Layer, name: str | None = None) -> keras.Model:
-    """A model computing the same output with `layer` applied last as a pass-through (so the layer
-    and its weights are saved with the model); compiled like `model` when it was compiled."""
-    from xpz.model.architectures import RedshiftMAE, posterior_layer
-
-    wrapped = keras.Model(model.inputs, layer(model.outputs[0]), name=name or model.name)
-    loss = getattr(model, "loss", None)
-    if loss is not None:
-        head = posterior_layer(model)
-        centres = None if head is None else [0.5 * (a + b) for a, b in zip(head.edges[:-1], head.edges[1:])]
-        wrapped.compile(loss=loss, metrics=[RedshiftMAE(centres=centres)])
-    return wrapped
 
 
 def fit_eligibility(model: keras.Model, train_fluxes, val_fluxes, cfg: Any) -> tuple[keras.Model, dict[str, float]]:

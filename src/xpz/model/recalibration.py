@@ -30,6 +30,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from xpz.model.passthrough import PassThrough, attach_layer
+
 LEVELS = np.linspace(0.0, 1.0, 101)
 
 
@@ -40,7 +42,7 @@ def log_total_flux(fluxes: np.ndarray) -> np.ndarray:
 
 
 @keras.saving.register_keras_serializable(package="xpz")
-class CoverageRecalibration(keras.layers.Layer):
+class CoverageRecalibration(PassThrough):
     """Pass-through layer holding the per-group PIT maps (see module doc)."""
 
     def __init__(self, z_edges, snr_groups: int = 4, group_by: str = "point", **kwargs):
@@ -58,12 +60,6 @@ class CoverageRecalibration(keras.layers.Layer):
         self.pit_quantiles = self.add_weight(name="pit_quantiles", shape=(nz, ns, len(LEVELS)),
                                              initializer="zeros", trainable=False, dtype="float64")  # fmt: skip
         self.pit_quantiles.assign(np.broadcast_to(LEVELS, (nz, ns, len(LEVELS))))  # identity
-
-    def call(self, inputs):
-        return inputs
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
 
     def get_config(self):
         return {**super().get_config(), "z_edges": self.z_edges, "snr_groups": self.snr_groups,
@@ -128,7 +124,6 @@ def fit_recalibration(model: keras.Model, val_fluxes, val_z, cfg: Any) -> tuple[
     """Recalibrate a softmax-head model on the validation split only (`cfg`: a `CoverageConfig`);
     returns the model carrying a `CoverageRecalibration` layer and a summary (validation coverage)."""
     from xpz.model.architectures import posterior_layer
-    from xpz.model.ood import attach_layer
     from xpz.model.conformal import cdf_at
     from xpz.model.posterior import _row_quantiles, predict_posterior
 
