@@ -11,7 +11,9 @@ def add_model_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", default=None, help="models:/..., runs:/..., an MLflow model folder or a .keras file "
                     "(default: models:/<tracking.registered_model>@champion)")  # fmt: skip
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--tracking-uri", default=None, help="(default: MLFLOW_TRACKING_URI, else params tracking.uri)")
+    ap.add_argument(
+        "--tracking-uri", default=None, help="(default: MLFLOW_TRACKING_URI, else params tracking.uri)"
+    )
 
 
 def load_model(args: argparse.Namespace):

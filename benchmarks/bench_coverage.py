@@ -45,11 +45,17 @@ def report(label: str, z_true: np.ndarray, fluxes: np.ndarray, pred: pd.DataFram
     print(f"\n### {label}: {len(z_true):,} galaxies\n")
     print("| true z | count | mean error | MAE | coverage 68 |\n|---|---|---|---|---|")
     for _, r in table[table["count"] > 0].iterrows():
-        print(f"| {r['bin']} | {int(r['count'])} | {r['mean_error']:+.4f} | {r['mae']:.4f} | {r['coverage_68']:.3f} |")
-    print("\n| S/N quartile (log10 total flux) | count | mean error | MAE | coverage 68 |\n|---|---|---|---|---|")
+        print(
+            f"| {r['bin']} | {int(r['count'])} | {r['mean_error']:+.4f} | {r['mae']:.4f} | {r['coverage_68']:.3f} |"
+        )
+    print(
+        "\n| S/N quartile (log10 total flux) | count | mean error | MAE | coverage 68 |\n|---|---|---|---|---|"
+    )
     for _, r in snr.iterrows():
         span = f"{r['group']} ({r['log_flux_lo']:.2f}-{r['log_flux_hi']:.2f})"
-        print(f"| {span} | {int(r['count'])} | {r['mean_error']:+.4f} | {r['mae']:.4f} | {r['coverage_68']:.3f} |")
+        print(
+            f"| {span} | {int(r['count'])} | {r['mean_error']:+.4f} | {r['mae']:.4f} | {r['coverage_68']:.3f} |"
+        )
     print(f"\nMAE {m['mae']:.5f}, coverage {m['coverage_68']:.3f}, worst per-bin mean error "
           f"{m['worst_bin_bias']:+.4f} (bin from {m['worst_bin_bias_z']:.2f}), coverage per bin (z <= 0.45, "
           f">= 50) {m['coverage_68_bin_min']:.3f}-{m['coverage_68_bin_max']:.3f}, per S/N quartile "

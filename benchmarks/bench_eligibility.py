@@ -68,10 +68,14 @@ def main(argv=None) -> int:
     n = max(args.n // 2, 20)
     for noise in (cfg.data.noise, 0.0):
         data = cfg.data.model_copy(update={"noise": noise})
-        print(f"blackbodies flagged, T (rows, K) x E(B-V) (columns), noise x{noise:g}, G {data.g_min}-{data.g_max}")
+        print(
+            f"blackbodies flagged, T (rows, K) x E(B-V) (columns), noise x{noise:g}, G {data.g_min}-{data.g_max}"
+        )
         print("| T \\ E(B-V) | " + " | ".join(f"{e:g}" for e in EBV) + " |\n" + "|---" * (len(EBV) + 1) + "|")
         for t in TEMPERATURES:
-            row = [flagged(blackbody_fluxes(np.full(n, float(t)), np.full(n, e), data, seed=SEED)) for e in EBV]
+            row = [
+                flagged(blackbody_fluxes(np.full(n, float(t)), np.full(n, e), data, seed=SEED)) for e in EBV
+            ]
             print(f"| {t} | " + " | ".join(f"{v:.2f}" for v in row) + " |", flush=True)
         print()
     g = -2.5 * np.log10(np.clip(x.sum(axis=1), 1e-9, None))

@@ -56,7 +56,9 @@ def prefect_api(root: Path):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--profile", default="smoke")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--n-galaxies", type=int, default=None, help="override data.n_galaxies")
@@ -82,16 +84,20 @@ def main() -> None:
     t0 = time.perf_counter()
     rows = generate_dataset(cfg.data, cfg.data.path, progress=False)
     split_dataset(cfg.data.path, cfg.split)
-    print(f"profile {args.profile}: {rows:,} galaxies generated and split in {time.perf_counter() - t0:.1f} s ({root})")
+    print(
+        f"profile {args.profile}: {rows:,} galaxies generated and split in {time.perf_counter() - t0:.1f} s ({root})"
+    )
 
     with prefect_api(root) as (api_url, server_start):
         if server_start:
             print(f"prefect server started in {server_start:.1f} s at {api_url}")
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
         import importlib.util
 
-        spec = importlib.util.spec_from_file_location("bench_train_pipeline", REPO / "flows" / "train_pipeline.py")
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        spec = importlib.util.spec_from_file_location(
+            "bench_train_pipeline", REPO / "flows" / "train_pipeline.py"
+        )
         flow_mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(flow_mod)
         from xpz import pipeline
@@ -146,9 +152,13 @@ def main() -> None:
     print(f"| measure ({args.profile}, {rows:,} galaxies, median of {args.repeats}) | seconds |")
     print("|---|---|")
     print(f"| library: pipeline.run_pipeline(cfg) | {lib:.1f} |")
-    print(f"| flow: train_pipeline(...) in-process (Prefect API {'given' if not server_start else 'local server'}) | {flw:.1f} |")
+    print(
+        f"| flow: train_pipeline(...) in-process (Prefect API {'given' if not server_start else 'local server'}) | {flw:.1f} |"
+    )
     print(f"| orchestration overhead (flow - library) | {flw - lib:+.1f} ({100 * (flw - lib) / lib:+.0f}%) |")
-    print(f"| `python flows/train_pipeline.py` (DVC stage; interpreter + imports included) | {process_s:.1f} |")
+    print(
+        f"| `python flows/train_pipeline.py` (DVC stage; interpreter + imports included) | {process_s:.1f} |"
+    )
     if task_times:
         print()
         print("| task (last in-process flow run) | seconds |")
@@ -157,7 +167,9 @@ def main() -> None:
             print(f"| {name} | {secs:.1f} |")
         print(f"| (sum of task run times) | {sum(task_times.values()):.1f} |")
         print(f"| flow run time recorded by Prefect | {flow_run_s:.1f} |")
-        print(f"| Prefect bookkeeping: flow run - sum of tasks | {flow_run_s - sum(task_times.values()):.1f} |")
+        print(
+            f"| Prefect bookkeeping: flow run - sum of tasks | {flow_run_s - sum(task_times.values()):.1f} |"
+        )
     print(json.dumps({"library_s": lib, "flow_s": flw, "overhead_s": flw - lib, "process_s": process_s,
                       "rows": rows, "profile": args.profile}))  # fmt: skip
 

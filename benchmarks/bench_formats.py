@@ -164,7 +164,10 @@ def main() -> None:
         import pandas as pd
 
         a, b = (pd.read_parquet(p) for p in results.values())
-        print(f"[check] same z from both inputs: max |dz| = {np.abs(a['z'] - b['z']).max():.2e} over {len(a):,} sources", flush=True)
+        print(
+            f"[check] same z from both inputs: max |dz| = {np.abs(a['z'] - b['z']).max():.2e} over {len(a):,} sources",
+            flush=True,
+        )
     print(f"[env] load average at the end {os.getloadavg()[0]:.1f}", flush=True)
 
 

@@ -67,7 +67,9 @@ def throughput(cfg, fluxes: np.ndarray, z: np.ndarray) -> dict[str, float]:
         (
             f"default CNN, batch {tcfg.batch_size}",
             lambda: build_model(
-                flat_hyperparameters(cfg.model.default), cfg.model, fit_scaler(fluxes, cfg.model.normalize_flux)
+                flat_hyperparameters(cfg.model.default),
+                cfg.model,
+                fit_scaler(fluxes, cfg.model.normalize_flux),
             ),
             tcfg.batch_size,
             16384,
@@ -90,7 +92,9 @@ def throughput(cfg, fluxes: np.ndarray, z: np.ndarray) -> dict[str, float]:
             flush=True,
         )
     again = reference_samples_per_s()
-    print(f"throughput  reference network again      {again:8.0f} samples/s (drift {again / out['reference'] - 1:+.0%})")
+    print(
+        f"throughput  reference network again      {again:8.0f} samples/s (drift {again / out['reference'] - 1:+.0%})"
+    )
     return out
 
 
@@ -133,13 +137,18 @@ def profile(cfg, fluxes: np.ndarray, z: np.ndarray, n: int = 16384) -> None:
         ("regression head (Huber, 1 output)", lambda: variant(loss="huber"), cached),
         ("1-layer model (per-batch overhead)", tiny, cached),
     ]
-    print(f"profile of one training epoch, {n:,} samples, batch {batch} (best of 2 epochs after a tracing one)")
+    print(
+        f"profile of one training epoch, {n:,} samples, batch {batch} (best of 2 epochs after a tracing one)"
+    )
     for name, build, ds in cases:
         model = build()
         model.fit(ds.take(3), epochs=1, verbose=0)
         rate = _fit_rate(model, ds, n=n)
-        print(f"profile  {name:36s} {1000 / rate * 1000:7.1f} ms per 1,000 samples  ({rate:7.0f}/s, "
-              f"{rate / ref:.3f} x reference)", flush=True)
+        print(
+            f"profile  {name:36s} {1000 / rate * 1000:7.1f} ms per 1,000 samples  ({rate:7.0f}/s, "
+            f"{rate / ref:.3f} x reference)",
+            flush=True,
+        )
     print(f"profile  reference network again        {reference_samples_per_s():7.0f}/s")
 
 
@@ -174,24 +183,28 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-default", action="store_true", help="only the seed recipe (needs --budget)")
     ap.add_argument("--budget", type=float, help="seed recipe wall time (default: the default pipeline's)")
     ap.add_argument("--throughput-only", action="store_true")
-    ap.add_argument("--profile-step", action="store_true", help="where the default CNN's training step goes, then exit")
+    ap.add_argument(
+        "--profile-step", action="store_true", help="where the default CNN's training step goes, then exit"
+    )
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--save", help="save the default model here (.keras)")
     args = ap.parse_args(argv)
     quiet_telemetry()
 
+    from xpz.data.split import split_dataset
     from xpz.model.evaluate import evaluate, summary_metrics, table_markdown
     from xpz.model.posterior import predict_redshift
-    from xpz.spectra import flux_matrix
-    from xpz.data.split import split_dataset
     from xpz.model.train import train_model
     from xpz.model.tune import tune
+    from xpz.spectra import flux_matrix
 
     cfg = load_config(args.params, profile=args.profile, overrides={"train.verbose": 0, "tune.enabled": True})
     df = load_data(args, cfg)
     splits = split_dataset(df, cfg.split)
     x_train, z_train = flux_matrix(splits.train), splits.train["z"].to_numpy(np.float32)
-    print(f"data: {len(df)} galaxies; train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}")
+    print(
+        f"data: {len(df)} galaxies; train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}"
+    )
     if args.profile_step:
         profile(cfg, x_train, z_train)
         return 0
@@ -233,14 +246,24 @@ def main(argv=None) -> int:
         t1 = time.perf_counter()
         seed_res = train_model(splits, seed_cfg)
         seed_wall = time.perf_counter() - t1
-        print(f"seed recipe: {seed_res.epochs} epochs in {seed_res.seconds:.0f} s, {seed_res.samples_per_s:.0f} samples/s")
+        print(
+            f"seed recipe: {seed_res.epochs} epochs in {seed_res.seconds:.0f} s, {seed_res.samples_per_s:.0f} samples/s"
+        )
         seed_ev = evaluate(seed_res.model, splits, seed_cfg)
         if args.skip_default:
             ev = seed_ev
         results.append(("seed recipe (Table 2, batch 16), equal wall time", seed_wall, seed_ev.metrics, "test_",
                         seed_res.model))  # fmt: skip
     results.append(("predict the training mean", None, ev.metrics, "baseline_mean/test_", None))
-    results.append((f"kNN (k={cfg.evaluate.knn_k}) on unit-normalised fluxes", None, ev.metrics, "baseline_knn/test_", None))
+    results.append(
+        (
+            f"kNN (k={cfg.evaluate.knn_k}) on unit-normalised fluxes",
+            None,
+            ev.metrics,
+            "baseline_knn/test_",
+            None,
+        )
+    )
 
     print("\n| model | wall | test MAE | sigma_NMAD | outliers | worst bias z<=0.5 | coverage 68 |")
     print("|---|---|---|---|---|---|---|")
@@ -259,7 +282,9 @@ def main(argv=None) -> int:
             if model is None:
                 continue
             p = predict_redshift(model, flux_matrix(extra))
-            m, t = summary_metrics("", extra["z"].to_numpy(), p["z"], p["z_lower"], p["z_upper"], cfg.evaluate)
+            m, t = summary_metrics(
+                "", extra["z"].to_numpy(), p["z"], p["z_lower"], p["z_upper"], cfg.evaluate
+            )
             tables[name] = t
             print(row(name, None, m, "").replace("| - |", "|", 1))
         print(f"\n{results[0][0]}, per-bin table (independent set):\n")

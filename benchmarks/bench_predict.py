@@ -57,8 +57,8 @@ from xpz.spectra import FLUX_COLUMNS  # noqa: E402
 def base_catalogue(n: int, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
     """(fluxes (n, 186) float32, true redshifts (n,)) of generated galaxies."""
     from xpz.config import DataConfig
-    from xpz.spectra import flux_matrix
     from xpz.data.synthetic import generate
+    from xpz.spectra import flux_matrix
 
     frame = generate(DataConfig(n_galaxies=n, seed=seed, chunk_size=n))
     return flux_matrix(frame), frame["z"].to_numpy()
@@ -74,7 +74,7 @@ def write_tiled(path: Path, base: np.ndarray, rows: int, chunk: int = 65536, fir
     with pq.ParquetWriter(path, sch) as writer:
         for start in range(0, rows, chunk):
             n = min(chunk, rows - start)
-            idx = (np.arange(start, start + n) % len(base))
+            idx = np.arange(start, start + n) % len(base)
             arrays = [pa.array(np.arange(start, start + n, dtype=np.int64) + first_id)]
             block = base[idx]
             arrays += [pa.array(block[:, j]) for j in range(block.shape[1])]
@@ -161,7 +161,9 @@ def breakdown(args, model, x: np.ndarray, source: Path) -> None:
     parts = {
         "network (predict_array, batch 1024)": lambda: predict_array(model, x),
         "p(z): recalibration, z, conformal interval": post,
-        "read fluxes (Parquet)": lambda: pd.read_parquet(source, columns=list(FLUX_COLUMNS)).to_numpy(np.float32),
+        "read fluxes (Parquet)": lambda: pd.read_parquet(source, columns=list(FLUX_COLUMNS)).to_numpy(
+            np.float32
+        ),
     }
     if ood is not None:
         parts["eligibility score (fast_score)"] = lambda: fast_score(ood, x)
@@ -275,23 +277,47 @@ def dask_speedup(args, work: Path, base: np.ndarray, z: np.ndarray, uris: dict[s
     catalogue = work / "catalogue"
     catalogue.mkdir(exist_ok=True)
     per = args.dask_rows // args.partitions
-    parts = [write_tiled(catalogue / f"part-{i:03d}.parquet", base, per, first_id=i * per) for i in range(args.partitions)]
+    parts = [
+        write_tiled(catalogue / f"part-{i:03d}.parquet", base, per, first_id=i * per)
+        for i in range(args.partitions)
+    ]
 
     predictor = load_predictor(model_ref, uri)
     predictor.predict(base[:2048])
-    single = predict_file(catalogue, work / "single.parquet", predictor, chunk_size=args.chunk_size, progress=False)
+    single = predict_file(
+        catalogue, work / "single.parquet", predictor, chunk_size=args.chunk_size, progress=False
+    )
     reference = pd.read_parquet(single.out)
-    print(f"[dask] {arch} on {single.rows:,} spectra in {len(parts)} partitions: one process (TF default threads) "
-          f"{single.seconds:.1f} s ({single.spectra_per_s:,.0f}/s)", flush=True)
+    print(
+        f"[dask] {arch} on {single.rows:,} spectra in {len(parts)} partitions: one process (TF default threads) "
+        f"{single.seconds:.1f} s ({single.spectra_per_s:,.0f}/s)",
+        flush=True,
+    )
     for tf_threads in (None, 1):
         env = {} if tf_threads is None else {"TF_NUM_INTRAOP_THREADS": str(tf_threads), "TF_NUM_INTEROP_THREADS": "1",
                                              "OMP_NUM_THREADS": str(tf_threads)}  # fmt: skip
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", env=env) as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", env=env
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             client.run(_warm, model_ref, uri)  # each worker loads the model once, as in the flow
             out_dir = work / f"dask_out_{tf_threads}"
             out_dir.mkdir(exist_ok=True)
             t = time.perf_counter()
-            futures = [client.submit(_predict_partition, str(p), str(out_dir / p.name), model_ref, uri, args.chunk_size, pure=False) for p in parts]
+            futures = [
+                client.submit(
+                    _predict_partition,
+                    str(p),
+                    str(out_dir / p.name),
+                    model_ref,
+                    uri,
+                    args.chunk_size,
+                    pure=False,
+                )
+                for p in parts
+            ]
             rows = sum(client.gather(futures))
             dask_s = time.perf_counter() - t
         distributed = pd.concat([pd.read_parquet(out_dir / p.name) for p in parts], ignore_index=True)
@@ -309,15 +335,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=200_000, help="spectra for the throughput test")
     parser.add_argument("--models", default="seed,default", help="architectures for the throughput test")
-    parser.add_argument("--memory-rows", type=int, default=2_000_000, help="rows for the peak-memory test (0: skip)")
-    parser.add_argument("--memory-model", default="default", help="architecture for the memory test (seed, default)")
+    parser.add_argument(
+        "--memory-rows", type=int, default=2_000_000, help="rows for the peak-memory test (0: skip)"
+    )
+    parser.add_argument(
+        "--memory-model", default="default", help="architecture for the memory test (seed, default)"
+    )
     parser.add_argument("--dask-rows", type=int, default=200_000, help="rows for the Dask test (0: skip)")
     parser.add_argument("--dask-model", default="default")
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--chunk-size", type=int, default=16384)
     parser.add_argument("--base", type=int, default=4000, help="generated spectra that are tiled")
     parser.add_argument("--work-dir", default=None)
-    parser.add_argument("--repeats", type=int, default=2, help="timed passes of each predictor (best is printed)")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="timed passes of each predictor (best is printed)"
+    )
     parser.add_argument("--breakdown", action="store_true", help="also time the parts of xpz predict's work")
     args = parser.parse_args()
     args.models = [m for m in args.models.split(",") if m]
@@ -336,7 +368,10 @@ def main() -> None:
         work = Path(tmp)
         t = time.perf_counter()
         base, z = base_catalogue(args.base)
-        print(f"[input] {len(base):,} generated spectra in {time.perf_counter() - t:.1f} s, tiled as needed", flush=True)
+        print(
+            f"[input] {len(base):,} generated spectra in {time.perf_counter() - t:.1f} s, tiled as needed",
+            flush=True,
+        )
         uris = throughput(args, work, base, z) if args.n and args.models else {}
         if args.memory_rows:
             peak_memory(args, work, base, z, uris)

@@ -56,9 +56,9 @@ def main(argv=None) -> int:
     print_host()  # CPU model, numpy sgemm GFLOP/s, reference network samples/s: compare hosts as ratios
     quiet_telemetry()
 
+    from xpz.data.synthetic import generate
     from xpz.model.evaluate import summary_metrics
     from xpz.spectra import TARGET_COLUMN, flux_matrix
-    from xpz.data.synthetic import generate
 
     cfg, model, predictor = load_model(args)
     print(f"model {model} ({predictor.uri}); {args.n:,} galaxies per set, generator seed {SEED}\n")

@@ -67,7 +67,13 @@ def predict_partition(
 
     predictor = cached_predictor(model_uri, tracking_uri)
     result = predict_file(partition, out, predictor, fmt=fmt, chunk_size=chunk_size, progress=False)
-    return {"partition": partition, "out": out, "rows": result.rows, "seconds": round(result.seconds, 3), "pid": os.getpid()}
+    return {
+        "partition": partition,
+        "out": out,
+        "rows": result.rows,
+        "seconds": round(result.seconds, 3),
+        "pid": os.getpid(),
+    }
 
 
 @flow(name="xpz-batch-predict", log_prints=True)
@@ -80,8 +86,8 @@ def batch_predict(
     chunk_size: int = 16384,
 ) -> dict[str, Any]:
     """Predict every partition of `catalogue` (a folder of Parquet/CSV/ECSV files) into `out_dir`."""
-    from xpz.serving.batch import default_tracking_uri, resolve_model
     from xpz.data.stream import list_partitions
+    from xpz.serving.batch import default_tracking_uri, resolve_model
 
     start = time.perf_counter()
     tracking_uri = tracking_uri or default_tracking_uri(None)  # the argument, else MLFLOW_TRACKING_URI
@@ -90,7 +96,12 @@ def batch_predict(
     parts = list_partitions(root)
     outs = [str(output_path(p, root, out_root)) for p in parts]
     futures = predict_partition.map(
-        [str(p) for p in parts], outs, unmapped(uri), unmapped(tracking_uri), unmapped(fmt), unmapped(chunk_size)
+        [str(p) for p in parts],
+        outs,
+        unmapped(uri),
+        unmapped(tracking_uri),
+        unmapped(fmt),
+        unmapped(chunk_size),
     )
     results = [f.result() for f in futures]
     rows = sum(r["rows"] for r in results)
@@ -101,7 +112,10 @@ def batch_predict(
 
 
 def dask_task_runner(
-    address: str | None = None, workers: int = 2, tf_threads: int | None = None, env: dict[str, str] | None = None
+    address: str | None = None,
+    workers: int = 2,
+    tf_threads: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> DaskTaskRunner:
     """A runner on an existing scheduler (`address`) or on a local cluster of worker processes
     (one Dask thread each; `env` is added to the workers' environment).
@@ -112,13 +126,27 @@ def dask_task_runner(
     bit-identical results need the same setting on both sides."""
     if address:
         return DaskTaskRunner(address=address)
-    worker_env = {"TF_CPP_MIN_LOG_LEVEL": "2", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", **(env or {})}
+    worker_env = {
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+        **(env or {}),
+    }
     if tf_threads:
-        worker_env.update(TF_NUM_INTRAOP_THREADS=str(tf_threads), TF_NUM_INTEROP_THREADS="1", OMP_NUM_THREADS=str(tf_threads))
+        worker_env.update(
+            TF_NUM_INTRAOP_THREADS=str(tf_threads),
+            TF_NUM_INTEROP_THREADS="1",
+            OMP_NUM_THREADS=str(tf_threads),
+        )
     return DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
-        cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                        "dashboard_address": ":0", "env": worker_env},  # fmt: skip
+        cluster_kwargs={
+            "n_workers": workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": ":0",
+            "env": worker_env,
+        },  # fmt: skip
     )
 
 
@@ -162,7 +190,12 @@ def run(
         env = {"PREFECT_API_URL": api_url} if api_url else {}
         runner = dask_task_runner(address, workers, tf_threads, env)
         return batch_predict.with_options(task_runner=runner)(
-            str(catalogue), str(out_dir), model=model, tracking_uri=tracking_uri, fmt=fmt, chunk_size=chunk_size
+            str(catalogue),
+            str(out_dir),
+            model=model,
+            tracking_uri=tracking_uri,
+            fmt=fmt,
+            chunk_size=chunk_size,
         )
 
 
@@ -174,8 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: MLFLOW_TRACKING_URI)")
     parser.add_argument("--address", default=None, help="existing Dask scheduler, e.g. tcp://host:8786")
     parser.add_argument("--workers", type=int, default=2, help="local cluster: worker processes")
-    parser.add_argument("--tf-threads", type=int, default=None,
-                        help="TensorFlow threads per local worker (default: TensorFlow's; see dask_task_runner)")
+    parser.add_argument(
+        "--tf-threads",
+        type=int,
+        default=None,
+        help="TensorFlow threads per local worker (default: TensorFlow's; see dask_task_runner)",
+    )
     parser.add_argument("--format", dest="fmt", default="auto")
     parser.add_argument("--chunk-size", type=int, default=16384)
     parser.add_argument("--summary", default=None, help="write the flow's summary here (JSON)")

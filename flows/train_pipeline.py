@@ -39,7 +39,11 @@ REPORTS_DIR = Path("reports")
 ARTIFACT_KEY = "xpz-train-summary"
 # Steps that talk to a server (MLflow set-up, logging, registration) retry with back-off 2 s, 4 s, 8 s.
 server_task = partial(
-    task, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), timeout_seconds=600, cache_policy=NONE
+    task,
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    timeout_seconds=600,
+    cache_policy=NONE,
 )
 local_task = partial(task, cache_policy=NONE)
 
@@ -169,7 +173,9 @@ def promote(tr: Any, registration: Any) -> dict[str, str]:
     aliases = tracking.aliases(tr)
     champion = aliases.get(tracking.CHAMPION)
     if registration.promoted and champion != registration.version:
-        get_run_logger().warning("version %s was promoted, champion is now version %s", registration.version, champion)
+        get_run_logger().warning(
+            "version %s was promoted, champion is now version %s", registration.version, champion
+        )
     get_run_logger().info("aliases of %s: %s", tr.registered_model, aliases)
     return aliases
 

@@ -85,7 +85,9 @@ def random_frame(n: int = 400, seed: int = 0):
     from xpz.spectra import FLUX_COLUMNS
 
     rng = np.random.default_rng(seed)
-    df = pd.DataFrame(rng.uniform(0.1, 10.0, size=(n, len(FLUX_COLUMNS))).astype("float32"), columns=list(FLUX_COLUMNS))
+    df = pd.DataFrame(
+        rng.uniform(0.1, 10.0, size=(n, len(FLUX_COLUMNS))).astype("float32"), columns=list(FLUX_COLUMNS)
+    )
     df.insert(0, "z", np.clip(rng.gamma(3.34, 0.142 / 3.34, n), 1e-4, 0.6))
     df.insert(0, "source_id", (np.arange(n, dtype=np.int64) + 1) * 1_000_003)
     return df

@@ -55,7 +55,7 @@ class ServerProcess:
     home: Path
     health_path: str = "/health"
 
-    def wait_healthy(self, timeout_s: float = START_TIMEOUT_S) -> "ServerProcess":
+    def wait_healthy(self, timeout_s: float = START_TIMEOUT_S) -> ServerProcess:
         _wait_healthy(self, f"{self.url}{self.health_path}", timeout_s)
         return self
 
@@ -98,7 +98,9 @@ def _wait_healthy(server: ServerProcess, health_url: str, timeout_s: float = STA
             last = str(err)
         time.sleep(0.5)
     server.stop()
-    raise RuntimeError(f"{server.name} not healthy at {health_url} after {timeout_s:.0f} s ({last}):\n{server.log_tail()}")
+    raise RuntimeError(
+        f"{server.name} not healthy at {health_url} after {timeout_s:.0f} s ({last}):\n{server.log_tail()}"
+    )
 
 
 def _spawn(name: str, cmd: list[str], home: Path, env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
@@ -225,7 +227,11 @@ def use_servers(pair: Servers) -> Iterator[Servers]:
     os.environ.pop("MLFLOW_REGISTRY_URI", None)
     try:
         with temporary_settings(
-            updates={PREFECT_API_URL: pair.prefect.url, PREFECT_HOME: pair.client_home, PREFECT_LOGGING_LEVEL: "WARNING"}
+            updates={
+                PREFECT_API_URL: pair.prefect.url,
+                PREFECT_HOME: pair.client_home,
+                PREFECT_LOGGING_LEVEL: "WARNING",
+            }
         ):
             yield pair
     finally:
@@ -277,7 +283,9 @@ def make_project(
             node = node.setdefault(part, {})
         node[leaf] = value
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    shutil.copytree(REPO / "flows", root / "flows", ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+    shutil.copytree(
+        REPO / "flows", root / "flows", ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True
+    )
     (root / "data").mkdir(exist_ok=True)
     shutil.copy(dataset, root / "data" / "galaxies.parquet")
     if split:
@@ -347,10 +355,14 @@ def flow_run_logs(flow_run_id, min_level: int = 0, timeout_s: float = 30, contai
     def read() -> str:
         with get_client(sync_client=True) as client:
             logs = client.read_logs(
-                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]), level=LogFilterLevel(ge_=min_level))
+                LogFilter(
+                    flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]), level=LogFilterLevel(ge_=min_level)
+                )
             )
         return "\n".join(log.message for log in logs)
 
     if contains is None:
         return read()
-    return wait_for(lambda: (text := read()) and contains in text and text, timeout_s, 1.0, f"log text {contains!r}")
+    return wait_for(
+        lambda: (text := read()) and contains in text and text, timeout_s, 1.0, f"log text {contains!r}"
+    )

@@ -30,7 +30,9 @@ def test_the_default_and_smoke_profiles_have_no_clock():
 def test_without_a_time_limit_training_runs_every_epoch(splits):  # noqa: F811
     from xpz.model.train import train_model
 
-    cfg = _cfg(train={"epochs": 3, "patience": 50, "lr_schedule": "cosine", "members": 2, "max_seconds": None})
+    cfg = _cfg(
+        train={"epochs": 3, "patience": 50, "lr_schedule": "cosine", "members": 2, "max_seconds": None}
+    )
     result = train_model(splits, cfg)
     assert result.epochs == 3 and len(result.history["member_1/loss"]) == 3
     assert result.stopped_by_time_limit is False
@@ -49,7 +51,9 @@ def test_cosine_schedule_depends_on_steps_only():
     for step in range(5):
         cb.on_train_batch_begin(step)
         lrs.append(float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
-    np.testing.assert_allclose(lrs, [1.0, 0.5 * (1 + np.cos(np.pi / 4)), 0.5, 0.5 * (1 + np.cos(3 * np.pi / 4)), 0.0], atol=1e-6)
+    np.testing.assert_allclose(
+        lrs, [1.0, 0.5 * (1 + np.cos(np.pi / 4)), 0.5, 0.5 * (1 + np.cos(3 * np.pi / 4)), 0.0], atol=1e-6
+    )
 
 
 def test_a_set_time_limit_that_stops_training_tags_the_run(splits, tmp_path):  # noqa: F811

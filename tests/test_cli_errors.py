@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import copy_params, random_frame
-from xpz.data.io import write_dataset
 from xpz.cli import app
+from xpz.data.io import write_dataset
 
 runner = CliRunner()
 
@@ -18,15 +18,39 @@ CORRUPT_PARQUET = b"PAR1 this is not a parquet file at all" * 10
 # (label, argv, words the message must contain); paths are relative to the test's workdir
 CASES = [
     # -S overrides, profiles, params files: every command that reads params
-    *[(f"{cmd} bad -S", [*cmd.split(), "-S", "train.epochs"], ["KEY=VALUE"])
-      for cmd in ("data generate", "data split", "tune", "train", "evaluate --model m", "run", "schedule show")],
-    *[(f"{cmd} unknown -S key", [*cmd.split(), "-S", "train.no_such_knob=3"], ["no_such_knob"])
-      for cmd in ("data generate", "run", "schedule show")],
+    *[
+        (f"{cmd} bad -S", [*cmd.split(), "-S", "train.epochs"], ["KEY=VALUE"])
+        for cmd in (
+            "data generate",
+            "data split",
+            "tune",
+            "train",
+            "evaluate --model m",
+            "run",
+            "schedule show",
+        )
+    ],
+    *[
+        (f"{cmd} unknown -S key", [*cmd.split(), "-S", "train.no_such_knob=3"], ["no_such_knob"])
+        for cmd in ("data generate", "run", "schedule show")
+    ],
     ("run bad -S value", ["run", "-S", "train.epochs=many"], ["epochs"]),
-    *[(f"{cmd} unknown profile", [*cmd.split(), "--profile", "nope"], ["nope"])
-      for cmd in ("data generate", "data validate", "data show", "tune", "models", "promote 1", "schedule show")],
-    *[(f"{cmd} missing params", [*cmd.split(), "--params", "missing.yaml"], ["missing.yaml"])
-      for cmd in ("data generate", "data validate", "train", "models", "schedule show")],
+    *[
+        (f"{cmd} unknown profile", [*cmd.split(), "--profile", "nope"], ["nope"])
+        for cmd in (
+            "data generate",
+            "data validate",
+            "data show",
+            "tune",
+            "models",
+            "promote 1",
+            "schedule show",
+        )
+    ],
+    *[
+        (f"{cmd} missing params", [*cmd.split(), "--params", "missing.yaml"], ["missing.yaml"])
+        for cmd in ("data generate", "data validate", "train", "models", "schedule show")
+    ],
     ("corrupt params", ["data", "split", "--params", "corrupt.yaml"], ["corrupt.yaml"]),
     # data files: missing, corrupt
     ("validate missing file", ["data", "validate", "--path", "missing.parquet"], ["missing.parquet"]),
@@ -51,8 +75,10 @@ CASES = [
     ("evaluate unknown run", ["evaluate", "--run-id", "0123456789abcdef"], ["0123456789abcdef"]),
     ("promote unknown version", ["promote", "99"], ["99"]),
     # schedules: bad cron, time zone
-    *[(f"schedule {cmd} bad cron", ["schedule", *cmd.split(), "--cron", "61 * * * *"], ["61 * * * *"])
-      for cmd in ("show", "serve", "deploy --work-pool p")],
+    *[
+        (f"schedule {cmd} bad cron", ["schedule", *cmd.split(), "--cron", "61 * * * *"], ["61 * * * *"])
+        for cmd in ("show", "serve", "deploy --work-pool p")
+    ],
     ("schedule bad cron in params", ["schedule", "show", "-S", "schedule.cron=* * *"], ["cron"]),
     ("schedule -S cron, not YAML", ["schedule", "show", "-S", "schedule.cron=61 * * * *"], ["61 * * * *"]),
     ("schedule bad time zone", ["schedule", "show", "-S", "schedule.timezone=Mars/Base"], ["Mars/Base"]),
@@ -87,7 +113,9 @@ def test_bad_input_gives_one_message_and_exit_2(project, monkeypatch, label, arg
     output = result.output
     assert result.exit_code == 2, f"{label}: exit {result.exit_code}\n{output}\n{result.exception!r}"
     assert "Traceback" not in output, output
-    assert output.startswith("error: ") and sum(line.startswith("error: ") for line in output.splitlines()) == 1, output
+    assert (
+        output.startswith("error: ") and sum(line.startswith("error: ") for line in output.splitlines()) == 1
+    ), output
     assert all(w in output for w in words), f"{label}: {words} not in {output!r}"
 
 
@@ -104,10 +132,16 @@ def test_prefect_startup_timeout_is_one_clear_message(tmp_path):
     shutil.copytree(REPO / "flows", tmp_path / "flows", ignore=shutil.ignore_patterns("__pycache__"))
     copy_params(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="0")
+    env.update(
+        PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="0"
+    )
     proc = subprocess.run([sys.executable, "flows/train_pipeline.py", "--profile", "smoke"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in errors[0] and "PREFECT_API_URL" in errors[0]
+    assert (
+        len(errors) == 1
+        and "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in errors[0]
+        and "PREFECT_API_URL" in errors[0]
+    )

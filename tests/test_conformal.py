@@ -53,9 +53,13 @@ def test_category_edges_merge_sparse_top_bins():
     from xpz.model.conformal import category_edges
 
     z = np.concatenate([np.full(100, 0.02), np.full(100, 0.07), np.full(30, 0.42), np.full(30, 0.57)])
-    np.testing.assert_allclose(category_edges(z, 0.05, 0.6, 50), [0.0, 0.05, 0.4, 0.6])  # empty bins join below
+    np.testing.assert_allclose(
+        category_edges(z, 0.05, 0.6, 50), [0.0, 0.05, 0.4, 0.6]
+    )  # empty bins join below
     np.testing.assert_allclose(category_edges(z, 0.05, 0.6, 100), [0.0, 0.05, 0.6])
-    np.testing.assert_allclose(category_edges(z, 0.05, 0.6, 120), [0.0, 0.6])  # the lowest joins the one above
+    np.testing.assert_allclose(
+        category_edges(z, 0.05, 0.6, 120), [0.0, 0.6]
+    )  # the lowest joins the one above
     np.testing.assert_allclose(category_edges(z, 0.05, 0.6, 10_000), [0.0, 0.6])
 
 
@@ -165,7 +169,9 @@ def test_recalibration_saved_before_group_by_still_groups_by_the_point_estimate(
     layer = CoverageRecalibration([0.1, 0.2], 2, name="recalibration")
     layer.build((None, 1))
     rng = np.random.default_rng(0)
-    layer.pit_quantiles.assign(np.sort(rng.uniform(size=(3, 2, 101)), axis=-1) ** np.array([1.0, 2.0])[None, :, None])
+    layer.pit_quantiles.assign(
+        np.sort(rng.uniform(size=(3, 2, 101)), axis=-1) ** np.array([1.0, 2.0])[None, :, None]
+    )
     model = attach_layer(base, layer)
     path = tmp_path / "old.keras"
     model.save(path)
@@ -186,7 +192,9 @@ def test_recalibration_saved_before_group_by_still_groups_by_the_point_estimate(
     edges = np.asarray(posterior_layer(loaded).edges)
     cdf = _cdf(loaded.predict(x, verbose=0))
     shift = {"shift_z": 0.1, "shift_gain": 0.6}
-    remapped = recalibration_layer(loaded).apply(cdf, _row_quantiles(cdf, edges, point_levels(cdf, edges, **shift)), x)
+    remapped = recalibration_layer(loaded).apply(
+        cdf, _row_quantiles(cdf, edges, point_levels(cdf, edges, **shift)), x
+    )
     q = point_levels(remapped, edges, **shift)
     q_lo = np.clip(q - 0.34, 0.0, 0.32)
     np.testing.assert_allclose(got["z"], _row_quantiles(remapped, edges, q), atol=1e-6)

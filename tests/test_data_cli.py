@@ -27,7 +27,16 @@ def md5(path):
 
 def test_generate_validate_split_show(workdir):
     params = str(copy_params(workdir))
-    common = ["--params", params, "--profile", "smoke", "-S", "data.n_galaxies=1200", "-S", "data.chunk_size=500"]
+    common = [
+        "--params",
+        params,
+        "--profile",
+        "smoke",
+        "-S",
+        "data.n_galaxies=1200",
+        "-S",
+        "data.chunk_size=500",
+    ]
     invoke("data", "generate", *common)
     data = workdir / "data" / "galaxies.parquet"
     first = md5(data)
@@ -53,7 +62,11 @@ def test_generate_validate_split_show(workdir):
 
 
 def test_help_on_every_command():
-    for cmd in (["--help"], ["data", "--help"], *[["data", c, "--help"] for c in ("generate", "import", "validate", "split", "show")]):
+    for cmd in (
+        ["--help"],
+        ["data", "--help"],
+        *[["data", c, "--help"] for c in ("generate", "import", "validate", "split", "show")],
+    ):
         out = invoke(*cmd)
         assert "Usage" in out
 
@@ -79,6 +92,8 @@ def test_validate_other_path_leaves_the_projects_output_alone(workdir, small_dat
     frame = pd.read_parquet(small_dataset_path)
     frame.loc[frame.index[:3], "flux_010"] = float("nan")
     frame.to_parquet(bad)
-    result = runner.invoke(app, ["data", "validate", "--params", params, "--profile", "smoke", "--path", str(bad)])
+    result = runner.invoke(
+        app, ["data", "validate", "--params", params, "--profile", "smoke", "--path", str(bad)]
+    )
     assert result.exit_code in (1, 2), result.output
     assert project_result.read_bytes() == before  # untouched by both

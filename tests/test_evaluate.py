@@ -148,7 +148,13 @@ def test_evaluate_end_to_end_on_a_tiny_model(tmp_path):
         assert key in ev.metrics
     assert ev.metrics["baseline_knn/test_mae"] < ev.metrics["baseline_mean/test_mae"]
     assert set(ev.figures) == {"loss_curves", "bin_bias", "z_histogram", "pred_vs_true", "pit"}
-    for key in ("test_pit_ks", "test_crps", "test_ez_sigma_nmad", "test_ez_outlier_rate_3sigma_iqr", "bin_0.10-0.15/crps"):
+    for key in (
+        "test_pit_ks",
+        "test_crps",
+        "test_ez_sigma_nmad",
+        "test_ez_outlier_rate_3sigma_iqr",
+        "bin_0.10-0.15/crps",
+    ):
         assert np.isfinite(ev.metrics[key])
     assert ev.pdfs.npdf == 60
     assert list(ev.predictions.columns[:5]) == ["source_id", "z_true", "z", "z_lower", "z_upper"]
@@ -156,7 +162,9 @@ def test_evaluate_end_to_end_on_a_tiny_model(tmp_path):
     assert "0.05-0.10" in ev.table_markdown()
     # coverage per S/N quartile (xpz.model.coverage_report), logged like the per-bin coverage
     assert list(ev.snr_table["count"]) == [15, 15, 15, 15]
-    inside = (ev.predictions["z_true"] >= ev.predictions["z_lower"]) & (ev.predictions["z_true"] <= ev.predictions["z_upper"])
+    inside = (ev.predictions["z_true"] >= ev.predictions["z_lower"]) & (
+        ev.predictions["z_true"] <= ev.predictions["z_upper"]
+    )
     assert (ev.snr_table["coverage_68"] * 15).sum() == pytest.approx(inside.sum())
     assert ev.metrics["snr_q1/coverage_68"] == pytest.approx(ev.snr_table["coverage_68"].iloc[0])
     assert ev.metrics["test_coverage_68_snr_min"] == pytest.approx(ev.snr_table["coverage_68"].min())

@@ -31,13 +31,13 @@ import pytest
 
 from conftest_servers import (
     REPO,
+    flow_run_logs,
     make_project,
     process_output,
     run_flow_process,
     stop_process_group,
     use_servers,
     wait_for,
-    flow_run_logs,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -53,7 +53,9 @@ def _flow_module():
 
     if "xpz_flow_train_pipeline" in sys.modules:
         return sys.modules["xpz_flow_train_pipeline"]
-    spec = importlib.util.spec_from_file_location("xpz_flow_train_pipeline", REPO / "flows" / "train_pipeline.py")
+    spec = importlib.util.spec_from_file_location(
+        "xpz_flow_train_pipeline", REPO / "flows" / "train_pipeline.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -105,7 +107,11 @@ def project(spawned_servers, tmp_path_factory, small_dataset_path, server_pair) 
     # spawned_servers first: the servers start while the dataset is generated
     root = tmp_path_factory.mktemp("flows") / "project"
     return make_project(
-        root, small_dataset_path, MODEL, EXPERIMENT, overrides={"tune.max_trials": MAX_TRIALS, "train.epochs": 2}
+        root,
+        small_dataset_path,
+        MODEL,
+        EXPERIMENT,
+        overrides={"tune.max_trials": MAX_TRIALS, "train.epochs": 2},
     )
 
 
@@ -158,7 +164,12 @@ def first_run(project, crashed_then_resumed, server_pair):
 
 def test_flow_run_is_completed_in_prefect_with_summary_artifact(servers, first_run):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
 
     state = first_run["state"]
     assert state.is_completed(), state.message
@@ -169,7 +180,9 @@ def test_flow_run_is_completed_in_prefect_with_summary_artifact(servers, first_r
 
     with get_client(sync_client=True) as client:
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
     names = {t.name.rsplit("-", 1)[0] for t in tasks}
     assert {"validate", "split-check", "start-mlflow-run", "tune", "train", "evaluate", "log-evaluation",
             "log-model", "register", "promote", "write-reports", "summary-artifact"} <= names  # fmt: skip
@@ -194,9 +207,13 @@ def test_mlflow_run_has_per_bin_metrics_figures_and_a_champion_version(servers, 
     assert tags["xpz.profile"] == "smoke" and tags["xpz.split_digest.test"]
 
     figures = mlflow_get(servers, "artifacts/list", run_id=run_id, path="figures").get("files", [])
-    assert {"figures/bin_bias.png", "figures/pred_vs_true.png", "figures/z_histogram.png"} <= {f["path"] for f in figures}
+    assert {"figures/bin_bias.png", "figures/pred_vs_true.png", "figures/z_histogram.png"} <= {
+        f["path"] for f in figures
+    }
     # the artifact bytes come back over HTTP through the server's artifact proxy
-    url = f"{servers.mlflow.url}/get-artifact?" + urllib.parse.urlencode({"run_id": run_id, "path": "evaluation/per_bin.csv"})
+    url = f"{servers.mlflow.url}/get-artifact?" + urllib.parse.urlencode(
+        {"run_id": run_id, "path": "evaluation/per_bin.csv"}
+    )
     with urllib.request.urlopen(url, timeout=30) as resp:
         assert resp.read().decode().startswith("bin,")
 
@@ -208,7 +225,9 @@ def test_mlflow_run_has_per_bin_metrics_figures_and_a_champion_version(servers, 
     # the DVC outputs of the run
     reports = project / "reports"
     assert json.loads((reports / "run.json").read_text())["run_id"] == run_id
-    assert json.loads((reports / "metrics.json").read_text())["test_mae"] == pytest.approx(metrics["test_mae"])
+    assert json.loads((reports / "metrics.json").read_text())["test_mae"] == pytest.approx(
+        metrics["test_mae"]
+    )
     assert (reports / "bin_table.csv").read_text().startswith("bin,z_lo,z_hi,mean_error")
     assert {p.name for p in (reports / "figures").glob("*.png")} >= {"bin_bias.png", "pred_vs_true.png"}
 
@@ -229,7 +248,9 @@ def test_rerun_after_a_crash_in_tuning_resumes_the_search(servers, first_run):
     assert not rerun_ids & {name.removeprefix("trial_") for name in completed_before}
 
 
-def test_invalid_data_fails_the_flow_with_the_summary_and_registers_nothing(servers, first_run, project, tmp_path):
+def test_invalid_data_fails_the_flow_with_the_summary_and_registers_nothing(
+    servers, first_run, project, tmp_path
+):
     from xpz.data.io import read_dataset, write_dataset
 
     flow_mod = _flow_module()
@@ -240,7 +261,11 @@ def test_invalid_data_fails_the_flow_with_the_summary_and_registers_nothing(serv
     df.loc[7, "z"] = 0.95
     df.loc[8, "flux_010"] = np.nan
     write_dataset(df, bad / "data" / "galaxies.parquet")
-    before_versions, before_aliases, before_runs = versions(servers), aliases(servers), len(pipeline_runs(servers))
+    before_versions, before_aliases, before_runs = (
+        versions(servers),
+        aliases(servers),
+        len(pipeline_runs(servers)),
+    )
 
     state = flow_mod.train_pipeline(params=str(bad / "params.yaml"), reports_dir=str(bad / "reports"),
                                     overrides={"data.path": str(bad / "data" / "galaxies.parquet"),
@@ -309,4 +334,7 @@ def test_validation_cache_key_follows_the_data_digest(tmp_path):
     assert key != policy.compute_key(None, {"data_path": str(data), "cfg": ValidateConfig(min_rows=5)}, {})
     data.write_bytes(b"two")
     assert key != policy.compute_key(None, {"data_path": str(data), "cfg": ValidateConfig()}, {})
-    assert policy.compute_key(None, {"data_path": str(tmp_path / "missing"), "cfg": ValidateConfig()}, {}) is None
+    assert (
+        policy.compute_key(None, {"data_path": str(tmp_path / "missing"), "cfg": ValidateConfig()}, {})
+        is None
+    )

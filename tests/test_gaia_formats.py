@@ -46,7 +46,7 @@ def _null_markers(dst: Path) -> Path:
                 line = line.replace(",,", ",null,")
         elif line.startswith(str(GOOD[1])):
             start = line.index('"[') + 2
-            line = line[:start] + "null" + line[line.index(",", start):]
+            line = line[:start] + "null" + line[line.index(",", start) :]
         out.append(line)
     dst.write_text("\n".join(out) + "\n")
     return dst
@@ -56,7 +56,9 @@ def _parquet(dst: Path, lists: bool) -> Path:
     frame = pd.read_csv(FIXTURES / "XP_CONTINUOUS_RAW_with_missing_BP.csv")
     if lists:
         for c in ("bp_coefficients", "rp_coefficients"):
-            frame[c] = [None if pd.isna(v) else [float(x) for x in v.strip("()").split(",")] for v in frame[c]]
+            frame[c] = [
+                None if pd.isna(v) else [float(x) for x in v.strip("()").split(",")] for v in frame[c]
+            ]
         frame = frame[["rp_coefficients", "source_id", "bp_coefficients"]]  # reduced and reordered
     frame.to_parquet(dst, index=False)  # text cells "(...)": a query result saved with pandas
     return dst
@@ -64,7 +66,9 @@ def _parquet(dst: Path, lists: bool) -> Path:
 
 def _reduced_csv(dst: Path) -> Path:
     frame = pd.read_csv(FIXTURES / "XP_CONTINUOUS_RAW_with_missing_BP.csv")
-    frame[["rp_coefficients", "source_id", "bp_coefficients"]].rename(columns={"source_id": "SOURCE_ID"}).to_csv(dst, index=False)
+    frame[["rp_coefficients", "source_id", "bp_coefficients"]].rename(
+        columns={"source_id": "SOURCE_ID"}
+    ).to_csv(dst, index=False)
     return dst
 
 
@@ -74,7 +78,9 @@ def mixed_files(tmp: Path) -> dict[str, Path]:
     return {
         **{f"{s}": p for s, p in src.items()},
         "csv.gz": _gz(src["csv"], tmp / "mixed.csv.gz"),
-        "ecsv as .csv.gz (bulk layout)": _gz(src["ecsv"], tmp / "XpContinuousMeanSpectrum_000000-003111.csv.gz"),
+        "ecsv as .csv.gz (bulk layout)": _gz(
+            src["ecsv"], tmp / "XpContinuousMeanSpectrum_000000-003111.csv.gz"
+        ),
         "fits.gz": _gz(src["fits"], tmp / "mixed.fits.gz"),
         "votable, no suffix": Path(shutil.copy(src["xml"], tmp / "mixed_votable")),
         "upper-case SOURCE_ID (ecsv)": _upper_ids(src["ecsv"], tmp / "upper.ecsv"),
@@ -104,7 +110,9 @@ def good_files(tmp: Path) -> dict[str, Path]:
 def _votable_binary(dst: Path) -> Path:
     from astropy.table import Table
 
-    Table.read(FIXTURES / "XP_CONTINUOUS_RAW_plain.xml").write(dst, format="votable", tabledata_format="binary")
+    Table.read(FIXTURES / "XP_CONTINUOUS_RAW_plain.xml").write(
+        dst, format="votable", tabledata_format="binary"
+    )
     assert b"<BINARY>" in dst.read_bytes()
     return dst
 
@@ -120,7 +128,9 @@ def test_every_container_gives_the_same_fluxes_and_rejects(tmp_path):
         spectra, rejects = read_xp_continuous(path)
         assert spectra["source_id"].tolist() == GOOD, name
         np.testing.assert_allclose(flux_matrix(spectra), flux_matrix(reference), rtol=1e-6, err_msg=name)
-        assert rejects.to_dict("records") == [{"row": 1, "source_id": NO_BP, "reject_reason": "no BP spectrum"}], name
+        assert rejects.to_dict("records") == [
+            {"row": 1, "source_id": NO_BP, "reject_reason": "no BP spectrum"}
+        ], name
 
 
 def test_null_markers_reject_the_source_not_the_file(tmp_path):
@@ -212,11 +222,22 @@ def _refused(tmp: Path) -> dict[str, tuple[Path, list[str]]]:
     rvs = tmp / "RVS-Gaia DR3 6.xml"
     from astropy.table import Table
 
-    Table({"wavelength": np.linspace(846, 870, 2401), "flux": np.ones(2401), "flux_error": np.ones(2401)}).write(rvs, format="votable")
+    Table(
+        {"wavelength": np.linspace(846, 870, 2401), "flux": np.ones(2401), "flux_error": np.ones(2401)}
+    ).write(rvs, format="votable")
     convert = tmp / "output_spectra.csv"
-    pd.DataFrame({"source_id": [1, 1], "xp": ["BP", "RP"], "flux": ["(1.0, 2.0)"] * 2, "flux_error": ["(0.1, 0.1)"] * 2}).to_csv(convert, index=False)
+    pd.DataFrame(
+        {
+            "source_id": [1, 1],
+            "xp": ["BP", "RP"],
+            "flux": ["(1.0, 2.0)"] * 2,
+            "flux_error": ["(0.1, 0.1)"] * 2,
+        }
+    ).to_csv(convert, index=False)
     calibrate = tmp / "calibrated.fits"
-    Table({"source_id": [1, 2], "flux": np.ones((2, 343)), "flux_error": np.ones((2, 343))}).write(calibrate, format="fits")
+    Table({"source_id": [1, 2], "flux": np.ones((2, 343)), "flux_error": np.ones((2, 343))}).write(
+        calibrate, format="fits"
+    )
     ids = tmp / "ids.csv"
     pd.DataFrame({"source_id": GOOD}).to_csv(ids, index=False)
     noise = tmp / "noise.ecsv"
@@ -226,7 +247,9 @@ def _refused(tmp: Path) -> dict[str, tuple[Path, list[str]]]:
     truncated_gz.write_bytes(full[: len(full) // 2])
     lines = (FIXTURES / "XP_CONTINUOUS_RAW.ecsv").read_text().splitlines(keepends=True)
     n_head = next(i for i, ln in enumerate(lines) if not ln.startswith("#")) + 1
-    big = gzip.compress("".join(lines[:n_head] + lines[n_head:] * 150).encode())  # ~6 MB: past the sniffed head
+    big = gzip.compress(
+        "".join(lines[:n_head] + lines[n_head:] * 150).encode()
+    )  # ~6 MB: past the sniffed head
     truncated_late = tmp / "bulk_truncated.csv.gz"
     truncated_late.write_bytes(big[: int(len(big) * 0.8)])
     fits_bytes = (FIXTURES / "XP_CONTINUOUS_RAW.fits").read_bytes()
@@ -276,12 +299,28 @@ def test_files_that_are_not_xp_continuous_say_what_they_are(registered, tmp_path
 
 def test_import_applies_the_same_rules_and_writes_a_rejects_report(tmp_path):
     params = copy_params(tmp_path)  # the fixtures are 3 bright stars: relax the galaxy-set checks
-    params.write_text(params.read_text().replace("min_rows: 1000", "min_rows: 1").replace("flux_max: 2000.0", "flux_max: 1.0e9"))
+    params.write_text(
+        params.read_text()
+        .replace("min_rows: 1000", "min_rows: 1")
+        .replace("flux_max: 2000.0", "flux_max: 1.0e9")
+    )
     redshifts = tmp_path / "z.csv"
-    pd.DataFrame({"SOURCE_ID": MIXED_IDS, "z": [0.1, 0.2, 0.3]}).rename(columns=str.lower).to_csv(redshifts, index=False)
+    pd.DataFrame({"SOURCE_ID": MIXED_IDS, "z": [0.1, 0.2, 0.3]}).rename(columns=str.lower).to_csv(
+        redshifts, index=False
+    )
     out = tmp_path / "data" / "galaxies.parquet"
     source = _gz(FIXTURES / "XP_CONTINUOUS_RAW_with_missing_BP.ecsv", tmp_path / "bulk.csv.gz")
-    code, text = run_cli("data", "import", str(source), "--params", str(params), "--out", str(out), "--redshifts", str(redshifts))
+    code, text = run_cli(
+        "data",
+        "import",
+        str(source),
+        "--params",
+        str(params),
+        "--out",
+        str(out),
+        "--redshifts",
+        str(redshifts),
+    )
     assert code == 0, text
     imported = pd.read_parquet(out)
     assert imported["source_id"].tolist() == GOOD and imported["z"].tolist() == [0.1, 0.3]
@@ -299,7 +338,17 @@ def test_import_applies_the_same_rules_and_writes_a_rejects_report(tmp_path):
     with zipfile.ZipFile(bundle, "w") as zf:
         zf.write(FIXTURES / "XP_CONTINUOUS_RAW_with_missing_BP.xml", "XP_CONTINUOUS-Gaia DR3 mixed.xml")
         zf.write(FIXTURES / "XP_SAMPLED_RAW_dr3int6.csv", "XP_SAMPLED-Gaia DR3 6.csv")
-    code, text = run_cli("data", "import", str(bundle), "--params", str(params), "--out", str(out), "--redshifts", str(redshifts))
+    code, text = run_cli(
+        "data",
+        "import",
+        str(bundle),
+        "--params",
+        str(params),
+        "--out",
+        str(out),
+        "--redshifts",
+        str(redshifts),
+    )
     assert code == 0, text
     assert pd.read_parquet(out)["source_id"].tolist() == GOOD
     report = pd.read_csv(tmp_path / "data" / "galaxies.rejects.csv")

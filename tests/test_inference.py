@@ -80,11 +80,20 @@ def test_cli_pyfunc_and_batch_paths_equal_model_predict(registered, dataset, sma
     x = flux_matrix(dataset)
     with use_tracking_uri(registered.tracking_uri):
         reference = model_predict_redshifts(load_keras_model(registered.champion), x)
-        pyfunc = mlflow.pyfunc.load_model(registered.champion).predict(pd.DataFrame(x, columns=list(FLUX_COLUMNS)))
-    served_like = load_predictor(registered.champion, registered.tracking_uri).predict(x)  # what `xpz serve` calls
+        pyfunc = mlflow.pyfunc.load_model(registered.champion).predict(
+            pd.DataFrame(x, columns=list(FLUX_COLUMNS))
+        )
+    served_like = load_predictor(registered.champion, registered.tracking_uri).predict(
+        x
+    )  # what `xpz serve` calls
     cli = pd.read_parquet(
-        predict_file(small_dataset_path, tmp_path / "p.parquet", registered.champion, progress=False,
-                     tracking_uri=registered.tracking_uri).out  # fmt: skip
+        predict_file(
+            small_dataset_path,
+            tmp_path / "p.parquet",
+            registered.champion,
+            progress=False,
+            tracking_uri=registered.tracking_uri,
+        ).out  # fmt: skip
     )
     for got in (pyfunc, served_like, cli):
         for column in ("z", "z_lower", "z_upper"):

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from conftest import copy_params, random_frame
 from xpz.cli import app
-from xpz.errors import InputError
 from xpz.data.io import read_dataset, read_seed_csv, write_dataset
+from xpz.errors import InputError
 from xpz.files import atomic_path
 from xpz.spectra import FLUX_COLUMNS
 
@@ -27,7 +27,19 @@ def import_cli(tmp_path, source, *extra):
     params = copy_params(tmp_path)
     out = tmp_path / "out" / "galaxies.parquet"
     result = runner.invoke(
-        app, ["data", "import", str(source), "--params", str(params), "--profile", "smoke", "--out", str(out), *extra]
+        app,
+        [
+            "data",
+            "import",
+            str(source),
+            "--params",
+            str(params),
+            "--profile",
+            "smoke",
+            "--out",
+            str(out),
+            *extra,
+        ],
     )
     return result, out
 

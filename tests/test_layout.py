@@ -47,7 +47,11 @@ def _allowed(imported: str, prefixes: set[str]) -> bool:
 def test_subpackage_imports_stay_inside_their_layer(package):
     bad = []
     for path in sorted((SRC / package).rglob("*.py")):
-        bad += [f"{path.relative_to(SRC)} imports {m}" for m in sorted(_xpz_imports(path)) if not _allowed(m, ALLOWED[package])]
+        bad += [
+            f"{path.relative_to(SRC)} imports {m}"
+            for m in sorted(_xpz_imports(path))
+            if not _allowed(m, ALLOWED[package])
+        ]
     assert not bad, "layer violations:\n" + "\n".join(bad)
 
 

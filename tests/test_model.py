@@ -198,7 +198,7 @@ def test_hypermodel_builds_within_bounds():
 def test_flat_hyperparameters_of_default_config():
     flat = flat_hyperparameters(ModelConfig().default)
     assert flat["conv_layers"] == len(ModelConfig().default.conv_filters)
-    assert prune_hyperparameters({**flat, "filters_9": 3})  == flat
+    assert prune_hyperparameters({**flat, "filters_9": 3}) == flat
 
 
 @pytest.mark.parametrize(

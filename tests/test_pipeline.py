@@ -67,7 +67,12 @@ def test_pipeline_logs_one_run_with_nested_trials(env):
     contexts = {t.value for d in run.inputs.dataset_inputs for t in d.tags if t.key == "mlflow.data.context"}
     assert contexts == {"training", "validation", "testing"}
     artifacts = {f.path for d in ("figures", "evaluation") for f in client.list_artifacts(result.run_id, d)}
-    assert {"evaluation/per_bin.csv", "evaluation/per_bin.md", "figures/pred_vs_true.png", "figures/loss_curves.png"} <= artifacts
+    assert {
+        "evaluation/per_bin.csv",
+        "evaluation/per_bin.md",
+        "figures/pred_vs_true.png",
+        "figures/loss_curves.png",
+    } <= artifacts
 
 
 def test_first_model_is_champion_and_serves_raw_fluxes(env, small_dataset_path):
@@ -83,7 +88,9 @@ def test_first_model_is_champion_and_serves_raw_fluxes(env, small_dataset_path):
     got = champion.predict(flux_matrix(splits.test))
     expected = result.evaluation.predictions
     np.testing.assert_allclose(got["z"].to_numpy(), expected["z"].to_numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(got["z_lower"].to_numpy(), expected["z_lower"].to_numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        got["z_lower"].to_numpy(), expected["z_lower"].to_numpy(), rtol=1e-5, atol=1e-6
+    )
 
     reports = env["root"] / "reports"
     run_doc = json.loads((reports / "run.json").read_text())
@@ -100,7 +107,11 @@ def test_second_run_follows_the_champion_rule_and_cli(env):
     from xpz.cli.model import app
 
     cfg, tr, first = env["cfg"], env["tr"], env["result"]
-    cfg2 = load_config(REPO / "params.yaml", profile="smoke", overrides={**env["overrides"], "train.epochs": 1, "evaluate.baselines": False})
+    cfg2 = load_config(
+        REPO / "params.yaml",
+        profile="smoke",
+        overrides={**env["overrides"], "train.epochs": 1, "evaluate.baselines": False},
+    )
     second = pipeline.run_pipeline(cfg2, tr=tr, tune=False, repo=REPO)
     assert second.model_version == "2"
     better = second.evaluation.metrics["test_mae"] < first.evaluation.metrics["test_mae"]

@@ -19,7 +19,17 @@ from typer.testing import CliRunner
 from xpz.spectra import FLUX_COLUMNS, flux_matrix
 from xpz_models import fit_coefficients, model_predict_redshifts, write_gaia_csv, write_gaia_ecsv
 
-OUT_COLUMNS = ["source_id", "z", "z_lower", "z_upper", "ood_score", "eligible", "model_name", "model_version", "reject_reason"]
+OUT_COLUMNS = [
+    "source_id",
+    "z",
+    "z_lower",
+    "z_upper",
+    "ood_score",
+    "eligible",
+    "model_name",
+    "model_version",
+    "reject_reason",
+]
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +65,17 @@ def cli_predict(registered, source: Path, out: Path, *extra: str):
 # ------------------------------------------------------------------------------ good input
 
 
-def test_parquet_predictions_match_the_models_own(registered, dataset, small_dataset_path, keras_model, tmp_path):
+def test_parquet_predictions_match_the_models_own(
+    registered, dataset, small_dataset_path, keras_model, tmp_path
+):
     out = cli_predict(registered, small_dataset_path, tmp_path / "pred.parquet")
     assert list(out.columns) == OUT_COLUMNS
     assert len(out) == len(dataset)
     assert (out["source_id"].to_numpy() == dataset["source_id"].to_numpy()).all()  # order kept
     assert set(out["model_name"]) == {registered.name} and set(out["model_version"]) == {registered.version}
-    own = model_predict_redshifts(keras_model, flux_matrix(dataset))  # plain model.predict, not the compiled path
+    own = model_predict_redshifts(
+        keras_model, flux_matrix(dataset)
+    )  # plain model.predict, not the compiled path
     for column in ("z", "z_lower", "z_upper"):
         np.testing.assert_allclose(out[column].to_numpy(), own[column].to_numpy(), rtol=0, atol=1e-6)
     assert out["z_lower"].lt(out["z"]).all() and out["z"].lt(out["z_upper"]).all()
@@ -94,25 +108,34 @@ def test_gaia_coefficient_files_use_the_importers_conversion(registered, dataset
     fluxes = coefficients_to_fluxes(bp, rp)
     assert np.abs(fluxes - flux_matrix(subset)).max() < 0.05 * np.abs(flux_matrix(subset)).max()
     expected = predictor.predict(fluxes)
-    for path in (write_gaia_csv(tmp_path / "xp.csv", ids, bp, rp), write_gaia_ecsv(tmp_path / "xp.ecsv", ids, bp, rp)):
+    for path in (
+        write_gaia_csv(tmp_path / "xp.csv", ids, bp, rp),
+        write_gaia_ecsv(tmp_path / "xp.ecsv", ids, bp, rp),
+    ):
         out = cli_predict(registered, path, tmp_path / f"{path.name}.parquet", "--chunk-size", "64")
         assert (out["source_id"].to_numpy() == ids).all()
         np.testing.assert_array_equal(out["z"].to_numpy(), expected["z"].to_numpy())
         np.testing.assert_array_equal(out["z_upper"].to_numpy(), expected["z_upper"].to_numpy())
         imported = read_gaia_xp_continuous(path)  # the importer's whole-file path
-        np.testing.assert_array_equal(predictor.predict(flux_matrix(imported))["z"].to_numpy(), out["z"].to_numpy())
+        np.testing.assert_array_equal(
+            predictor.predict(flux_matrix(imported))["z"].to_numpy(), out["z"].to_numpy()
+        )
 
 
 def test_seed_csv_and_partitioned_folder(registered, dataset, small_dataset_path, predictor, tmp_path):
     from xpz.serving.batch import predict_file
 
-    reference = pd.read_parquet(predict_file(small_dataset_path, tmp_path / "ref.parquet", predictor, progress=False).out)
+    reference = pd.read_parquet(
+        predict_file(small_dataset_path, tmp_path / "ref.parquet", predictor, progress=False).out
+    )
     # the seed's layout: z then 186 fluxes, no header, no source_id (row numbers become ids)
     seed = tmp_path / "seed.csv"
     dataset[["z", *FLUX_COLUMNS]].to_csv(seed, header=False, index=False)
     out = cli_predict(registered, seed, tmp_path / "seed.parquet", "--chunk-size", "333")
     assert (out["source_id"].to_numpy() == np.arange(len(dataset))).all()
-    np.testing.assert_allclose(out["z"].to_numpy(), reference["z"].to_numpy(), rtol=0, atol=1e-6)  # CSV text rounds
+    np.testing.assert_allclose(
+        out["z"].to_numpy(), reference["z"].to_numpy(), rtol=0, atol=1e-6
+    )  # CSV text rounds
     # a folder of partitions: each file is predicted from its own first row
     folder = tmp_path / "catalogue"
     folder.mkdir()
@@ -121,7 +144,12 @@ def test_seed_csv_and_partitioned_folder(registered, dataset, small_dataset_path
         dataset.iloc[a:b].to_parquet(folder / f"part-{i}.parquet", index=False)
     whole = cli_predict(registered, folder, tmp_path / "folder.parquet")
     per_file = pd.concat(
-        [pd.read_parquet(predict_file(p, tmp_path / f"{p.stem}.out.parquet", predictor, progress=False).out) for p in sorted(folder.iterdir())],
+        [
+            pd.read_parquet(
+                predict_file(p, tmp_path / f"{p.stem}.out.parquet", predictor, progress=False).out
+            )
+            for p in sorted(folder.iterdir())
+        ],
         ignore_index=True,
     )
     pd.testing.assert_frame_equal(whole, per_file, check_exact=True)
@@ -167,13 +195,28 @@ def _bad_inputs(dataset: pd.DataFrame, tmp: Path) -> dict[str, tuple[Path, list[
     gaia_noid.write_text(gaia_noid.read_text().replace("source_id,", "sourceid,", 1))
     return {
         "185 fluxes (csv)": (csv185, ["fluxes185.csv", "expected 186", "found 185"]),
-        "185 fluxes (parquet)": (_parquet(small.drop(columns=["flux_185"]), tmp / "f185.parquet"), ["f185.parquet", "flux_185"]),
-        "NaN flux (late chunk)": (_parquet(nan, tmp / "nan.parquet"), ["nan.parquet", "NaN", "rows 1400", "flux_010"]),
-        "NaN flux (first chunk)": (_parquet(nan_first, tmp / "nan_first.parquet"), ["nan_first.parquet", "rows 3", "flux_020"]),
+        "185 fluxes (parquet)": (
+            _parquet(small.drop(columns=["flux_185"]), tmp / "f185.parquet"),
+            ["f185.parquet", "flux_185"],
+        ),
+        "NaN flux (late chunk)": (
+            _parquet(nan, tmp / "nan.parquet"),
+            ["nan.parquet", "NaN", "rows 1400", "flux_010"],
+        ),
+        "NaN flux (first chunk)": (
+            _parquet(nan_first, tmp / "nan_first.parquet"),
+            ["nan_first.parquet", "rows 3", "flux_020"],
+        ),
         "inf flux (csv)": (nan_csv, ["nan.csv", "rows 9", "flux_100"]),
         "non-numeric": (text, ["text.csv", "flux_007", "non-numeric", "rows 2", "bright"]),
-        "missing source_id column": (_parquet(small.drop(columns=["source_id"]), tmp / "noid.parquet"), ["noid.parquet", "source_id"]),
-        "empty source_id": (_parquet(null_id, tmp / "nullid.parquet"), ["nullid.parquet", "source_id", "rows 5"]),
+        "missing source_id column": (
+            _parquet(small.drop(columns=["source_id"]), tmp / "noid.parquet"),
+            ["noid.parquet", "source_id"],
+        ),
+        "empty source_id": (
+            _parquet(null_id, tmp / "nullid.parquet"),
+            ["nullid.parquet", "source_id", "rows 5"],
+        ),
         "missing source_id (gaia)": (gaia_noid, ["xp_noid.csv", "source_id"]),
         "empty file (parquet)": (empty, ["empty.parquet", "empty"]),
         "empty file (csv)": (empty_csv, ["empty.csv", "empty"]),
@@ -225,7 +268,9 @@ def test_bad_coefficients_reject_the_source_not_the_file(registered, dataset, pr
     assert out.loc[2, "reject_reason"] == "RP has 54 coefficients (55 needed)"
     assert out.loc[7, "reject_reason"] == "BP has non-finite coefficients"
     assert out.loc[rejected, "z"].isna().all()
-    clean = cli_predict(registered, write_gaia_csv(tmp_path / "clean.csv", ids, bp, rp), tmp_path / "clean.parquet")
+    clean = cli_predict(
+        registered, write_gaia_csv(tmp_path / "clean.csv", ids, bp, rp), tmp_path / "clean.parquet"
+    )
     np.testing.assert_array_equal(out.loc[~rejected, "z"].to_numpy(), clean.loc[~rejected, "z"].to_numpy())
     code, text = run_cli(str(bad), "--model", registered.champion, "--out", str(tmp_path / "strict.parquet"),
                          "--tracking-uri", registered.tracking_uri, "--strict")  # fmt: skip
@@ -242,7 +287,15 @@ def test_unknown_alias_version_and_model_name(registered, small_dataset_path, tm
         str(tmp_path / "missing.keras"): ["missing.keras", "not found"],
     }
     for model, needles in cases.items():
-        code, text = run_cli(str(small_dataset_path), "--model", model, "--out", str(out), "--tracking-uri", registered.tracking_uri)
+        code, text = run_cli(
+            str(small_dataset_path),
+            "--model",
+            model,
+            "--out",
+            str(out),
+            "--tracking-uri",
+            registered.tracking_uri,
+        )
         assert code == 2, text
         for needle in needles:
             assert needle in text, f"{model}: {needle!r} not in {text!r}"

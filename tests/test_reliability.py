@@ -67,7 +67,6 @@ def test_flag_keeps_galaxies_and_rejects_non_galaxies(fitted, impostors):
     assert np.isinf(scores[1:]).all()
 
 
-
 def test_fast_score_equals_the_reference_score(fitted, impostors):
     """`fast_score` (the prediction paths' evaluation) gives `OodDensity.score` to 1e-10 relative,
     +inf at the same rows (non-finite, all-zero, negative total), whatever the row blocks, for
@@ -130,14 +129,24 @@ def test_recalibration_sees_validation_only(smoke_config, dataset):
     from xpz.model.recalibration import recalibration_layer
     from xpz.model.train import train_model
 
-    cfg = smoke_config.model_copy(update={"train": smoke_config.train.model_copy(update={"members": 1, "epochs": 1, "verbose": 0, "max_seconds": None})})
+    cfg = smoke_config.model_copy(
+        update={
+            "train": smoke_config.train.model_copy(
+                update={"members": 1, "epochs": 1, "verbose": 0, "max_seconds": None}
+            )
+        }
+    )
     splits = split_dataset(dataset, cfg.split)
     poisoned = splits.test.copy()
     poisoned[list(FLUX_COLUMNS)] = np.nan
     poisoned["z"] = -1.0
     results = []
     for test in (splits.test, poisoned):
-        s = type(splits)(splits.train, splits.val, test, splits.digests) if hasattr(splits, "digests") else splits
+        s = (
+            type(splits)(splits.train, splits.val, test, splits.digests)
+            if hasattr(splits, "digests")
+            else splits
+        )
         results.append(train_model(s, cfg))
     tables = [recalibration_layer(r.model).pit_quantiles.numpy() for r in results]
     assert np.isfinite(tables[0]).all()
@@ -148,7 +157,9 @@ def test_recalibration_sees_validation_only(smoke_config, dataset):
     np.testing.assert_allclose(conformal[0].thresholds.numpy(), conformal[1].thresholds.numpy(), atol=1e-9)
     # the shift and the metrics reported are those of the served estimator (recalibrated CDF, conformal interval)
     pred = predict_redshift(results[0].model, flux_matrix(splits.val))
-    z_val = splits.val["z"].to_numpy(np.float32)  # as training reads it: the threshold-setting galaxies sit on the bounds
+    z_val = splits.val["z"].to_numpy(
+        np.float32
+    )  # as training reads it: the threshold-setting galaxies sit on the bounds
     m, _ = summary_metrics("", z_val, pred["z"], pred["z_lower"], pred["z_upper"], cfg.evaluate)
     for key in ("mae", "worst_bin_bias", "coverage_68"):
         assert results[0].calibration[f"val_{key}"] == pytest.approx(m[key], rel=1e-6), key

@@ -54,7 +54,9 @@ def test_copy_with_original_present_is_pointed_at_the_copy(tmp_path, fluxes):
     copy = tmp_path / "b"
     shutil.copytree(original, copy)
     uri = f"sqlite:///{copy / 'mlflow.db'}"
-    cfg = TrackingConfig(experiment="xpz-predict-test", registered_model=reg.name, artifact_location=str(copy / "mlruns"))
+    cfg = TrackingConfig(
+        experiment="xpz-predict-test", registered_model=reg.name, artifact_location=str(copy / "mlruns")
+    )
     with use_tracking_uri(uri):
         tracking.configure(cfg, tracking_uri=uri)
     assert all(str(copy) in loc for loc in recorded_locations(copy / "mlflow.db"))
@@ -74,4 +76,8 @@ def test_copy_without_artifacts_names_the_path_and_the_fix(tmp_path, fluxes):
     with pytest.raises(InputError) as err:
         load_predictor(reg.champion, f"sqlite:///{copy / 'mlflow.db'}")
     message = str(err.value)
-    assert str(original / "mlruns") in message and str(copy / "mlruns") in message and "MLFLOW_TRACKING_URI" in message
+    assert (
+        str(original / "mlruns") in message
+        and str(copy / "mlruns") in message
+        and "MLFLOW_TRACKING_URI" in message
+    )

@@ -35,7 +35,9 @@ def test_two_processes_write_the_same_bytes(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("XPZ_CHECK_DATA") != "1", reason="200,000 galaxies: `make check-data` (XPZ_CHECK_DATA=1)")
+@pytest.mark.skipif(
+    os.environ.get("XPZ_CHECK_DATA") != "1", reason="200,000 galaxies: `make check-data` (XPZ_CHECK_DATA=1)"
+)
 def test_default_dataset_regenerates_to_the_md5_in_data_dvc(tmp_path):
     """What a fresh clone without the DVC remote does (`make data`): generate, then `dvc add` data/."""
     repo = tmp_path / "clone"
@@ -43,8 +45,12 @@ def test_default_dataset_regenerates_to_the_md5_in_data_dvc(tmp_path):
     generate(repo / "data" / "galaxies.parquet", "--profile", "default")
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     for cmd in (["dvc", "init", "--no-scm", "-q"], ["dvc", "add", "--no-commit", "-q", "data"]):
-        subprocess.run([str(Path(sys.executable).parent / cmd[0]), *cmd[1:]], cwd=repo, env=env, check=True, timeout=600)
+        subprocess.run(
+            [str(Path(sys.executable).parent / cmd[0]), *cmd[1:]], cwd=repo, env=env, check=True, timeout=600
+        )
     recorded = yaml.safe_load((REPO / "data.dvc").read_text())["outs"][0]
     regenerated = yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]
     file_md5 = hashlib.md5((repo / "data" / "galaxies.parquet").read_bytes()).hexdigest()
-    assert (regenerated["md5"], regenerated["size"]) == (recorded["md5"], recorded["size"]), f"galaxies.parquet md5 {file_md5}"
+    assert (regenerated["md5"], regenerated["size"]) == (recorded["md5"], recorded["size"]), (
+        f"galaxies.parquet md5 {file_md5}"
+    )

@@ -45,8 +45,8 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_dask_flow_equals_single_process(small_dataset_path, tmp_path, tmp_path_factory):
-    from xpz.serving.batch import predict_file
     from xpz.data.io import read_dataset
+    from xpz.serving.batch import predict_file
 
     dataset = read_dataset(small_dataset_path)
     registered = shared_registered(tmp_path_factory, flux_matrix(dataset))
@@ -57,13 +57,23 @@ def test_dask_flow_equals_single_process(small_dataset_path, tmp_path, tmp_path_
         folder.mkdir(parents=True, exist_ok=True)
         dataset.iloc[a:b].to_parquet(folder / f"part-{i}.parquet", index=False)
     single = pd.read_parquet(
-        predict_file(catalogue, tmp_path / "single.parquet", registered.champion, progress=False,
-                     tracking_uri=registered.tracking_uri).out  # fmt: skip
+        predict_file(
+            catalogue,
+            tmp_path / "single.parquet",
+            registered.champion,
+            progress=False,
+            tracking_uri=registered.tracking_uri,
+        ).out  # fmt: skip
     )
 
     out_dir = tmp_path / "dask_out"
     summary_path = tmp_path / "summary.json"
-    env = {**os.environ, **QUIET, "PREFECT_HOME": str(tmp_path / "prefect"), "MLFLOW_TRACKING_URI": registered.tracking_uri}
+    env = {
+        **os.environ,
+        **QUIET,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "MLFLOW_TRACKING_URI": registered.tracking_uri,
+    }
     env.pop("PREFECT_API_URL", None)  # a temporary local Prefect server
     cmd = [sys.executable, str(REPO / "flows" / "batch_predict_dask.py"), str(catalogue), "--out-dir", str(out_dir),
            "--model", registered.champion, "--tracking-uri", registered.tracking_uri, "--workers", "2",
@@ -79,7 +89,9 @@ def test_dask_flow_equals_single_process(small_dataset_path, tmp_path, tmp_path_
     assert summary["model_version"] == registered.version and summary["rows"] == len(dataset)
     assert len(summary["partitions"]) == 4
     outputs = sorted(out_dir.rglob("*.parquet"))
-    assert [p.relative_to(out_dir) for p in outputs] == [p.relative_to(catalogue) for p in sorted(catalogue.rglob("*.parquet"))]
+    assert [p.relative_to(out_dir) for p in outputs] == [
+        p.relative_to(catalogue) for p in sorted(catalogue.rglob("*.parquet"))
+    ]
     distributed = pd.concat([pd.read_parquet(p) for p in outputs], ignore_index=True)
     pd.testing.assert_frame_equal(distributed, single, check_exact=True)
     from xpz.serving.batch import use_tracking_uri
@@ -149,7 +161,10 @@ def test_keras_tuner_chief_and_two_workers_share_one_search(small_dataset_path, 
         deadline = time.monotonic() + 300
         while not all((tmp_path / f"{t}.ready").exists() for t in procs):
             dead = {t: p.returncode for t, p in procs.items() if p.poll() is not None}
-            assert not dead, f"exited before the barrier: {dead}\n" + (tmp_path / f"{next(iter(dead))}.log").read_text()[-3000:]
+            assert not dead, (
+                f"exited before the barrier: {dead}\n"
+                + (tmp_path / f"{next(iter(dead))}.log").read_text()[-3000:]
+            )
             assert time.monotonic() < deadline, "processes not ready in 300 s"
             time.sleep(0.5)
         go.touch()  # all three start the search together
@@ -157,7 +172,9 @@ def test_keras_tuner_chief_and_two_workers_share_one_search(small_dataset_path, 
             try:
                 proc.wait(timeout=max(10.0, deadline + 300 - time.monotonic()))
             except subprocess.TimeoutExpired:
-                pytest.fail(f"{tuner_id} did not finish:\n" + (tmp_path / f"{tuner_id}.log").read_text()[-3000:])
+                pytest.fail(
+                    f"{tuner_id} did not finish:\n" + (tmp_path / f"{tuner_id}.log").read_text()[-3000:]
+                )
             assert proc.returncode == 0, f"{tuner_id}:\n" + (tmp_path / f"{tuner_id}.log").read_text()[-3000:]
     finally:
         for proc in procs.values():

@@ -31,7 +31,9 @@ def api(url: str, path: str, body: dict | None = None):
 def test_one_minute_cron_creates_a_run_that_registers_a_version(server_pair, tmp_path, small_dataset_path):
     from mlflow import MlflowClient
 
-    project = make_project(tmp_path / "project", small_dataset_path, MODEL, MODEL, overrides={"tune.enabled": False})
+    project = make_project(
+        tmp_path / "project", small_dataset_path, MODEL, MODEL, overrides={"tune.enabled": False}
+    )
     log = project / "serve.log"
     cmd = [str(Path(sys.executable).parent / "xpz"), "schedule", "serve", "--cron", "* * * * *", "--no-sync",
            "--name", DEPLOYMENT, "--params", "params.yaml"]  # fmt: skip
@@ -56,7 +58,9 @@ def test_one_minute_cron_creates_a_run_that_registers_a_version(server_pair, tmp
     finally:
         stop_process_group(proc)
     done = [r for r in runs if r["state_type"] == "COMPLETED"]
-    assert done, f"no completed scheduled run in 600 s: {[(r['name'], r['state_type']) for r in runs]}\n{log.read_text()[-4000:]}"
+    assert done, (
+        f"no completed scheduled run in 600 s: {[(r['name'], r['state_type']) for r in runs]}\n{log.read_text()[-4000:]}"
+    )
     assert done[0]["auto_scheduled"] is True  # created by the server's scheduler, not triggered by hand
     versions = MlflowClient(tracking_uri=server_pair.mlflow.url).search_model_versions(f"name='{MODEL}'")
     assert len(versions) >= 1 and versions[0].run_id

@@ -68,7 +68,9 @@ def test_scheduled_deployment_runs_when_triggered_through_the_api(servers, tmp_p
 
         def deployment():
             if serve.poll() is not None:
-                raise AssertionError(f"xpz schedule serve exited:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
+                raise AssertionError(
+                    f"xpz schedule serve exited:\n{(tmp_path / 'serve.log').read_text()[-3000:]}"
+                )
             with get_client(sync_client=True) as client:
                 try:
                     return client.read_deployment_by_name(name)

@@ -39,7 +39,9 @@ def server(registered, tmp_path_factory):
     cmd = [str(mlflow_bin), "models", "serve", "-m", registered.champion, "--env-manager", "local",
            "-h", "127.0.0.1", "-p", str(port), "-w", "1"]  # fmt: skip
     with log.open("w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=registered.root, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=registered.root, start_new_session=True
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -53,7 +55,9 @@ def server(registered, tmp_path_factory):
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"mlflow models serve not healthy after {START_TIMEOUT_S:.0f} s:\n{log.read_text()[-4000:]}")
+                pytest.fail(
+                    f"mlflow models serve not healthy after {START_TIMEOUT_S:.0f} s:\n{log.read_text()[-4000:]}"
+                )
             time.sleep(1.0)
         yield url
     finally:
@@ -77,7 +81,9 @@ def post(url: str, payload: dict) -> tuple[int, dict]:
         return err.code, json.loads(err.read() or b"{}")
 
 
-def test_served_batch_equals_pyfunc_and_batch_predict(server, registered, dataset, small_dataset_path, tmp_path):
+def test_served_batch_equals_pyfunc_and_batch_predict(
+    server, registered, dataset, small_dataset_path, tmp_path
+):
     import mlflow
 
     from xpz.serving.batch import predict_file, use_tracking_uri
@@ -93,7 +99,9 @@ def test_served_batch_equals_pyfunc_and_batch_predict(server, registered, datase
     with use_tracking_uri(registered.tracking_uri):
         local = mlflow.pyfunc.load_model(registered.champion).predict(fluxes)
     for column in ("z", "z_lower", "z_upper"):
-        np.testing.assert_array_equal(served[column].to_numpy(), local[column].to_numpy())  # same 50-row batch
+        np.testing.assert_array_equal(
+            served[column].to_numpy(), local[column].to_numpy()
+        )  # same 50-row batch
     from xpz.tracking import load_keras_model
     from xpz_models import model_predict_redshifts
 
@@ -115,13 +123,18 @@ def test_served_batch_equals_pyfunc_and_batch_predict(server, registered, datase
 
 def test_served_bad_batch_is_a_client_error(server, dataset):
     fluxes = flux_matrix(dataset.iloc[:3])[:, :185]
-    status, body = post(server, {"dataframe_split": {"columns": list(FLUX_COLUMNS[:185]), "data": fluxes.astype(float).tolist()}})
+    status, body = post(
+        server,
+        {"dataframe_split": {"columns": list(FLUX_COLUMNS[:185]), "data": fluxes.astype(float).tolist()}},
+    )
     assert status == 400, body
     assert "186" in json.dumps(body) or "flux_185" in json.dumps(body)
 
 
 def post_csv(url: str, text: str) -> tuple[int, dict]:
-    request = urllib.request.Request(f"{url}/invocations", data=text.encode(), headers={"Content-Type": "text/csv"})
+    request = urllib.request.Request(
+        f"{url}/invocations", data=text.encode(), headers={"Content-Type": "text/csv"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=120) as resp:
             return resp.status, json.loads(resp.read())
@@ -158,16 +171,24 @@ def test_served_contract_by_name_any_dtype_json_and_csv(server, registered, data
     expected_int = pyfunc.predict(reference.round().astype("float32"))["z"].to_numpy()
     for label, frame in variants.items():
         want = expected_int if label == "integers" else expected
-        np.testing.assert_allclose(pyfunc.predict(frame)["z"].to_numpy(), want, rtol=0, atol=1e-6, err_msg=label)
+        np.testing.assert_allclose(
+            pyfunc.predict(frame)["z"].to_numpy(), want, rtol=0, atol=1e-6, err_msg=label
+        )
         split = json.loads(frame.to_json(orient="split", index=False))
         status, body = post(server, {"dataframe_split": split})
         assert status == 200, (label, body)
-        np.testing.assert_allclose(pd.DataFrame(body["predictions"])["z"].to_numpy(), want, rtol=0, atol=1e-6, err_msg=label)
+        np.testing.assert_allclose(
+            pd.DataFrame(body["predictions"])["z"].to_numpy(), want, rtol=0, atol=1e-6, err_msg=label
+        )
         status, body = post_csv(server, frame.to_csv(index=False))
         assert status == 200, (label, body)
-        np.testing.assert_allclose(pd.DataFrame(body["predictions"])["z"].to_numpy(), want, rtol=0, atol=1e-6, err_msg=label)
+        np.testing.assert_allclose(
+            pd.DataFrame(body["predictions"])["z"].to_numpy(), want, rtol=0, atol=1e-6, err_msg=label
+        )
     # reversed columns are NOT the reference spectra taken by position: the contract matters
-    assert not np.allclose(pyfunc.predict(reference[list(FLUX_COLUMNS[::-1])].to_numpy())["z"].to_numpy(), expected, atol=1e-3)
+    assert not np.allclose(
+        pyfunc.predict(reference[list(FLUX_COLUMNS[::-1])].to_numpy())["z"].to_numpy(), expected, atol=1e-3
+    )
 
 
 def test_served_refuses_what_it_cannot_answer(server, registered, dataset):
@@ -191,7 +212,9 @@ def test_served_refuses_what_it_cannot_answer(server, registered, dataset):
         with pytest.raises(InputError) as err:
             pyfunc.predict(frame)
         assert all(w in str(err.value) for w in words), str(err.value)
-        status, body = post(server, {"dataframe_split": json.loads(frame.to_json(orient="split", index=False))})
+        status, body = post(
+            server, {"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}
+        )
         assert status == 400 and all(w in body.get("message", "") for w in words), body
         assert "predictions" not in body
         status, body = post_csv(server, frame.to_csv(index=False))

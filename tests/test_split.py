@@ -9,9 +9,9 @@ import pytest
 
 from conftest import random_frame
 from xpz.config import SplitConfig
-from xpz.errors import InputError
 from xpz.data.io import write_dataset
 from xpz.data.split import SPLIT_NAMES, assign_splits, load_splits, redshift_strata, split_digest, write_split
+from xpz.errors import InputError
 
 
 @pytest.fixture()
@@ -24,7 +24,9 @@ def test_disjoint_complete_and_proportional(frame):
     assert len(a) == len(frame) and a["source_id"].is_unique
     assert set(a["source_id"]) == set(frame["source_id"])
     counts = a["split"].value_counts()
-    assert abs(counts["train"] - 3150) <= 2 and abs(counts["val"] - 1350) <= 2 and abs(counts["test"] - 500) <= 2
+    assert (
+        abs(counts["train"] - 3150) <= 2 and abs(counts["val"] - 1350) <= 2 and abs(counts["test"] - 500) <= 2
+    )
 
 
 def test_stratified_on_redshift(frame):
@@ -63,10 +65,16 @@ def test_digest_ignores_order_and_detects_change():
 
 def test_write_and_load_roundtrip(tmp_path, frame):
     data = write_dataset(frame, tmp_path / "data.parquet")
-    summary = write_split(assign_splits(frame, SplitConfig()), tmp_path / "s/split.parquet", tmp_path / "s/digests.json")
+    summary = write_split(
+        assign_splits(frame, SplitConfig()), tmp_path / "s/split.parquet", tmp_path / "s/digests.json"
+    )
     splits = load_splits(data, tmp_path / "s/split.parquet")
     assert sum(splits.sizes().values()) == len(frame)
-    assert splits.digests == summary["digests"] == json.loads((tmp_path / "s/digests.json").read_text())["digests"]
+    assert (
+        splits.digests
+        == summary["digests"]
+        == json.loads((tmp_path / "s/digests.json").read_text())["digests"]
+    )
     assert list(splits.train.columns) == list(frame.columns)
     assert not set(splits.train.source_id) & set(splits.test.source_id)
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from xpz.data import sed, synthetic
 from xpz.config import DataConfig
+from xpz.data import sed, synthetic
 from xpz.spectra import DATASET_COLUMNS, FLUX_COLUMNS, N_BP, flux_matrix
 
 
@@ -50,7 +50,9 @@ def test_schema(dataset):
 
 
 def test_chunks_have_the_requested_size():
-    sizes = [len(c) for c in synthetic.generate_chunks(DataConfig(n_galaxies=2300, chunk_size=900), progress=False)]
+    sizes = [
+        len(c) for c in synthetic.generate_chunks(DataConfig(n_galaxies=2300, chunk_size=900), progress=False)
+    ]
     assert sizes == [900, 900, 500]
 
 

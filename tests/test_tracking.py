@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 
 from xpz.config import Config, TrackingConfig, config_from_dict
-from xpz.spectra import FLUX_COLUMNS
 from xpz.data.split import Splits, split_digest
+from xpz.spectra import FLUX_COLUMNS
 
 NAME = "xpz-test-model"
 
@@ -35,7 +35,9 @@ def base_store(tmp_path_factory):
         mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
         from xpz import tracking
 
-        cfg = TrackingConfig(experiment="xpz-test", registered_model=NAME, artifact_location=str(root / "mlruns"))
+        cfg = TrackingConfig(
+            experiment="xpz-test", registered_model=NAME, artifact_location=str(root / "mlruns")
+        )
         yield root, tracking.configure(cfg)
         mlflow.set_tracking_uri(None)
 
@@ -156,7 +158,12 @@ def test_run_logs_params_tags_lineage_metrics_figures_tables(store):
     fig, ax = plt.subplots()
     ax.plot([0, 1], [0, 1])
     table = pd.DataFrame(
-        {"bin": ["0.10-0.15", "0.15-0.20"], "mean_error": [0.01, -0.02], "count": [10, 5], "share": [66.7, 33.3]}
+        {
+            "bin": ["0.10-0.15", "0.15-0.20"],
+            "mean_error": [0.01, -0.02],
+            "count": [10, 5],
+            "share": [66.7, 33.3],
+        }
     )
     evaluation = SimpleNamespace(
         metrics={"test_mae": 0.0123, "bin_0.10-0.15/mean_error": 0.01, "test_coverage_68": float("nan")},
@@ -183,10 +190,15 @@ def test_run_logs_params_tags_lineage_metrics_figures_tables(store):
     assert run.data.metrics["bin_0.10-0.15/mean_error"] == pytest.approx(0.01)
     assert math.isnan(run.data.metrics["test_coverage_68"])
     history = client.get_metric_history(run_id, "loss")
-    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(0, 3.0), (1, 2.0), (2, 1.5)]
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [
+        (0, 3.0),
+        (1, 2.0),
+        (2, 1.5),
+    ]
 
     contexts = {
-        next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset for d in run.inputs.dataset_inputs
+        next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset
+        for d in run.inputs.dataset_inputs
     }
     assert set(contexts) == {"training", "validation", "testing"}
     assert contexts["testing"].digest == splits.digests["test"][:36]
@@ -201,7 +213,9 @@ def test_run_logs_params_tags_lineage_metrics_figures_tables(store):
         "evaluation/per_bin.md",
         "evaluation/predictions.parquet",
     } <= files
-    csv = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="evaluation/per_bin.csv"))
+    csv = pd.read_csv(
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="evaluation/per_bin.csv")
+    )
     assert list(csv["bin"]) == ["0.10-0.15", "0.15-0.20"]
 
 
@@ -218,10 +232,17 @@ def test_trial_logger_makes_nested_runs(store):
     from xpz import tracking
 
     trials = [
-        SimpleNamespace(trial_id=str(i), hyperparameters={"filters_0": 16 * (i + 1)}, metrics={"val_mae": 0.1 / (i + 1)}, status="COMPLETED")
+        SimpleNamespace(
+            trial_id=str(i),
+            hyperparameters={"filters_0": 16 * (i + 1)},
+            metrics={"val_mae": 0.1 / (i + 1)},
+            status="COMPLETED",
+        )
         for i in range(3)
     ]
-    trials.append(SimpleNamespace(trial_id="3", hyperparameters={"filters_0": 8}, metrics={}, status="FAILED"))
+    trials.append(
+        SimpleNamespace(trial_id="3", hyperparameters={"filters_0": 8}, metrics={}, status="FAILED")
+    )
     with tracking.run(store, "parent") as parent:
         hook = tracking.trial_logger(store, parent)
         for trial in trials:
@@ -252,7 +273,14 @@ def test_concurrent_runs_do_not_mix(store):
                 hook = tracking.trial_logger(store, run_id)
                 for i in range(3):
                     tracking.log_metrics(store, run_id, {"m": k * 100 + i}, step=i)
-                    hook(SimpleNamespace(trial_id=str(i), hyperparameters={"w": k}, metrics={"val_mae": 0.1}, status="COMPLETED"))
+                    hook(
+                        SimpleNamespace(
+                            trial_id=str(i),
+                            hyperparameters={"w": k},
+                            metrics={"val_mae": 0.1},
+                            status="COMPLETED",
+                        )
+                    )
         except Exception as err:  # pragma: no cover - reported below
             errors.append(repr(err))
 
@@ -318,7 +346,9 @@ def test_champion_challenger_promotion_and_pyfunc(store, tiny_model):
     assert champion.metadata.get_input_schema() is None
     assert {"z", "z_lower", "z_upper"} <= set(champion.metadata.get_output_schema().input_names())
     reversed_f64 = splits.test[list(FLUX_COLUMNS)[::-1]].astype("float64")
-    np.testing.assert_allclose(champion.predict(reversed_f64)["z"].to_numpy(), expected["z"].to_numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        champion.predict(reversed_f64)["z"].to_numpy(), expected["z"].to_numpy(), rtol=1e-5, atol=1e-6
+    )
     info = champion.metadata
     assert info.run_id is None or info.run_id == run1  # MLmodel may omit the run for model_id logging
     assert client.get_logged_model(model1.model_id).source_run_id == run1
@@ -339,7 +369,12 @@ def test_champion_challenger_promotion_and_pyfunc(store, tiny_model):
     # 3. a better model is promoted
     run3, model3 = _logged_run(store, tiny_model, 0.030, splits)
     reg3 = tracking.register(store, run3, model3)
-    assert (reg3.version, reg3.promoted, reg3.champion_version, reg3.previous_champion) == ("3", True, "3", "1")
+    assert (reg3.version, reg3.promoted, reg3.champion_version, reg3.previous_champion) == (
+        "3",
+        True,
+        "3",
+        "1",
+    )
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "3"
     tags3 = client.get_model_version(NAME, "3").tags
     assert tags3["xpz.decision"] == "promoted" and float(tags3["xpz.champion_value"]) == pytest.approx(0.050)
@@ -348,7 +383,10 @@ def test_champion_challenger_promotion_and_pyfunc(store, tiny_model):
     # listing: versions newest first with aliases and metrics
     listed = tracking.list_models(store)
     assert [v.version for v in listed] == ["3", "2", "1"]
-    assert listed[0].aliases == ["champion", "challenger"] or set(listed[0].aliases) == {"champion", "challenger"}
+    assert listed[0].aliases == ["champion", "challenger"] or set(listed[0].aliases) == {
+        "champion",
+        "challenger",
+    }
     assert listed[1].aliases == [] and listed[1].decision == "challenger"
     assert listed[2].metrics["test_mae"] == pytest.approx(0.050)
     table = tracking.models_table(listed)

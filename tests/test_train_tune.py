@@ -91,7 +91,9 @@ def test_ensemble_averages_member_logits_and_survives_save_load(splits, tmp_path
     expected /= expected.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-5)
     # the members differ (seeds), and the saved ensemble predicts the same redshifts
-    assert not np.allclose(keras.ops.convert_to_numpy(members[0](x)), keras.ops.convert_to_numpy(members[1](x)))
+    assert not np.allclose(
+        keras.ops.convert_to_numpy(members[0](x)), keras.ops.convert_to_numpy(members[1](x))
+    )
     model.save(tmp_path / "ensemble.keras")
     loaded = keras.saving.load_model(tmp_path / "ensemble.keras", compile=False)
     np.testing.assert_allclose(predict_redshift(loaded, x)["z"], predict_redshift(model, x)["z"], atol=1e-6)
@@ -109,7 +111,9 @@ def test_training_regression_head_with_balance_and_time_cap(splits):
     # no posterior to calibrate or recalibrate; the eligibility threshold is still fitted on validation
     assert set(result.calibration) == {"ood_threshold", "ood_keep", "ood_val_eligible", "ood_cut_residual",
                                        "ood_cut_density", "ood_cut_template"}  # fmt: skip
-    assert result.epochs < 1000 and result.seconds < 30 and result.stopped_by_time_limit  # the opt-in cap stopped it
+    assert (
+        result.epochs < 1000 and result.seconds < 30 and result.stopped_by_time_limit
+    )  # the opt-in cap stopped it
     assert result.hyperparameters["loss"] == "huber"
 
 

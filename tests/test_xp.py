@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xpz.data import xp
 from xpz._gaiaxpy import gaiaxpy
+from xpz.data import xp
 from xpz.spectra import N_BP, N_COEFFS, N_FLUX, N_RP, kept_pwl
 
 N_CORR = N_COEFFS * (N_COEFFS - 1) // 2
@@ -69,9 +69,7 @@ def test_point_mode_equals_gaiaxpy_convert():
     bp, rp = _coefficients(4, 1), _coefficients(4, 2)
     ours = xp.coefficients_to_fluxes(bp, rp, mode="point").astype(float)
     pwl = kept_pwl()
-    ref = np.concatenate(
-        [_convert_at(bp, rp, "bp", pwl["bp"]), _convert_at(bp, rp, "rp", pwl["rp"])], axis=1
-    )
+    ref = np.concatenate([_convert_at(bp, rp, "bp", pwl["bp"]), _convert_at(bp, rp, "rp", pwl["rp"])], axis=1)
     scale = np.abs(ref).max(axis=1, keepdims=True)
     np.testing.assert_allclose(ours / scale, ref / scale, rtol=0, atol=1e-6)
 

@@ -47,7 +47,9 @@ def tiny_keras_model(fluxes: np.ndarray, seed: int = 0):
     model = build_model(TINY_HYPERPARAMETERS, cfg, fit_scaler(np.asarray(fluxes, np.float32), normalize=True))
     edges = z_bin_edges(cfg)
     centres = 0.5 * (edges[1:] + edges[:-1])
-    posterior_layer(model).set_calibration(log_prior=-((centres - 0.15) / 0.1) ** 2, alpha=-1.0, temperature=0.3)
+    posterior_layer(model).set_calibration(
+        log_prior=-(((centres - 0.15) / 0.1) ** 2), alpha=-1.0, temperature=0.3
+    )
     return model
 
 
@@ -70,12 +72,14 @@ def model_predict_redshifts(model, fluxes: np.ndarray, batch_size: int = 1024):
 def register_tiny_model(root: Path, fluxes: np.ndarray, name: str = MODEL_NAME) -> Registered:
     """Log + register a tiny model in `sqlite:///<root>/mlflow.db` (artifacts in <root>/mlruns)."""
     from xpz import tracking
-    from xpz.serving.batch import use_tracking_uri
     from xpz.config import TrackingConfig
+    from xpz.serving.batch import use_tracking_uri
 
     root.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    cfg = TrackingConfig(experiment="xpz-predict-test", registered_model=name, artifact_location=str(root / "mlruns"))
+    cfg = TrackingConfig(
+        experiment="xpz-predict-test", registered_model=name, artifact_location=str(root / "mlruns")
+    )
     with use_tracking_uri(uri):  # configure() sets the process-wide URI; restored afterwards
         tr = tracking.configure(cfg, tracking_uri=uri)
         model = tiny_keras_model(fluxes)
@@ -116,8 +120,8 @@ def smooth_coefficients(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def fit_coefficients(fluxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Least-squares DR3 XP coefficients (gaiaxpy's bases) reproducing sampled fluxes (80 BP + 106 RP)."""
-    from xpz.spectra import N_BP
     from xpz.data.xp import design_matrix
+    from xpz.spectra import N_BP
 
     x = np.asarray(fluxes, np.float64)
     coeffs = []

@@ -37,7 +37,7 @@ class DataConfig(_Section):
     chunk_size: int = Field(5000, gt=0)
 
     @model_validator(mode="after")
-    def _g_range(self) -> "DataConfig":
+    def _g_range(self) -> DataConfig:
         if self.g_max <= self.g_min:
             raise ValueError(f"g_max ({self.g_max}) must exceed g_min ({self.g_min})")
         return self
@@ -55,7 +55,7 @@ class ValidateConfig(_Section):
     report_dir: Path = Path("reports/validation")
 
     @model_validator(mode="after")
-    def _ranges(self) -> "ValidateConfig":
+    def _ranges(self) -> ValidateConfig:
         if self.z_max <= self.z_min:
             raise ValueError(f"z_max ({self.z_max}) must exceed z_min ({self.z_min})")
         if self.flux_max <= self.flux_min:
@@ -73,7 +73,7 @@ class SplitConfig(_Section):
     digests: Path = Path("splits/digests.json")
 
     @model_validator(mode="after")
-    def _fractions(self) -> "SplitConfig":
+    def _fractions(self) -> SplitConfig:
         total = self.train + self.val + self.test
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"train + val + test must sum to 1, got {total:g}")
@@ -91,7 +91,7 @@ class TrackingConfig(_Section):
     direction: Literal["minimize", "maximize"] = "minimize"
 
     @model_validator(mode="after")
-    def _names(self) -> "TrackingConfig":
+    def _names(self) -> TrackingConfig:
         for key in ("uri", "experiment", "registered_model", "primary_metric"):
             if not getattr(self, key).strip():
                 raise ValueError(f"{key} must not be empty")
@@ -106,7 +106,7 @@ class ScheduleConfig(_Section):
     timezone: str = "UTC"
 
     @model_validator(mode="after")
-    def _cron(self) -> "ScheduleConfig":
+    def _cron(self) -> ScheduleConfig:
         if len(self.cron.split()) != 5:
             raise ValueError(f"cron must have 5 fields (minute hour day month weekday), got {self.cron!r}")
         return self
@@ -148,7 +148,7 @@ class HyperparametersConfig(_Section):
     stem_stride: int = Field(1, ge=1, le=4)
 
     @model_validator(mode="after")
-    def _valid(self) -> "HyperparametersConfig":
+    def _valid(self) -> HyperparametersConfig:
         if len(self.conv_filters) != len(self.conv_kernels):
             raise ValueError(
                 f"conv_filters ({len(self.conv_filters)}) and conv_kernels ({len(self.conv_kernels)}) "
@@ -178,7 +178,7 @@ class SearchConfig(_Section):
     learning_rate: tuple[float, float] = (5e-4, 5e-3)
 
     @model_validator(mode="after")
-    def _bounds(self) -> "SearchConfig":
+    def _bounds(self) -> SearchConfig:
         for key in ("conv_layers", "filters", "kernel_size", "dense_layers", "units", "learning_rate"):
             _check_bounds(key, getattr(self, key))
         _check_choices("activations", self.activations, _ACTIVATIONS)
@@ -200,7 +200,7 @@ class ModelConfig(_Section):
     search: SearchConfig = SearchConfig()
 
     @model_validator(mode="after")
-    def _bins(self) -> "ModelConfig":
+    def _bins(self) -> ModelConfig:
         n = self.z_max / self.bin_width
         if n < 2 or abs(n - round(n)) > 1e-6:
             raise ValueError(f"bin_width ({self.bin_width}) must divide z_max ({self.z_max}) into >= 2 bins")
@@ -221,12 +221,14 @@ class TuneConfig(_Section):
     max_val_samples: int | None = Field(None, ge=100)  # subsample of validation per trial
     num_initial_points: int | None = Field(None, ge=1)
     min_improvement: float = Field(0.0, ge=0)  # relative mean gain a trial needs to replace the default
-    confirm_seeds: int = Field(2, ge=0, le=8)  # paired default-vs-best runs (seeds seed, seed+1, ...); 0: proxy rule
+    confirm_seeds: int = Field(
+        2, ge=0, le=8
+    )  # paired default-vs-best runs (seeds seed, seed+1, ...); 0: proxy rule
     confirm_epochs: int | None = Field(None, ge=1)  # epochs of each confirmation run (None: `epochs`)
     seed: int = 42
 
     @model_validator(mode="after")
-    def _names(self) -> "TuneConfig":
+    def _names(self) -> TuneConfig:
         if not self.objective.startswith("val_"):
             raise ValueError(f"objective must be a validation metric (val_...), got {self.objective!r}")
         return self
@@ -257,7 +259,7 @@ class TrainConfig(_Section):
     interval: float = Field(0.68, gt=0, lt=1)  # target coverage of the central interval
 
     @model_validator(mode="after")
-    def _grid(self) -> "TrainConfig":
+    def _grid(self) -> TrainConfig:
         if not self.alpha_grid or any(not -2 <= a <= 1 for a in self.alpha_grid):
             raise ValueError(f"alpha_grid must be non-empty with values in [-2, 1], got {self.alpha_grid}")
         if any(not 0 <= g <= 1 for g in self.shift_gain_grid):
@@ -278,10 +280,12 @@ class EvaluateConfig(_Section):
     knn_k: int = Field(10, ge=1)
     baselines: bool = True
     batch_size: int = Field(1024, ge=1)
-    impostors_per_kind: int = Field(500, ge=0)  # non-galaxies of each kind for the eligibility report (0: none)
+    impostors_per_kind: int = Field(
+        500, ge=0
+    )  # non-galaxies of each kind for the eligibility report (0: none)
 
     @model_validator(mode="after")
-    def _bins(self) -> "EvaluateConfig":
+    def _bins(self) -> EvaluateConfig:
         n = self.z_max / self.bin_width
         if n < 1 or abs(n - round(n)) > 1e-6:
             raise ValueError(f"bin_width ({self.bin_width}) must divide z_max ({self.z_max})")
@@ -311,7 +315,9 @@ class CoverageConfig(_Section):
     z_max: float = Field(0.45, gt=0)  # ... up to here (one open group above)
     snr_groups: int = Field(4, ge=1)  # quantiles of total flux (S/N)
     min_count: int = Field(50, ge=1)  # smaller groups fall back to their z group, then to all
-    conformal: bool = True  # 68% intervals: Mondrian conformal sets per true-z bin x S/N (xpz.model.conformal)
+    conformal: bool = (
+        True  # 68% intervals: Mondrian conformal sets per true-z bin x S/N (xpz.model.conformal)
+    )
 
 
 class Config(_Section):

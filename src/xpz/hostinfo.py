@@ -129,8 +129,12 @@ def describe(reference: bool = True) -> dict[str, Any]:
 def print_host(reference: bool = True) -> dict[str, Any]:
     """Print `describe()` on one line (`host: ...`) and return it."""
     facts = describe(reference)
-    parts = [f"cpu={facts['cpu']!r}", f"cores={facts['cores']}", f"tf={facts['tensorflow']}",
-             f"sgemm={facts['sgemm_gflops']:.0f} GFLOP/s"]
+    parts = [
+        f"cpu={facts['cpu']!r}",
+        f"cores={facts['cores']}",
+        f"tf={facts['tensorflow']}",
+        f"sgemm={facts['sgemm_gflops']:.0f} GFLOP/s",
+    ]
     if "reference_samples_per_s" in facts:
         parts.append(f"reference net={facts['reference_samples_per_s']:.0f} samples/s")
     print("host: " + ", ".join(parts), flush=True)

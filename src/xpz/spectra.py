@@ -62,6 +62,6 @@ def wavelengths_nm() -> np.ndarray:
     return np.concatenate([pwl_to_wl("bp", pwl["bp"]), pwl_to_wl("rp", pwl["rp"])])
 
 
-def flux_matrix(df: "pd.DataFrame") -> np.ndarray:
+def flux_matrix(df: pd.DataFrame) -> np.ndarray:
     """The (n, 186) float32 flux array of a dataset frame, in grid order."""
     return np.ascontiguousarray(df.loc[:, list(FLUX_COLUMNS)].to_numpy(dtype=FLUX_DTYPE))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -20,11 +20,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 ParamsOpt = Annotated[Path, typer.Option("--params", help="Parameters file (one section per stage).")]
 ProfileOpt = Annotated[
-    Optional[str],
-    typer.Option("--profile", help="Profile from params.yaml `profiles` (default, smoke, full); XPZ_PROFILE also works."),
+    str | None,
+    typer.Option(
+        "--profile",
+        help="Profile from params.yaml `profiles` (default, smoke, full); XPZ_PROFILE also works.",
+    ),
 ]
 SetOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--set", "-S", help="Override a parameter, e.g. -S train.epochs=3 (repeatable)."),
 ]
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from xpz.cli.common import ParamsOpt, ProfileOpt, SetOpt, config_from_options, fail, guarded
 
-data_app = typer.Typer(help="Dataset commands: generate, import, validate, split, show.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Dataset commands: generate, import, validate, split, show.", no_args_is_help=True
+)
 
 
 @data_app.command("generate")
@@ -19,7 +21,7 @@ def data_generate(
     params: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
     set_: SetOpt = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output Parquet (default: data.path).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output Parquet (default: data.path).")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing dataset.")] = False,
 ) -> None:
     """Generate the embedded synthetic Gaia XP galaxy dataset (deterministic for data.seed)."""
@@ -36,12 +38,19 @@ def data_generate(
 @data_app.command("import")
 @guarded()
 def data_import(
-    source: Annotated[Path, typer.Argument(help="Seed CSV (z + 186 fluxes), our Parquet, or Gaia XP continuous (CSV, ECSV, FITS, VOTable, Parquet; gzipped or not).")],
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="Seed CSV (z + 186 fluxes), our Parquet, or Gaia XP continuous (CSV, ECSV, FITS, VOTable, Parquet; gzipped or not)."
+        ),
+    ],
     params: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="auto, csv, parquet or gaia.")] = "auto",
-    redshifts: Annotated[Optional[Path], typer.Option(help="Redshift table (source_id, z) for Gaia XP input.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output Parquet (default: data.path).")] = None,
+    redshifts: Annotated[
+        Path | None, typer.Option(help="Redshift table (source_id, z) for Gaia XP input.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output Parquet (default: data.path).")] = None,
 ) -> None:
     """Import real spectra into the dataset schema; the file is validated before anything is written."""
     from xpz.data.stages import import_dataset
@@ -62,11 +71,13 @@ def data_import(
 def data_validate(
     params: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
-    path: Annotated[Optional[Path], typer.Option(help="Dataset Parquet (default: data.path).")] = None,
+    path: Annotated[Path | None, typer.Option(help="Dataset Parquet (default: data.path).")] = None,
     report_dir: Annotated[
-        Optional[Path],
-        typer.Option(help="Where the report goes (default: validate.report_dir for data.path, "
-                          "reports/validation-other/<stem> for any other --path)."),
+        Path | None,
+        typer.Option(
+            help="Where the report goes (default: validate.report_dir for data.path, "
+            "reports/validation-other/<stem> for any other --path)."
+        ),
     ] = None,
 ) -> None:
     """Run the Great Expectations suite; exit 1 with a readable summary if the dataset fails it.
@@ -106,7 +117,7 @@ def data_split(
 def data_show(
     params: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
-    path: Annotated[Optional[Path], typer.Option(help="Dataset Parquet (default: data.path).")] = None,
+    path: Annotated[Path | None, typer.Option(help="Dataset Parquet (default: data.path).")] = None,
     out_dir: Annotated[Path, typer.Option(help="Where the PNG figures go.")] = Path("reports/data"),
 ) -> None:
     """Counts, redshift statistics and figures (redshift histogram, random spectra, mean spectra per z range)."""

@@ -41,7 +41,9 @@ def ephemeral_timeout_message() -> str:
     )
 
 
-def run_flow_from_argv(flow: Callable[..., Any], argv: list[str] | None, default_reports_dir: str = "reports") -> int:
+def run_flow_from_argv(
+    flow: Callable[..., Any], argv: list[str] | None, default_reports_dir: str = "reports"
+) -> int:
     """Run `flow` once with options from `argv`: 0 when its flow run is Completed (its summary as one
     JSON line on stdout), 1 otherwise (the state's message on stderr)."""
     args = flow_arguments(argv, default_reports_dir)
@@ -59,5 +61,9 @@ def run_flow_from_argv(flow: Callable[..., Any], argv: list[str] | None, default
         print(f"train_pipeline: flow run {state.name}: {state.message}", file=sys.stderr)
         return 1
     info = state.result()
-    print(json.dumps({k: info.get(k) for k in ("mlflow_run_id", "model_version", "decision", "champion_version")}))
+    print(
+        json.dumps(
+            {k: info.get(k) for k in ("mlflow_run_id", "model_version", "decision", "champion_version")}
+        )
+    )
     return 0

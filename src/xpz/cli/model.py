@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -27,7 +27,7 @@ app = typer.Typer(
 )
 
 HpOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--hyperparameters", help="JSON file of flat hyperparameters (e.g. written by `xpz tune`)."),
 ]
 
@@ -81,8 +81,15 @@ def tune(
     params: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
     set_: SetOpt = None,
-    directory: Annotated[Optional[Path], typer.Option(help="Tuner directory (default: tune.directory); the same one resumes.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Write the best hyperparameters here as JSON (default: <directory>/best_hyperparameters.json).")] = None,
+    directory: Annotated[
+        Path | None, typer.Option(help="Tuner directory (default: tune.directory); the same one resumes.")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the best hyperparameters here as JSON (default: <directory>/best_hyperparameters.json)."
+        ),
+    ] = None,
 ) -> None:
     """Bayesian hyperparameter search (keras-tuner); each trial is a nested MLflow run. Resumable."""
     from xpz import pipeline, tracking
@@ -95,7 +102,11 @@ def tune(
         pipeline.log_context(tr, run_id, cfg, splits)
         result = pipeline.tune_step(splits, cfg, tr, run_id, directory=directory)
     target = out or Path(directory or cfg.tune.directory) / "best_hyperparameters.json"
-    doc = {"best_trial_id": result.best_trial_id, "run_id": run_id, "hyperparameters": result.best_hyperparameters}
+    doc = {
+        "best_trial_id": result.best_trial_id,
+        "run_id": run_id,
+        "hyperparameters": result.best_hyperparameters,
+    }
     write_text_atomic(target, json.dumps(doc, indent=2, default=str) + "\n")
     for trial in result.trials:
         score = trial.metrics.get(cfg.tune.objective, float("nan"))
@@ -124,7 +135,9 @@ def train(
         pipeline.log_context(tr, run_id, cfg, splits)
         trained = pipeline.train_step(splits, cfg, hp, tr, run_id)
         logged = pipeline.log_model_step(tr, run_id, trained.model, splits, trained.hyperparameters)
-    typer.echo(f"trained {trained.epochs} epoch(s) in {trained.seconds:.0f} s ({trained.samples_per_s:,.0f} samples/s)")
+    typer.echo(
+        f"trained {trained.epochs} epoch(s) in {trained.seconds:.0f} s ({trained.samples_per_s:,.0f} samples/s)"
+    )
     typer.echo(f"model: {logged.model_uri}")
     typer.echo(f"run id: {run_id}  (next: xpz evaluate --run-id {run_id} --register)")
 
@@ -135,10 +148,22 @@ def evaluate(
     params: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
     set_: SetOpt = None,
-    run_id: Annotated[Optional[str], typer.Option("--run-id", help="Evaluate the model logged by this run and log the results into it.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Or a model URI, e.g. models:/xpz-redshift@champion (results printed, not logged).")] = None,
-    register: Annotated[bool, typer.Option(help="With --run-id: register the model afterwards (champion if it wins).")] = False,
-    reports: Annotated[Optional[Path], typer.Option(help="Also write the per-bin table (CSV, Markdown) here.")] = None,
+    run_id: Annotated[
+        str | None,
+        typer.Option("--run-id", help="Evaluate the model logged by this run and log the results into it."),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Or a model URI, e.g. models:/xpz-redshift@champion (results printed, not logged)."
+        ),
+    ] = None,
+    register: Annotated[
+        bool, typer.Option(help="With --run-id: register the model afterwards (champion if it wins).")
+    ] = False,
+    reports: Annotated[
+        Path | None, typer.Option(help="Also write the per-bin table (CSV, Markdown) here.")
+    ] = None,
 ) -> None:
     """Evaluate a logged model on the test split: metrics, the per-bin table, baselines, figures."""
     from xpz import pipeline, tracking
@@ -170,10 +195,18 @@ def run(
     params: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
     set_: SetOpt = None,
-    tune_: Annotated[Optional[bool], typer.Option("--tune/--no-tune", help="Search hyperparameters first (default: tune.enabled).")] = None,
+    tune_: Annotated[
+        bool | None,
+        typer.Option("--tune/--no-tune", help="Search hyperparameters first (default: tune.enabled)."),
+    ] = None,
     hyperparameters: HpOpt = None,
-    reports: Annotated[Optional[Path], typer.Option(help="Write metrics.json, run.json and the per-bin table here (for DVC).")] = None,
-    register: Annotated[bool, typer.Option(help="Register the model and apply the champion/challenger rule.")] = True,
+    reports: Annotated[
+        Path | None,
+        typer.Option(help="Write metrics.json, run.json and the per-bin table here (for DVC)."),
+    ] = None,
+    register: Annotated[
+        bool, typer.Option(help="Register the model and apply the champion/challenger rule.")
+    ] = True,
 ) -> None:
     """The whole job: splits -> tune -> train -> evaluate -> log to MLflow -> register -> promote."""
     from xpz import pipeline

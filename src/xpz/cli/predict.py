@@ -7,15 +7,13 @@ alias) prints one message and exits with status 2, leaving no output file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from xpz.config import load_config
 from xpz.cli.common import guarded
+from xpz.config import load_config
 from xpz.data.stream import DEFAULT_CHUNK_SIZE, FORMATS
-
-
 
 
 @guarded()
@@ -30,7 +28,7 @@ def predict(
         ),
     ],
     model: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--model",
             "-m",
@@ -42,19 +40,30 @@ def predict(
         "predictions.parquet"
     ),
     fmt: Annotated[str, typer.Option("--format", help=f"Input format: {', '.join(FORMATS)}.")] = "auto",
-    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Spectra read per chunk (bounds memory).")] = DEFAULT_CHUNK_SIZE,
-    params: Annotated[Path, typer.Option("--params", help="Parameters file (tracking section).")] = Path("params.yaml"),
+    chunk_size: Annotated[
+        int, typer.Option("--chunk-size", min=1, help="Spectra read per chunk (bounds memory).")
+    ] = DEFAULT_CHUNK_SIZE,
+    params: Annotated[Path, typer.Option("--params", help="Parameters file (tracking section).")] = Path(
+        "params.yaml"
+    ),
     tracking_uri: Annotated[
-        Optional[str], typer.Option("--tracking-uri", help="MLflow store [default: MLFLOW_TRACKING_URI, else tracking.uri].")
+        str | None,
+        typer.Option(
+            "--tracking-uri", help="MLflow store [default: MLFLOW_TRACKING_URI, else tracking.uri]."
+        ),
     ] = None,
     pdf: Annotated[
-        Optional[Path],
-        typer.Option("--pdf", help="Also write each spectrum's p(z) to this qp HDF5 file (qp.read reads it; "
-                     "ancillary columns source_id, z, z_lower, z_upper, ood_score, eligible)."),
+        Path | None,
+        typer.Option(
+            "--pdf",
+            help="Also write each spectrum's p(z) to this qp HDF5 file (qp.read reads it; "
+            "ancillary columns source_id, z, z_lower, z_upper, ood_score, eligible).",
+        ),
     ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
     strict: Annotated[
-        bool, typer.Option("--strict", help="Exit 2, writing nothing, if any source has no usable XP spectrum.")
+        bool,
+        typer.Option("--strict", help="Exit 2, writing nothing, if any source has no usable XP spectrum."),
     ] = False,
 ) -> None:
     """Predict redshifts (z, its 68% interval, ood_score and the eligible flag) for every spectrum of

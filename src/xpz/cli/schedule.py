@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -38,20 +38,26 @@ schedule_app = typer.Typer(
 )
 
 SetOpt = Annotated[
-    Optional[list[str]], typer.Option("--set", "-S", help="Override a parameter of the scheduled runs (repeatable).")
+    list[str] | None,
+    typer.Option("--set", "-S", help="Override a parameter of the scheduled runs (repeatable)."),
 ]
 ProjectOpt = Annotated[
-    Path, typer.Option("--project-dir", help="Checkout holding flows/, params.yaml and the data (runs execute here).")
+    Path,
+    typer.Option(
+        "--project-dir", help="Checkout holding flows/, params.yaml and the data (runs execute here)."
+    ),
 ]
-CronOpt = Annotated[Optional[str], typer.Option("--cron", help="Override params schedule.cron.")]
-NameOpt = Annotated[Optional[str], typer.Option("--name", help="Override params schedule.deployment.")]
+CronOpt = Annotated[str | None, typer.Option("--cron", help="Override params schedule.cron.")]
+NameOpt = Annotated[str | None, typer.Option("--name", help="Override params schedule.deployment.")]
 SyncOpt = Annotated[bool, typer.Option("--sync/--no-sync", help="dvc pull + re-split before each run.")]
 
 
 def _flow_entrypoint(project_dir: Path) -> Path:
     path = (project_dir / FLOW_FILE).resolve()
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: flow file not found; run from the xpz checkout or pass --project-dir")
+        raise FileNotFoundError(
+            f"{path}: flow file not found; run from the xpz checkout or pass --project-dir"
+        )
     return path
 
 
@@ -107,7 +113,9 @@ def cron_schedule(cron: str, timezone: str):  # type: ignore[no-untyped-def]
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        raise InputError(f"schedule timezone {timezone!r}: not an IANA time zone (e.g. UTC, Europe/Paris)") from None
+        raise InputError(
+            f"schedule timezone {timezone!r}: not an IANA time zone (e.g. UTC, Europe/Paris)"
+        ) from None
     try:
         return Cron(cron, timezone=timezone)
     except ValueError as err:
@@ -145,9 +153,9 @@ def require_server(timeout_s: float = 10.0) -> str:
 def load_flow(project_dir: Path):  # type: ignore[no-untyped-def]
     from prefect.flows import load_flow_from_entrypoint
 
-    return load_flow_from_entrypoint(f"{_flow_entrypoint(project_dir)}:{FLOW_FUNC}", use_placeholder_flow=False)
-
-
+    return load_flow_from_entrypoint(
+        f"{_flow_entrypoint(project_dir)}:{FLOW_FUNC}", use_placeholder_flow=False
+    )
 
 
 @schedule_app.command("show")
@@ -185,9 +193,12 @@ def serve(
     name: NameOpt = None,
     sync: SyncOpt = True,
     project_dir: ProjectOpt = Path("."),
-    limit: Annotated[Optional[int], typer.Option(help="Most flow runs at once in this process.")] = 1,
+    limit: Annotated[int | None, typer.Option(help="Most flow runs at once in this process.")] = 1,
     pause_on_shutdown: Annotated[
-        bool, typer.Option("--pause-on-shutdown/--keep-schedule", help="Pause the schedule when this process stops.")
+        bool,
+        typer.Option(
+            "--pause-on-shutdown/--keep-schedule", help="Pause the schedule when this process stops."
+        ),
     ] = False,
 ) -> None:
     """Create the deployment with the cron from params `schedule` and serve it until interrupted."""

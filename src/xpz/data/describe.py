@@ -14,7 +14,14 @@ from scipy import stats  # noqa: E402
 
 from xpz.spectra import N_BP, TARGET_COLUMN, flux_matrix, wavelengths_nm  # noqa: E402
 
-Z_RANGES: tuple[tuple[float, float], ...] = ((0.0, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.5), (0.5, 0.6))
+Z_RANGES: tuple[tuple[float, float], ...] = (
+    (0.0, 0.1),
+    (0.1, 0.2),
+    (0.2, 0.3),
+    (0.3, 0.4),
+    (0.4, 0.5),
+    (0.5, 0.6),
+)
 
 
 def redshift_statistics(z: np.ndarray) -> dict[str, float]:
@@ -55,7 +62,9 @@ def plot_dataset(df: pd.DataFrame, out_dir: Path, n_examples: int = 4, seed: int
 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.hist(z, bins=np.arange(0, 0.61, 0.01), color="tab:blue")
-    ax.set(xlabel="redshift z", ylabel="galaxies per 0.01", title=f"Redshift distribution ({len(z):,} galaxies)")
+    ax.set(
+        xlabel="redshift z", ylabel="galaxies per 0.01", title=f"Redshift distribution ({len(z):,} galaxies)"
+    )
     paths.append(_save(fig, out_dir / "redshift_hist.png"))
 
     rng = np.random.default_rng(seed)

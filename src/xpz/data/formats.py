@@ -93,10 +93,14 @@ def product_of(path: Path, columns: list[str], first_values: dict[str, object] |
     have = [c for c in COEFF_COLUMNS if c in cols]
     if have:
         if ID_COLUMN not in cols:
-            raise InputError(f"{path}: Gaia XP coefficients but no source_id column (found: {', '.join(columns[:8])}); {NEEDED}")
+            raise InputError(
+                f"{path}: Gaia XP coefficients but no source_id column (found: {', '.join(columns[:8])}); {NEEDED}"
+            )
         if len(have) == 1:
             other = "rp_coefficients" if have[0] == "bp_coefficients" else "bp_coefficients"
-            raise InputError(f"{path}: has {have[0]} but no {other} column; xpz needs both BP and RP (55 coefficients each) per source")
+            raise InputError(
+                f"{path}: has {have[0]} but no {other} column; xpz needs both BP and RP (55 coefficients each) per source"
+            )
         return "xp_continuous"
     if FLUX_COLUMNS[0] in cols:
         return "fluxes"
@@ -105,11 +109,17 @@ def product_of(path: Path, columns: list[str], first_values: dict[str, object] |
         wl = _number(values.get("wavelength"))
         if wl is not None and 840 <= wl <= 875:
             raise refuse(path, "an RVS spectrum, one row per wavelength (846-870 nm)")
-        raise refuse(path, "a sampled spectrum with one row per wavelength (DataLink XP_SAMPLED, 336-1020 nm, or gaiaxpy output)")
+        raise refuse(
+            path,
+            "a sampled spectrum with one row per wavelength (DataLink XP_SAMPLED, 336-1020 nm, or gaiaxpy output)",
+        )
     if "flux" in cols:
         n = _length(values.get("flux"))
         if "xp" in cols or "band" in cols:
-            raise refuse(path, "gaiaxpy.convert output (internally calibrated sampled BP/RP fluxes, one row per source and band)")
+            raise refuse(
+                path,
+                "gaiaxpy.convert output (internally calibrated sampled BP/RP fluxes, one row per source and band)",
+            )
         if n == RVS_LENGTH or "rv_template_teff" in cols:
             raise refuse(path, f"RVS mean spectra ({RVS_LENGTH} fluxes, 846-870 nm)")
         what = f"{n} fluxes" if n else "sampled fluxes"
@@ -189,7 +199,11 @@ def _identify_parquet(path: Path, zipped: bool) -> FileKind:
         # only the columns `product_of` reads a value of (not the whole first row group, read
         # again by every caller: several times per file on the prediction path)
         wanted = [n for n in names if n.lower() in ("flux", "wavelength")]
-        first = pf.read_row_group(0, columns=wanted).slice(0, 1).to_pylist()[0] if wanted and pf.metadata.num_rows else {}
+        first = (
+            pf.read_row_group(0, columns=wanted).slice(0, 1).to_pylist()[0]
+            if wanted and pf.metadata.num_rows
+            else {}
+        )
     except Exception as err:  # pyarrow raises several kinds; the message is what matters
         raise InputError(f"{path}: not a readable Parquet file (truncated or corrupt?): {err}") from None
     if not names:
@@ -214,7 +228,9 @@ def _identify_fits(path: Path, zipped: bool) -> FileKind:
             first = {}
             if "flux" in _lower(names) and tables[0].header.get("NAXIS2", 0):
                 try:
-                    first = {n.lower(): tables[0].data[n][0] for n in names if n.lower() in ("flux", "wavelength")}
+                    first = {
+                        n.lower(): tables[0].data[n][0] for n in names if n.lower() in ("flux", "wavelength")
+                    }
                 except Exception:
                     first = {}
     except InputError:
@@ -245,7 +261,11 @@ def _votable_first_row(path: Path) -> dict[str, object]:
     try:
         with open_binary(path) as fh:
             table = Table.read(io.BytesIO(fh.read()), format="votable")
-        return {c.lower(): table[c][0] for c in table.colnames if c.lower() in ("flux", "wavelength")} if len(table) else {}
+        return (
+            {c.lower(): table[c][0] for c in table.colnames if c.lower() in ("flux", "wavelength")}
+            if len(table)
+            else {}
+        )
     except Exception:
         return {}
 
@@ -273,7 +293,9 @@ def _identify_text(path: Path, zipped: bool, text: str) -> FileKind:
         return FileKind(path, container, "seed_csv", zipped, header, n_comment, delimiter)
     values = list(first.values())
     if len(header) in (186, 187, 188) and values and sum(_number(v) is not None for v in values) >= 186:
-        return FileKind(path, container, "seed_csv", zipped, header, n_comment, delimiter)  # seed CSV, own header
+        return FileKind(
+            path, container, "seed_csv", zipped, header, n_comment, delimiter
+        )  # seed CSV, own header
     product = product_of(path, header, first)
     if product == "xp_continuous" and len(rows) < 2:
         raise InputError(f"{path}: the file holds no rows")

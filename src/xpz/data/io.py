@@ -73,7 +73,9 @@ def conform(df: pd.DataFrame, source: str, with_target: bool = True) -> pd.DataF
 def write_dataset(df: pd.DataFrame, path: Path | str, with_target: bool = True) -> Path:
     """Write a frame in the dataset schema as Parquet, atomically."""
     path = Path(path)
-    table = pa.Table.from_pandas(conform(df, str(path), with_target), schema=schema(with_target), preserve_index=False)
+    table = pa.Table.from_pandas(
+        conform(df, str(path), with_target), schema=schema(with_target), preserve_index=False
+    )
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return path
@@ -121,7 +123,9 @@ def seed_csv_header(path: Path | str) -> int | None:
     return 0 if first and not all(_is_number(v) for v in first if v.strip()) else None
 
 
-def parse_seed_frame(raw: pd.DataFrame, source: str, with_target: bool = True, has_header: bool = False) -> pd.DataFrame:
+def parse_seed_frame(
+    raw: pd.DataFrame, source: str, with_target: bool = True, has_header: bool = False
+) -> pd.DataFrame:
     """Rows of the seed's CSV read as strings (`z` then 186 fluxes, optional `source_id` column)
     -> the dataset schema. Without a `source_id` column the row number (the frame's index) is used.
     Shared by `read_seed_csv` and the chunked readers of `xpz.data.stream`."""
@@ -222,7 +226,9 @@ def detect_format(path: Path | str) -> str:
     return input_format(path)
 
 
-def read_spectra(path: Path | str, fmt: str = "auto", with_target: bool = True, redshifts: Path | str | None = None) -> pd.DataFrame:
+def read_spectra(
+    path: Path | str, fmt: str = "auto", with_target: bool = True, redshifts: Path | str | None = None
+) -> pd.DataFrame:
     """Read any supported input into the dataset schema (without `z` when `with_target` is False)."""
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt == "parquet":
@@ -232,10 +238,14 @@ def read_spectra(path: Path | str, fmt: str = "auto", with_target: bool = True, 
     if fmt == "gaia":
         spectra, rejects = read_xp_continuous(path)
         if spectra.empty:
-            raise InputError(f"{path}: no usable source ({len(rejects)} rejected: {rejects['reject_reason'].iloc[0]})")
+            raise InputError(
+                f"{path}: no usable source ({len(rejects)} rejected: {rejects['reject_reason'].iloc[0]})"
+            )
         if not with_target:
             return spectra
         if redshifts is None:
-            raise InputError(f"{path}: Gaia XP spectra carry no redshift; pass a redshift table (--redshifts)")
+            raise InputError(
+                f"{path}: Gaia XP spectra carry no redshift; pass a redshift table (--redshifts)"
+            )
         return join_redshifts(spectra, read_redshift_table(redshifts), str(path))
     raise InputError(f"{path}: unknown format {fmt!r} (expected parquet, csv or gaia)")

@@ -136,9 +136,7 @@ def instrument() -> Instrument:
     tdir = _templates_path()
     w0, f0 = _read_template(tdir / "kcorrect-default-v4.fits")
     w1, f1 = _read_template(tdir / "kcorrect-lrg1-v4.fits")
-    templates = np.concatenate(
-        [_smooth_resample(w0, f0, ln_rest), _smooth_resample(w1, f1, ln_rest)]
-    )
+    templates = np.concatenate([_smooth_resample(w0, f0, ln_rest), _smooth_resample(w1, f1, ln_rest)])
     opt = (lam_rest > 400.0) & (lam_rest < 700.0)
     templates /= templates[:, opt].mean(axis=1, keepdims=True)
     templates = np.clip(templates, 0.0, None)

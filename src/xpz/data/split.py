@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from xpz.config import SplitConfig
-from xpz.errors import InputError, describe_rows
 from xpz.data.io import read_dataset
+from xpz.errors import InputError, describe_rows
 from xpz.files import atomic_path
 from xpz.spectra import ID_COLUMN, TARGET_COLUMN
 

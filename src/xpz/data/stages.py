@@ -9,11 +9,11 @@ import json
 from pathlib import Path
 
 from xpz.config import DataConfig, SplitConfig, ValidateConfig
-from xpz.errors import InputError
 from xpz.data.io import read_dataset, read_spectra, write_dataset, write_dataset_chunks
-from xpz.files import atomic_path
 from xpz.data.split import assign_splits, write_split
 from xpz.data.validation import ValidationReport, validate_frame
+from xpz.errors import InputError
+from xpz.files import atomic_path
 
 VALIDATION_RESULT = "result.json"
 
@@ -63,13 +63,19 @@ def import_dataset(
     from xpz.data.stream import resolve_format
 
     rejects = None
-    bundle = Path(source).is_dir() or (Path(source).is_file() and Path(source).stat().st_size > 0 and is_zip(Path(source)))
+    bundle = Path(source).is_dir() or (
+        Path(source).is_file() and Path(source).stat().st_size > 0 and is_zip(Path(source))
+    )
     if bundle or resolve_format(source, fmt) == "gaia":
         if redshifts is None:
-            raise InputError(f"{source}: Gaia XP spectra carry no redshift; pass a redshift table (--redshifts)")
+            raise InputError(
+                f"{source}: Gaia XP spectra carry no redshift; pass a redshift table (--redshifts)"
+            )
         spectra, rejects = _read_xp_bundle(Path(source)) if bundle else read_xp_continuous(source)
         if spectra.empty:
-            raise InputError(f"{source}: no usable source ({len(rejects)} rejected, e.g. {rejects['reject_reason'].iloc[0]})")
+            raise InputError(
+                f"{source}: no usable source ({len(rejects)} rejected, e.g. {rejects['reject_reason'].iloc[0]})"
+            )
         df = join_redshifts(spectra, read_redshift_table(redshifts), str(source))
     else:
         df = read_spectra(source, fmt=fmt, redshifts=redshifts)

@@ -23,10 +23,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from xpz.errors import InputError, describe_rows
 from xpz.data.formats import NEEDED, FileKind, check_file, identify, input_format  # noqa: F401  (check_file re-exported)
 from xpz.data.io import conform, parse_seed_frame, seed_csv_header
 from xpz.data.xpcont import iter_xp
+from xpz.errors import InputError, describe_rows
 from xpz.spectra import FLUX_COLUMNS, FLUX_DTYPE, ID_COLUMN, N_FLUX, TARGET_COLUMN
 
 FORMATS = ("auto", "parquet", "csv", "gaia")
@@ -107,22 +107,30 @@ def iter_parquet(path: Path, chunk_size: int) -> Iterator[SpectraChunk]:
                 id_col = batch.column(0)
                 if id_col.null_count:
                     nulls = np.flatnonzero(id_col.is_null().to_numpy(zero_copy_only=False)) + row
-                    raise InputError(f"{path}: column {ID_COLUMN!r} is empty in rows {describe_rows(nulls.tolist())}")
+                    raise InputError(
+                        f"{path}: column {ID_COLUMN!r} is empty in rows {describe_rows(nulls.tolist())}"
+                    )
                 ids = id_col.to_numpy().astype(np.int64, copy=False)
                 fluxes = np.empty((n, N_FLUX), dtype=FLUX_DTYPE)
                 for j in range(N_FLUX):
                     col = batch.column(j + 1)
-                    fluxes[:, j] = col.to_numpy(zero_copy_only=False) if col.null_count == 0 else (
-                        col.cast(pa.float64()).fill_null(np.nan).to_numpy()
+                    fluxes[:, j] = (
+                        col.to_numpy(zero_copy_only=False)
+                        if col.null_count == 0
+                        else (col.cast(pa.float64()).fill_null(np.nan).to_numpy())
                     )
                 yield _check_finite(SpectraChunk(ids, fluxes, row), source)
             else:  # string or other columns: conform names the offending rows
                 frame = batch.to_pandas()
                 frame.index = pd.RangeIndex(row, row + n)
-                yield _from_frame(conform(frame, source, with_target=False).set_axis(frame.index), row, source)
+                yield _from_frame(
+                    conform(frame, source, with_target=False).set_axis(frame.index), row, source
+                )
             row += n
     except (pa.ArrowException, OSError) as err:
-        raise InputError(f"{path}: not a readable Parquet file (truncated or corrupt?) near row {row}: {err}") from None
+        raise InputError(
+            f"{path}: not a readable Parquet file (truncated or corrupt?) near row {row}: {err}"
+        ) from None
 
 
 # -------------------------------------------------------------------------------- seed CSV
@@ -166,7 +174,9 @@ def iter_gaia(kind: FileKind, chunk_size: int) -> Iterator[SpectraChunk]:
     """XP continuous mean spectra in any container (`xpz.data.xpcont`); rejected sources keep their
     row, with NaN fluxes and a reason."""
     for block in iter_xp(kind, chunk_size):
-        yield _check_finite(SpectraChunk(block.source_id, block.fluxes, block.first_row, block.reasons), str(kind.path))
+        yield _check_finite(
+            SpectraChunk(block.source_id, block.fluxes, block.first_row, block.reasons), str(kind.path)
+        )
 
 
 # ------------------------------------------------------------------------------------ entry
@@ -181,7 +191,9 @@ def resolve_format(path: Path | str, fmt: str = "auto") -> str:
     return input_format(path)
 
 
-def iter_spectra(path: Path | str, fmt: str = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[SpectraChunk]:
+def iter_spectra(
+    path: Path | str, fmt: str = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> Iterator[SpectraChunk]:
     """Chunks of (source_id, fluxes) from one input file; at most `chunk_size` rows each."""
     path = Path(path)
     if chunk_size < 1:
@@ -191,7 +203,9 @@ def iter_spectra(path: Path | str, fmt: str = "auto", chunk_size: int = DEFAULT_
     if fmt == "gaia":
         kind = identify(path)
         if kind.product != "xp_continuous":
-            raise InputError(f"{path}: --format gaia, but the file holds no bp_coefficients/rp_coefficients; {NEEDED}")
+            raise InputError(
+                f"{path}: --format gaia, but the file holds no bp_coefficients/rp_coefficients; {NEEDED}"
+            )
         return iter_gaia(kind, chunk_size)
     readers = {"parquet": iter_parquet, "csv": iter_seed_csv}
     return readers[fmt](path, chunk_size)

@@ -47,13 +47,13 @@ row index (unique by construction).
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
 
 from xpz.config import DataConfig
-from xpz.data.sed import FINE_PWL, LNL_STEP, LF_ALPHA, LF_M_STAR, Z_LIMIT, Instrument, instrument  # noqa: F401
+from xpz.data.sed import FINE_PWL, LF_ALPHA, LF_M_STAR, LNL_STEP, Z_LIMIT, Instrument, instrument  # noqa: F401
 from xpz.spectra import (
     DATASET_COLUMNS,
     FLUX_COLUMNS,
@@ -92,7 +92,6 @@ BACKGROUND = 15.0  # e-/s per pseudo-wavelength unit (sky + extended-source ligh
 NOISE_BOOST = 2.1
 OFFSET_SIGMA = 0.06  # e-/s per pwl: per-band background-subtraction error
 GAIN_SIGMA = 0.02  # per-band smooth multiplicative calibration error (fraction)
-
 
 
 def _seed_entropy(seed: int) -> int:
@@ -146,9 +145,7 @@ def _draw_absolute_mag(rng, mod: Instrument, lo: np.ndarray, hi: np.ndarray) -> 
     return np.clip(mag, lo, hi)
 
 
-def _block_physics(
-    cfg: DataConfig, block: int, n: int, z: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def _block_physics(cfg: DataConfig, block: int, n: int, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Noiseless SEDs for one block: returns (sed (n, n_obs) scaled to the drawn G, g_vega)."""
     mod = instrument()
     rng = _rng(cfg.seed, block, 1)

@@ -121,12 +121,20 @@ def dataset_expectations(cfg: ValidateConfig) -> list:
         gxe.ExpectColumnValuesToNotBeNull(column=TARGET_COLUMN),
         gxe.ExpectColumnValuesToBeOfType(column=TARGET_COLUMN, type_="float64"),
         gxe.ExpectColumnValuesToBeBetween(column=TARGET_COLUMN, min_value=cfg.z_min, max_value=cfg.z_max),
-        gxe.ExpectColumnMeanToBeBetween(column=TARGET_COLUMN, min_value=cfg.warn_z_mean[0], max_value=cfg.warn_z_mean[1], **warn),
-        gxe.ExpectColumnMedianToBeBetween(column=TARGET_COLUMN, min_value=cfg.warn_z_median[0], max_value=cfg.warn_z_median[1], **warn),
+        gxe.ExpectColumnMeanToBeBetween(
+            column=TARGET_COLUMN, min_value=cfg.warn_z_mean[0], max_value=cfg.warn_z_mean[1], **warn
+        ),
+        gxe.ExpectColumnMedianToBeBetween(
+            column=TARGET_COLUMN, min_value=cfg.warn_z_median[0], max_value=cfg.warn_z_median[1], **warn
+        ),
         # the 99th percentile as two `mostly` checks: q99 <= hi  <=>  >= 99% of z <= hi, and
         # q99 >= lo  <=>  >= 1% of z >= lo (GX's quantile expectation fails to serialise numpy 2 bools)
-        gxe.ExpectColumnValuesToBeBetween(column=TARGET_COLUMN, max_value=cfg.warn_z_q99[1], mostly=0.99, **warn),
-        gxe.ExpectColumnValuesToBeBetween(column=TARGET_COLUMN, min_value=cfg.warn_z_q99[0], mostly=0.01, **warn),
+        gxe.ExpectColumnValuesToBeBetween(
+            column=TARGET_COLUMN, max_value=cfg.warn_z_q99[1], mostly=0.99, **warn
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column=TARGET_COLUMN, min_value=cfg.warn_z_q99[0], mostly=0.01, **warn
+        ),
     ]
 
 
@@ -175,7 +183,15 @@ def _findings(results: list, df: pd.DataFrame, cfg: ValidateConfig) -> tuple[lis
         exp = res.expectation_config
         column = exp.kwargs.get("column")
         info = res.result or {}
-        ids = list(dict.fromkeys(row.get(ID_COLUMN) for row in info.get("partial_unexpected_index_list") or info.get("unexpected_index_list") or [] if isinstance(row, dict)))
+        ids = list(
+            dict.fromkeys(
+                row.get(ID_COLUMN)
+                for row in info.get("partial_unexpected_index_list")
+                or info.get("unexpected_index_list")
+                or []
+                if isinstance(row, dict)
+            )
+        )
         detail = ""
         if column in ROW_SUMMARY_COLUMNS:
             detail = _bad_flux_columns(df, ids, column, cfg)
@@ -198,9 +214,20 @@ def _precheck(df: pd.DataFrame, source: str, cfg: ValidateConfig) -> list[Findin
     """Structural problems GX cannot usefully evaluate further (no rows, missing columns)."""
     missing = [c for c in DATASET_COLUMNS if c not in df.columns]
     if missing:
-        return [Finding("expect_table_columns_to_match_ordered_list", None, "critical", None, (), f"missing {describe_rows(missing, 8)}")]
+        return [
+            Finding(
+                "expect_table_columns_to_match_ordered_list",
+                None,
+                "critical",
+                None,
+                (),
+                f"missing {describe_rows(missing, 8)}",
+            )
+        ]
     if len(df) == 0:
-        return [Finding("expect_table_row_count_to_be_between", None, "critical", 0, (), "the dataset is empty")]
+        return [
+            Finding("expect_table_row_count_to_be_between", None, "critical", 0, (), "the dataset is empty")
+        ]
     return []
 
 
@@ -227,7 +254,10 @@ def validate_frame(
             site_name="xpz",
             site_config={
                 "class_name": "SiteBuilder",
-                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(report_dir)},
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(report_dir),
+                },
                 "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
             },
         )
@@ -246,9 +276,16 @@ def validate_frame(
     for name, (frame, expectations) in batches.items():
         batch_def = source_gx.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
         suite = context.suites.add(gx.ExpectationSuite(name=f"xpz_{name}", expectations=expectations))
-        definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch_def, suite=suite))
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=name, data=batch_def, suite=suite)
+        )
         checkpoint = context.checkpoints.add(
-            gx.Checkpoint(name=f"xpz_{name}", validation_definitions=[definition], actions=actions, result_format=result_format)
+            gx.Checkpoint(
+                name=f"xpz_{name}",
+                validation_definitions=[definition],
+                actions=actions,
+                result_format=result_format,
+            )
         )
         runs += checkpoint.run(batch_parameters={"dataframe": frame}).run_results.values()
     failures: list[Finding] = []
@@ -259,7 +296,11 @@ def validate_frame(
         f, w = _findings(run.results, df, cfg)
         failures += f
         warnings += w
-    docs = report_dir / "index.html" if report_dir is not None and (report_dir / "index.html").exists() else None
+    docs = (
+        report_dir / "index.html" if report_dir is not None and (report_dir / "index.html").exists() else None
+    )
     z = df[TARGET_COLUMN].to_numpy(dtype=float)
-    stats = {"z_mean": float(np.nanmean(z)), "z_median": float(np.nanmedian(z))} if np.isfinite(z).any() else {}
+    stats = (
+        {"z_mean": float(np.nanmean(z)), "z_median": float(np.nanmedian(z))} if np.isfinite(z).any() else {}
+    )
     return ValidationReport(source, len(df), n_expectations, tuple(failures), tuple(warnings), docs, stats)

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from xpz.data.formats import COEFF_COLUMNS, FileKind, NEEDED, open_binary
+from xpz.data.formats import COEFF_COLUMNS, NEEDED, FileKind, open_binary
 from xpz.errors import InputError, describe_rows
 from xpz.spectra import FLUX_DTYPE, ID_COLUMN, N_COEFFS, N_FLUX
 
@@ -52,7 +52,9 @@ def _band(name: str) -> str:
     return name.split("_")[0].upper()
 
 
-def _finish(values: np.ndarray, lengths: np.ndarray, missing: np.ndarray, band: str) -> tuple[np.ndarray, list[str | None]]:
+def _finish(
+    values: np.ndarray, lengths: np.ndarray, missing: np.ndarray, band: str
+) -> tuple[np.ndarray, list[str | None]]:
     reasons: list[str | None] = [None] * len(lengths)
     for i in np.flatnonzero(missing | (lengths != N_COEFFS) | ~np.isfinite(values).all(axis=1)):
         if missing[i] or lengths[i] == 0:
@@ -72,7 +74,9 @@ def arrow_coefficients(column: pa.Array | pa.ChunkedArray, name: str) -> tuple[n
     band = _band(name)
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         text = pc.utf8_trim(column.cast(pa.string()), "[]() \"")
-        missing = np.asarray(pc.fill_null(pc.or_(pc.equal(text, ""), pc.equal(pc.utf8_lower(text), "null")), True))
+        missing = np.asarray(
+            pc.fill_null(pc.or_(pc.equal(text, ""), pc.equal(pc.utf8_lower(text), "null")), True)
+        )
         text = pc.if_else(pa.array(missing), "", text)
         lists = pc.split_pattern(text, ",")
         items = pc.utf8_trim_whitespace(lists.flatten())
@@ -84,7 +88,11 @@ def arrow_coefficients(column: pa.Array | pa.ChunkedArray, name: str) -> tuple[n
         offsets = lists.offsets.to_numpy()
         lengths = np.diff(offsets)
         lengths[missing] = 0
-    elif pa.types.is_list(column.type) or pa.types.is_large_list(column.type) or pa.types.is_fixed_size_list(column.type):
+    elif (
+        pa.types.is_list(column.type)
+        or pa.types.is_large_list(column.type)
+        or pa.types.is_fixed_size_list(column.type)
+    ):
         if pa.types.is_fixed_size_list(column.type):
             column = column.cast(pa.list_(column.type.value_type))
         missing = np.asarray(column.is_null().to_numpy(zero_copy_only=False))
@@ -130,7 +138,9 @@ def _python_coefficients(cells: Sequence[object], name: str) -> tuple[np.ndarray
 # ------------------------------------------------------------------------------ conversion
 
 
-def to_block(kind: FileKind, ids: pa.Array | np.ndarray | Sequence, bp: object, rp: object, first_row: int) -> XpBlock:
+def to_block(
+    kind: FileKind, ids: pa.Array | np.ndarray | Sequence, bp: object, rp: object, first_row: int
+) -> XpBlock:
     """One block of rows -> fluxes for the usable sources, NaN and a reason for the others."""
     from xpz.data.xp import coefficients_to_fluxes
 
@@ -140,8 +150,14 @@ def to_block(kind: FileKind, ids: pa.Array | np.ndarray | Sequence, bp: object, 
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         id_values = None
     if id_values is None or id_values.null_count:
-        bad = np.arange(len(ids_arr)) if id_values is None else np.flatnonzero(id_values.is_null().to_numpy(zero_copy_only=False))
-        raise InputError(f"{kind.path}: column 'source_id' is empty or not an integer in rows {describe_rows((bad + first_row).tolist())}")
+        bad = (
+            np.arange(len(ids_arr))
+            if id_values is None
+            else np.flatnonzero(id_values.is_null().to_numpy(zero_copy_only=False))
+        )
+        raise InputError(
+            f"{kind.path}: column 'source_id' is empty or not an integer in rows {describe_rows((bad + first_row).tolist())}"
+        )
     source_id = np.asarray(id_values.to_numpy(zero_copy_only=False), dtype=np.int64)
     coeffs, reasons = [], []
     for cells, name in ((bp, COEFF_COLUMNS[0]), (rp, COEFF_COLUMNS[1])):
@@ -154,7 +170,9 @@ def to_block(kind: FileKind, ids: pa.Array | np.ndarray | Sequence, bp: object, 
             raise InputError(f"{kind.path}: {err}; {NEEDED}") from None
         coeffs.append(c)
         reasons.append(r)
-    why = np.array([a if a and b is None else (b if a is None else f"{a}; {b}") for a, b in zip(*reasons)], dtype=object)
+    why = np.array(
+        [a if a and b is None else (b if a is None else f"{a}; {b}") for a, b in zip(*reasons)], dtype=object
+    )
     ok = np.array([w is None for w in why], dtype=bool)
     fluxes = np.full((len(source_id), N_FLUX), np.nan, dtype=FLUX_DTYPE)
     if ok.any():
@@ -241,7 +259,10 @@ def _iter_parquet(kind: FileKind, chunk_size: int) -> Iterator[XpBlock]:
 
     names = [kind.column(ID_COLUMN), kind.column(COEFF_COLUMNS[0]), kind.column(COEFF_COLUMNS[1])]
     pf = pq.ParquetFile(kind.path)
-    batches = (pa.Table.from_batches([b]) for b in pf.iter_batches(batch_size=chunk_size, columns=names, use_threads=False))
+    batches = (
+        pa.Table.from_batches([b])
+        for b in pf.iter_batches(batch_size=chunk_size, columns=names, use_threads=False)
+    )
     yield from _iter_tables(kind, batches)
 
 
@@ -266,7 +287,9 @@ def _iter_astropy(kind: FileKind, chunk_size: int) -> Iterator[XpBlock]:
     except InputError:
         raise
     except Exception as err:  # astropy raises many kinds for truncated or corrupt files
-        raise InputError(f"{kind.path}: not a readable {fmt.upper()} table (truncated or corrupt?): {err}") from None
+        raise InputError(
+            f"{kind.path}: not a readable {fmt.upper()} table (truncated or corrupt?): {err}"
+        ) from None
     if len(table) == 0:
         raise InputError(f"{kind.path}: the file holds no rows")
     for start in range(0, len(table), chunk_size):

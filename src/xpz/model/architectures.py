@@ -106,9 +106,7 @@ class RedshiftPosterior(keras.layers.Layer):
             name="log_prior", shape=(self.n_bins,), initializer="zeros", trainable=False
         )
         self.alpha = self.add_weight(name="alpha", shape=(), initializer="zeros", trainable=False)
-        self.temperature = self.add_weight(
-            name="temperature", shape=(), initializer="ones", trainable=False
-        )
+        self.temperature = self.add_weight(name="temperature", shape=(), initializer="ones", trainable=False)
         # the point estimate's quantile shift (xpz.model.posterior): read by predict_redshift, not by call()
         self.shift_z = self.add_weight(name="shift_z", shape=(), initializer="zeros", trainable=False)
         self.shift_gain = self.add_weight(name="shift_gain", shape=(), initializer="zeros", trainable=False)
@@ -258,7 +256,12 @@ def build_model(
                 f"{padding!r}; use fewer conv layers or padding 'same'"
             )
         x = keras.layers.Conv1D(
-            int(hp[f"filters_{i}"]), k, strides=stride, padding=padding, activation=activation, name=f"conv_{i}"
+            int(hp[f"filters_{i}"]),
+            k,
+            strides=stride,
+            padding=padding,
+            activation=activation,
+            name=f"conv_{i}",
         )(x)
         x = keras.layers.MaxPooling1D(2, name=f"pool_{i}")(x)
         length //= 2
@@ -330,7 +333,9 @@ class RedshiftHyperModel(kt.HyperModel):
             return hp.Choice(key, list(options), default=d[key] if d.get(key) in options else options[0])
 
         values: dict[str, Any] = {}
-        values["conv_layers"] = hp.Int("conv_layers", *s.conv_layers, default=default("conv_layers", s.conv_layers, 1))
+        values["conv_layers"] = hp.Int(
+            "conv_layers", *s.conv_layers, default=default("conv_layers", s.conv_layers, 1)
+        )
         for i in range(values["conv_layers"]):
             values[f"filters_{i}"] = hp.Int(
                 f"filters_{i}", *s.filters, step=s.filters_step,
@@ -351,7 +356,9 @@ class RedshiftHyperModel(kt.HyperModel):
         values["optimizer"] = choice("optimizer", s.optimizers)
         lo, hi = s.learning_rate
         values["learning_rate"] = (
-            hp.Float("learning_rate", lo, hi, sampling="log", default=default("learning_rate", s.learning_rate, lo))
+            hp.Float(
+                "learning_rate", lo, hi, sampling="log", default=default("learning_rate", s.learning_rate, lo)
+            )
             if hi > lo
             else hp.Fixed("learning_rate", lo)
         )
@@ -365,5 +372,5 @@ class RedshiftHyperModel(kt.HyperModel):
 
 # the pass-through layers that trained models carry (eligibility, coverage recalibration, conformal
 # intervals): importing this module registers every custom object a saved xpz model needs
-from xpz.model import ood as _ood, recalibration as _recalibration  # noqa: E402,F401
 from xpz.model import conformal as _conformal  # noqa: E402,F401
+from xpz.model import ood as _ood  # noqa: E402,F401

@@ -67,7 +67,7 @@ def calibrate_posterior(
     val_fluxes: np.ndarray,
     val_z: np.ndarray,
     log_prior: np.ndarray,
-    cfg: "Config",
+    cfg: Config,
 ) -> dict[str, float]:
     """Set the prior and choose alpha, the temperature and the point estimate's quantile shift on
     validation (see module doc). Returns the choice and its validation metrics."""
@@ -136,7 +136,9 @@ def calibrate_posterior(
     return out
 
 
-def choose_shift(model: keras.Model, val_fluxes: np.ndarray, val_z: np.ndarray, cfg: "Config") -> dict[str, float]:
+def choose_shift(
+    model: keras.Model, val_fluxes: np.ndarray, val_z: np.ndarray, cfg: Config
+) -> dict[str, float]:
     """Choose the point estimate's quantile shift again, on the estimator that is served: the
     model's recalibrated CDF (`xpz.model.recalibration`, grouped by the shift-free median, so the
     CDF does not move with the shift). Same grids and rule (`choose_candidate`) as

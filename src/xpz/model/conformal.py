@@ -100,7 +100,12 @@ class ConformalIntervals(PassThrough):
                                           trainable=False, dtype="float64")  # fmt: skip
 
     def get_config(self):
-        return {**super().get_config(), "z_edges": self.z_edges, "snr_groups": self.snr_groups, "level": self.level}
+        return {
+            **super().get_config(),
+            "z_edges": self.z_edges,
+            "snr_groups": self.snr_groups,
+            "level": self.level,
+        }
 
     def snr_group(self, fluxes: np.ndarray) -> np.ndarray:
         edges = np.asarray(self.snr_edges.numpy())[: self.snr_groups - 1]
@@ -166,7 +171,13 @@ def conformal_layer(model: keras.Model) -> ConformalIntervals | None:
 
 
 def fit_conformal(
-    model: keras.Model, val_fluxes, val_z, cfg: Any, bin_width: float = 0.05, z_max: float = 0.6, level: float = 0.68
+    model: keras.Model,
+    val_fluxes,
+    val_z,
+    cfg: Any,
+    bin_width: float = 0.05,
+    z_max: float = 0.6,
+    level: float = 0.68,
 ) -> tuple[keras.Model, dict[str, float]]:
     """Fit the thresholds of a softmax-head model on the validation split only (`cfg`: a
     `CoverageConfig`: `snr_groups`, `min_count`) and return the model carrying a

@@ -57,12 +57,17 @@ def snr_metrics(table: pd.DataFrame) -> dict[str, float]:
 
 
 def coverage_spread(
-    bin_table: pd.DataFrame, snr: pd.DataFrame, z_max: float = COVERAGE_Z_MAX, min_count: int = COVERAGE_MIN_COUNT
+    bin_table: pd.DataFrame,
+    snr: pd.DataFrame,
+    z_max: float = COVERAGE_Z_MAX,
+    min_count: int = COVERAGE_MIN_COUNT,
 ) -> dict[str, float]:
     """The least and largest 68% coverage over the bins of true z ending at or below `z_max` with at
     least `min_count` objects (`coverage_68_bin_min` / `_max`) and over the S/N groups
     (`coverage_68_snr_min` / `_max`): what issue 12's "0.60-0.76 in every bin and quartile" reads."""
-    sel = bin_table[(bin_table["z_hi"] <= z_max + 1e-9) & (bin_table["count"] >= min_count)]["coverage_68"].dropna()
+    sel = bin_table[(bin_table["z_hi"] <= z_max + 1e-9) & (bin_table["count"] >= min_count)][
+        "coverage_68"
+    ].dropna()
     by_snr = snr["coverage_68"].dropna()
     nan = float("nan")
     return {

@@ -163,7 +163,7 @@ def summary_metrics(
     z_pred,
     z_lower=None,
     z_upper=None,
-    cfg: "EvaluateConfig | None" = None,
+    cfg: EvaluateConfig | None = None,
 ) -> tuple[dict[str, float], pd.DataFrame]:
     """Flat metrics `{prefix}mae`, ... `{prefix}worst_bin_bias` and the bin table of one predictor."""
     from xpz.config import EvaluateConfig
@@ -211,13 +211,13 @@ def knn_baseline(train_fluxes, train_z, test_fluxes, k: int = 10) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- figures
-def _figure(**kw) -> "Figure":
+def _figure(**kw) -> Figure:
     from matplotlib.figure import Figure
 
     return Figure(**kw)
 
 
-def loss_curves_figure(history: dict[str, list[float]]) -> "Figure":
+def loss_curves_figure(history: dict[str, list[float]]) -> Figure:
     """Training and validation loss and MAE per epoch (an ensemble's other members, `member_<k>/...`,
     as thin lines in the same colours)."""
     fig = _figure(figsize=(10, 4), layout="constrained")
@@ -238,15 +238,21 @@ def loss_curves_figure(history: dict[str, list[float]]) -> "Figure":
     return fig
 
 
-def bin_bias_figure(table: pd.DataFrame) -> "Figure":
+def bin_bias_figure(table: pd.DataFrame) -> Figure:
     """Mean error per bin with std error bars (the seed's Figure 16), and the standard error of the
     mean as thick bars: what tells a real bias from a sparse bin's noise."""
     fig = _figure(figsize=(7, 4), layout="constrained")
     ax = fig.add_subplot()
     centres = 0.5 * (table["z_lo"] + table["z_hi"])
     ax.errorbar(centres, table["mean_error"], yerr=table["std"], fmt="o", capsize=3, lw=0.8, label="std")
-    ax.errorbar(centres, table["mean_error"], yerr=table["mean_error_se"], fmt="none", lw=3,
-                label="standard error of the mean")
+    ax.errorbar(
+        centres,
+        table["mean_error"],
+        yerr=table["mean_error_se"],
+        fmt="none",
+        lw=3,
+        label="standard error of the mean",
+    )
     ax.axhline(0.0, color="grey", lw=0.8)
     ax.set_xlabel("true redshift bin")
     ax.set_ylabel("mean error (z_pred - z_true)")
@@ -255,7 +261,7 @@ def bin_bias_figure(table: pd.DataFrame) -> "Figure":
     return fig
 
 
-def z_histogram_figure(z_true, z_pred, bins: int = 60) -> "Figure":
+def z_histogram_figure(z_true, z_pred, bins: int = 60) -> Figure:
     fig = _figure(figsize=(7, 4), layout="constrained")
     ax = fig.add_subplot()
     hi = max(float(np.max(z_true)), float(np.max(z_pred)), BIN_Z_MAX)
@@ -269,7 +275,7 @@ def z_histogram_figure(z_true, z_pred, bins: int = 60) -> "Figure":
     return fig
 
 
-def pred_vs_true_figure(z_true, z_pred, bins: int = 120) -> "Figure":
+def pred_vs_true_figure(z_true, z_pred, bins: int = 120) -> Figure:
     """2-D histogram of predicted vs true z, log colour scale, the diagonal."""
     from matplotlib.colors import LogNorm
 
@@ -314,13 +320,16 @@ class Evaluation:
 
     def write_tables(self, directory: Path | str) -> dict[str, Path]:
         d = Path(directory)
-        out = {"csv": write_table(self.bin_table, d / "bin_table.csv"), "md": write_table(self.bin_table, d / "bin_table.md")}
+        out = {
+            "csv": write_table(self.bin_table, d / "bin_table.csv"),
+            "md": write_table(self.bin_table, d / "bin_table.md"),
+        }
         if self.snr_table is not None:
             out.update({f"snr_{k}": write_table(self.snr_table, d / f"snr_table.{k}") for k in ("csv", "md")})
         return out
 
 
-def evaluate(model, splits, cfg: "Config", history: dict[str, list[float]] | None = None) -> Evaluation:
+def evaluate(model, splits, cfg: Config, history: dict[str, list[float]] | None = None) -> Evaluation:
     """Metrics, per-bin table, baselines and figures of `model` on the test split."""
     from xpz.model.coverage_report import coverage_spread, snr_metrics, snr_table
     from xpz.model.posterior import predict_posterior
@@ -329,9 +338,7 @@ def evaluate(model, splits, cfg: "Config", history: dict[str, list[float]] | Non
     test = splits.test
     z_true, x_test = test[TARGET_COLUMN].to_numpy(float), flux_matrix(test)
     pred, edges, cdf = predict_posterior(model, x_test, batch_size=ecfg.batch_size)
-    metrics, table = summary_metrics(
-        "test_", z_true, pred["z"], pred["z_lower"], pred["z_upper"], ecfg
-    )
+    metrics, table = summary_metrics("test_", z_true, pred["z"], pred["z_lower"], pred["z_upper"], ecfg)
     metrics.update(bin_metrics(table))
     snr = snr_table(z_true, pred["z"], pred["z_lower"], pred["z_upper"], x_test)
     metrics.update({**snr_metrics(snr), **{f"test_{k}": v for k, v in coverage_spread(table, snr).items()}})
@@ -369,10 +376,12 @@ def evaluate(model, splits, cfg: "Config", history: dict[str, list[float]] | Non
     if history:
         figures["loss_curves"] = loss_curves_figure(history)
     figures.update(extra_figures)
-    return Evaluation(metrics, table, predictions, figures, baseline_tables, None if pdfs is None else pdfs[0], snr)
+    return Evaluation(
+        metrics, table, predictions, figures, baseline_tables, None if pdfs is None else pdfs[0], snr
+    )
 
 
-def _reliability(model, test, pred, edges, cdf, cfg: "Config", metrics: dict[str, float]):
+def _reliability(model, test, pred, edges, cdf, cfg: Config, metrics: dict[str, float]):
     """PDF metrics (`xpz.model.pdf_metrics`) and the eligibility report (`xpz.model.ood`) into
     `metrics`; returns (figures, (qp Ensemble, bin table with PDF columns) or None)."""
     from xpz.model.ood import ood_layer, ood_report
@@ -385,7 +394,9 @@ def _reliability(model, test, pred, edges, cdf, cfg: "Config", metrics: dict[str
 
         table = bin_table(z_true, pred["z"], pred["z_lower"], pred["z_upper"],
                           bin_edges(cfg.evaluate.bin_width, cfg.evaluate.z_max))  # fmt: skip
-        m, table, figures["pit"], ens = assess_pdfs(z_true, pred, edges, cdf, table, test[ID_COLUMN].to_numpy())
+        m, table, figures["pit"], ens = assess_pdfs(
+            z_true, pred, edges, cdf, table, test[ID_COLUMN].to_numpy()
+        )
         metrics.update({f"test_{k}": v for k, v in m.items()})
         pdfs = (ens, table)
     layer = ood_layer(model)

@@ -194,7 +194,9 @@ class OodDensity(PassThrough):
             out.update({f"ood_cut_{name}": float(c) for name, c in zip(TERMS, self._v("term_cuts"))})
         return out
 
-    def fit(self, train_fluxes: np.ndarray, val_fluxes: np.ndarray, keep: float, seed: int = 0) -> dict[str, float]:
+    def fit(
+        self, train_fluxes: np.ndarray, val_fluxes: np.ndarray, keep: float, seed: int = 0
+    ) -> dict[str, float]:
         """Fit the three models on training fluxes and the cuts on validation fluxes (the union of
         the per-term cuts keeps the `keep` share of them). Returns the cuts and the validation share."""
         from sklearn.cluster import MiniBatchKMeans
@@ -286,7 +288,9 @@ def _fast_terms(layer: OodDensity, x_all: np.ndarray, block: int) -> tuple[np.nd
     mean_u = mean @ axes.T
     chol_cols = chols.transpose(1, 0, 2).reshape(d, m * d)  # y @ chol_j for every j at once
     shift = np.einsum("md,mde->me", mix_means, chols).reshape(m * d)
-    const = log_w - 0.5 * d * np.log(2 * np.pi) + np.log(np.abs(np.diagonal(chols, axis1=1, axis2=2))).sum(axis=1)
+    const = (
+        log_w - 0.5 * d * np.log(2 * np.pi) + np.log(np.abs(np.diagonal(chols, axis1=1, axis2=2))).sum(axis=1)
+    )
     out = np.full((len(x_all), len(TERMS)), np.nan)
     valid_all = np.empty(len(x_all), dtype=bool)
     for start in range(0, len(x_all), block):
@@ -325,14 +329,18 @@ def ood_layer(model: keras.Model) -> OodDensity | None:
     return None
 
 
-def fit_eligibility(model: keras.Model, train_fluxes, val_fluxes, cfg: Any) -> tuple[keras.Model, dict[str, float]]:
+def fit_eligibility(
+    model: keras.Model, train_fluxes, val_fluxes, cfg: Any
+) -> tuple[keras.Model, dict[str, float]]:
     """Fit an `OodDensity` (settings `cfg`: an `EligibilityConfig`) on a subsample of the training
     fluxes and its threshold on validation, and return the model carrying it with the fit summary."""
     rng = np.random.default_rng(cfg.seed)
     x = np.asarray(train_fluxes)
     if cfg.max_fit_samples and len(x) > cfg.max_fit_samples:
         x = x[np.sort(rng.choice(len(x), cfg.max_fit_samples, replace=False))]
-    layer = OodDensity(cfg.components, cfg.mixture, cfg.templates, cfg.template_components, name="eligibility")
+    layer = OodDensity(
+        cfg.components, cfg.mixture, cfg.templates, cfg.template_components, name="eligibility"
+    )
     summary = layer.fit(x, val_fluxes, cfg.keep, seed=cfg.seed)
     return attach_layer(model, layer), summary
 
@@ -351,7 +359,10 @@ def ood_report(layer: OodDensity, galaxy_fluxes, impostors) -> tuple[dict[str, f
     s_imp = layer.score(flux_matrix(impostors))
     kinds = impostors["kind"].to_numpy()
     flag_gal, flag_imp = ~layer.eligible(s_gal), ~layer.eligible(s_imp)
-    metrics = {"ood/galaxies_flagged": float(flag_gal.mean()), "ood/nongalaxies_flagged": float(flag_imp.mean())}
+    metrics = {
+        "ood/galaxies_flagged": float(flag_gal.mean()),
+        "ood/nongalaxies_flagged": float(flag_imp.mean()),
+    }
     for kind in dict.fromkeys(kinds):
         metrics[f"ood/{kind}_flagged"] = float(flag_imp[kinds == kind].mean())
     # purity / completeness of the eligible set as the threshold moves (non-galaxies reweighted to
@@ -364,12 +375,17 @@ def ood_report(layer: OodDensity, galaxy_fluxes, impostors) -> tuple[dict[str, f
     kept = completeness * len(s_gal)
     purity = np.where(kept + contamination > 0, kept / np.maximum(kept + contamination, 1e-12), 1.0)
     threshold = float(layer.threshold.numpy())
-    at = (float(np.mean(~flag_gal)), float((~flag_gal).sum() / max((~flag_gal).sum() + w * (~flag_imp).sum(), 1e-12)))
+    at = (
+        float(np.mean(~flag_gal)),
+        float((~flag_gal).sum() / max((~flag_gal).sum() + w * (~flag_imp).sum(), 1e-12)),
+    )
     metrics["ood/completeness"], metrics["ood/purity"] = at
     fig = Figure(figsize=(6, 4.5), layout="constrained")
     ax = fig.add_subplot()
     ax.plot(completeness, purity, "-", label="threshold scan")
-    ax.plot(*at, "o", color="C3", label=f"stored threshold {threshold:.3g} (keep {float(layer.keep.numpy()):.0%})")
+    ax.plot(
+        *at, "o", color="C3", label=f"stored threshold {threshold:.3g} (keep {float(layer.keep.numpy()):.0%})"
+    )
     ax.set_xlabel("completeness: share of test galaxies eligible")
     ax.set_ylabel("purity: galaxies among the eligible (1:1 mix)")
     ax.set_title("Eligibility flag: purity vs completeness")

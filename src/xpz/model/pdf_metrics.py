@@ -154,14 +154,16 @@ def point_metrics_ez(z_true, z_pred) -> dict[str, float]:
 
 def pit_metrics(ensemble, z_true) -> tuple[np.ndarray, dict[str, float]]:
     """(PIT values, {pit_ks, pit_ks_pvalue, pit_cvm, pit_cvm_pvalue, pit_ad}) via `qp.metrics.PIT`."""
-    from qp.metrics.pit import PIT
-
     import warnings
+
+    from qp.metrics.pit import PIT
 
     pit = PIT(ensemble, np.asarray(z_true, float))
     with warnings.catch_warnings():  # scipy's anderson_ksamp, as qp calls it: the AD p-value is floored at
         # 0.001 / capped at 0.25, and its `midrank` argument is deprecated; neither touches the statistic
-        warnings.filterwarnings("ignore", message="(p-value (floored|capped))|(Parameter `variant`)", category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message="(p-value (floored|capped))|(Parameter `variant`)", category=UserWarning
+        )
         meta = pit.calculate_pit_meta_metrics()  # the AD p-value is not reported (only its statistic)
     out = {
         "pit_ks": float(meta["ks"].statistic),
@@ -196,7 +198,7 @@ def bin_pdf_columns(table: pd.DataFrame, z_true, z_pred, crps_values) -> pd.Data
     return out
 
 
-def pit_figure(pit: np.ndarray, stats: Mapping[str, float], bins: int = 50) -> "Figure":
+def pit_figure(pit: np.ndarray, stats: Mapping[str, float], bins: int = 50) -> Figure:
     """PIT histogram (a calibrated p(z) gives a flat one) with KS / CvM / AD in the title."""
     from matplotlib.figure import Figure
 

@@ -137,8 +137,12 @@ def predict_posterior(model, fluxes: np.ndarray, batch_size: int = 1024):
         scores = None
     else:  # the score (numpy, one thread, GIL released) overlaps the network (TensorFlow's threads)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="xpz-eligibility") as pool:
-            pending = pool.submit(fast_score, ood, x)  # `ood.score(x)`, evaluated faster (tests: same to 1e-10)
-            (z, lo, hi), edges, cdf = _redshifts(model, layer, predict_array(model, x, batch_size=batch_size), x)
+            pending = pool.submit(
+                fast_score, ood, x
+            )  # `ood.score(x)`, evaluated faster (tests: same to 1e-10)
+            (z, lo, hi), edges, cdf = _redshifts(
+                model, layer, predict_array(model, x, batch_size=batch_size), x
+            )
             scores = pending.result()
     frame = pd.DataFrame({"z": z, "z_lower": lo, "z_upper": hi})
     if scores is None:

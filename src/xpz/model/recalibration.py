@@ -67,7 +67,9 @@ class CoverageRecalibration(PassThrough):
 
     def groups(self, z_point: np.ndarray, fluxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(z group, S/N group) indices of each galaxy."""
-        zg = np.searchsorted(np.asarray(self.z_edges), np.nan_to_num(np.asarray(z_point, float)), side="right")
+        zg = np.searchsorted(
+            np.asarray(self.z_edges), np.nan_to_num(np.asarray(z_point, float)), side="right"
+        )
         sg = np.searchsorted(np.asarray(self.snr_edges.numpy())[: self.snr_groups - 1], log_total_flux(fluxes),
                              side="right")  # fmt: skip
         return zg, sg
@@ -83,7 +85,9 @@ class CoverageRecalibration(PassThrough):
         out[:, 0], out[:, -1] = 0.0, 1.0
         return np.maximum.accumulate(out, axis=1)
 
-    def fit(self, pit: np.ndarray, z_point: np.ndarray, fluxes: np.ndarray, min_count: int = 50) -> dict[str, float]:
+    def fit(
+        self, pit: np.ndarray, z_point: np.ndarray, fluxes: np.ndarray, min_count: int = 50
+    ) -> dict[str, float]:
         """Fit the maps from validation PIT values F(z_true | x) (see module doc)."""
         if not self.built:
             self.build((None, 1))
@@ -110,7 +114,10 @@ class CoverageRecalibration(PassThrough):
                 table[i, j] = quantiles(pit[cell]) if cell.sum() >= min_count else pooled
                 fallbacks += int(cell.sum() < min_count)
         self.pit_quantiles.assign(table)
-        return {"recalibration_groups": float(nz * self.snr_groups), "recalibration_fallbacks": float(fallbacks)}
+        return {
+            "recalibration_groups": float(nz * self.snr_groups),
+            "recalibration_fallbacks": float(fallbacks),
+        }
 
 
 def recalibration_layer(model: keras.Model) -> CoverageRecalibration | None:
@@ -120,7 +127,9 @@ def recalibration_layer(model: keras.Model) -> CoverageRecalibration | None:
     return None
 
 
-def fit_recalibration(model: keras.Model, val_fluxes, val_z, cfg: Any) -> tuple[keras.Model, dict[str, float]]:
+def fit_recalibration(
+    model: keras.Model, val_fluxes, val_z, cfg: Any
+) -> tuple[keras.Model, dict[str, float]]:
     """Recalibrate a softmax-head model on the validation split only (`cfg`: a `CoverageConfig`);
     returns the model carrying a `CoverageRecalibration` layer and a summary (validation coverage)."""
     from xpz.model.architectures import posterior_layer

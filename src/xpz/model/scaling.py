@@ -49,7 +49,7 @@ class Scaler:
         lo, hi = self.log_total_range
         return ((np.log10(total_flux(fluxes)) - lo) / max(hi - lo, _EPS)).astype(np.float32)
 
-    def pixel_layer(self) -> "MinMaxScaling":
+    def pixel_layer(self) -> MinMaxScaling:
         return MinMaxScaling(
             minimum=[float(v) for v in self.minimum],
             maximum=[float(v) for v in self.maximum],
@@ -57,7 +57,7 @@ class Scaler:
             name="minmax_scaling",
         )
 
-    def log_total_layer(self) -> "LogTotalFlux":
+    def log_total_layer(self) -> LogTotalFlux:
         lo, hi = self.log_total_range
         return LogTotalFlux(log_min=float(lo), log_max=float(hi), name="log_total_flux")
 

@@ -60,7 +60,9 @@ def decide(
     mean_gain = float(gains.mean())
     base.update(gains=gains.tolist(), mean_gain=mean_gain)
     if (gains <= 0).any():
-        return Decision(False, f"challenger lost or tied {int((gains <= 0).sum())} of {len(gains)} seed pairs", **base)
+        return Decision(
+            False, f"challenger lost or tied {int((gains <= 0).sum())} of {len(gains)} seed pairs", **base
+        )
     if mean_gain < min_improvement:
         return Decision(False, f"mean gain {mean_gain:.2%} < min_improvement {min_improvement:.2%}", **base)
     return Decision(True, f"won all {len(gains)} seed pairs, mean gain {mean_gain:.2%}", **base)

@@ -27,9 +27,9 @@ import numpy as np
 
 from xpz.model.architectures import (
     SEED_HYPERPARAMETERS,
-    build_model,
     RedshiftMAE,
     RedshiftPosterior,
+    build_model,
     build_seed_model,
     flat_hyperparameters,
     posterior_layer,
@@ -41,6 +41,7 @@ from xpz.spectra import TARGET_COLUMN, flux_matrix
 
 if TYPE_CHECKING:
     from xpz.config import Config, ModelConfig, TrainConfig
+
 
 @dataclass
 class TrainResult:
@@ -160,7 +161,7 @@ class CosineProgress(keras.callbacks.Callback):
 
 
 # ----------------------------------------------------------------------------- training
-def resolve_hyperparameters(cfg: "ModelConfig", hyperparameters: Mapping[str, Any] | None) -> dict[str, Any]:
+def resolve_hyperparameters(cfg: ModelConfig, hyperparameters: Mapping[str, Any] | None) -> dict[str, Any]:
     if hyperparameters is not None:
         return flat_hyperparameters(hyperparameters)
     if cfg.architecture == "seed":
@@ -185,7 +186,7 @@ def fit_member(
     train_ds,
     val_ds,
     n_train: int,
-    tcfg: "TrainConfig",
+    tcfg: TrainConfig,
     lr: float,
     seed: int,
     max_seconds: float | None,
@@ -210,7 +211,12 @@ def fit_member(
     cbs.extend(callbacks)
     t0 = time.perf_counter()
     fit = model.fit(
-        train_ds, validation_data=val_ds, epochs=tcfg.epochs, callbacks=cbs, verbose=tcfg.verbose, shuffle=False
+        train_ds,
+        validation_data=val_ds,
+        epochs=tcfg.epochs,
+        callbacks=cbs,
+        verbose=tcfg.verbose,
+        shuffle=False,
     )  # train_ds shuffles itself
     seconds = time.perf_counter() - t0
     history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
@@ -246,12 +252,14 @@ def ensemble_model(members: Sequence[keras.Model], name: str = "xpz_ensemble") -
     if heads[0] is not None:
         x = RedshiftPosterior(heads[0].edges, name="posterior")(x)
     model = keras.Model(inputs, x, name=name)
-    centres = None if heads[0] is None else [0.5 * (a + b) for a, b in zip(heads[0].edges[:-1], heads[0].edges[1:])]
+    centres = (
+        None if heads[0] is None else [0.5 * (a + b) for a, b in zip(heads[0].edges[:-1], heads[0].edges[1:])]
+    )
     model.compile(loss=members[0].loss, metrics=[RedshiftMAE(centres=centres)])
     return model
 
 
-def _fit_reliability(model, x_train, x_val, z_val, cfg: "Config") -> tuple[keras.Model, dict[str, float]]:
+def _fit_reliability(model, x_train, x_val, z_val, cfg: Config) -> tuple[keras.Model, dict[str, float]]:
     """After calibration, on validation only: the per-group coverage recalibration
     (`xpz.model.recalibration`), then the point estimate's shift chosen again on the recalibrated
     CDF (`xpz.model.calibration.choose_shift`), then the conformal intervals (`xpz.model.conformal`)
@@ -280,7 +288,7 @@ def _fit_reliability(model, x_train, x_val, z_val, cfg: "Config") -> tuple[keras
 
 def train_model(
     splits,
-    cfg: "Config",
+    cfg: Config,
     hyperparameters: Mapping[str, Any] | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> TrainResult:
@@ -314,7 +322,9 @@ def train_model(
     for k in range(tcfg.members):
         if tcfg.members > 1 and tcfg.verbose:
             print(f"ensemble member {k + 1}/{tcfg.members}", flush=True)
-        fits.append(fit_member(build, train_ds, val_ds, len(x_train), tcfg, lr, tcfg.seed + k, share, callbacks))
+        fits.append(
+            fit_member(build, train_ds, val_ds, len(x_train), tcfg, lr, tcfg.seed + k, share, callbacks)
+        )
     model = ensemble_model([f.model for f in fits])
     history = dict(fits[0].history)
     for k, f in enumerate(fits[1:], start=1):

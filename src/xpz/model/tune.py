@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-
 import keras
 import keras_tuner as kt
 import numpy as np
@@ -30,8 +29,8 @@ import numpy as np
 from xpz.files import json_digest
 from xpz.model.architectures import RedshiftHyperModel, prune_hyperparameters
 from xpz.model.scaling import fit_scaler
-from xpz.spectra import TARGET_COLUMN, flux_matrix
 from xpz.model.train import make_dataset
+from xpz.spectra import TARGET_COLUMN, flux_matrix
 
 if TYPE_CHECKING:
     from xpz.config import Config
@@ -91,7 +90,7 @@ class _Tuner(kt.Tuner):
             self._hook(trial_record(self.oracle.get_trial(trial.trial_id)))
 
 
-def search_key(cfg: "Config", digests: dict[str, str]) -> str:
+def search_key(cfg: Config, digests: dict[str, str]) -> str:
     """Short hash of what makes trials comparable; `max_trials` is left out so a search can grow."""
     tune_part = cfg.tune.model_dump(mode="json", exclude={"max_trials", "directory", "project_name"})
     payload = {
@@ -103,7 +102,7 @@ def search_key(cfg: "Config", digests: dict[str, str]) -> str:
     return json_digest(payload)[:10]
 
 
-def search_directory(cfg: "Config", digests: dict[str, str], directory: Path | str | None = None) -> Path:
+def search_directory(cfg: Config, digests: dict[str, str], directory: Path | str | None = None) -> Path:
     """Where the search for these settings lives: `<tune.directory>/<project_name>-<search key>`."""
     base = Path(directory if directory is not None else cfg.tune.directory)
     return base / f"{cfg.tune.project_name}-{search_key(cfg, digests)}"
@@ -118,7 +117,7 @@ def _subsample(n: int, limit: int | None, seed: int) -> np.ndarray:
 
 def tune(
     splits,
-    cfg: "Config",
+    cfg: Config,
     directory: Path | str | None = None,
     on_trial_end: Callable[[TrialRecord], None] | None = None,
 ) -> TuneResult:
@@ -131,7 +130,9 @@ def tune(
     scaler = fit_scaler(x_train, normalize=cfg.model.normalize_flux)
     it = _subsample(len(x_train), tcfg.max_train_samples, tcfg.seed)
     iv = _subsample(len(x_val), tcfg.max_val_samples, tcfg.seed + 1)
-    train_ds = make_dataset(x_train[it], z_train[it], batch_size=cfg.train.batch_size, shuffle=True, seed=tcfg.seed)
+    train_ds = make_dataset(
+        x_train[it], z_train[it], batch_size=cfg.train.batch_size, shuffle=True, seed=tcfg.seed
+    )
     val_ds = make_dataset(x_val[iv], z_val[iv], batch_size=max(cfg.train.batch_size, 1024))
 
     oracle = _DefaultFirstOracle(
@@ -172,7 +173,9 @@ def tune(
     if tcfg.confirm_seeds == 0:  # the bare proxy rule (noisy: see xpz.model.selection)
         chosen = keep_default_unless_better(trials, best_id, defaults, tcfg.min_improvement, tcfg.direction)
     else:
-        chosen, decision = _confirm(trials, best_id, defaults, cfg, scaler, (x_train[it], z_train[it]), val_ds, project_dir)
+        chosen, decision = _confirm(
+            trials, best_id, defaults, cfg, scaler, (x_train[it], z_train[it]), val_ds, project_dir
+        )
     return TuneResult(
         best_hyperparameters=chosen.hyperparameters,
         trials=trials,
@@ -182,7 +185,7 @@ def tune(
     )
 
 
-def _confirm(trials, best_id, defaults, cfg: "Config", scaler, train, val_ds, project_dir: Path):
+def _confirm(trials, best_id, defaults, cfg: Config, scaler, train, val_ds, project_dir: Path):
     """The search's best trial against the default: paired training over `tune.confirm_seeds` seeds
     at equal budget (`xpz.model.selection.decide`); returns (chosen trial, Decision or None)."""
     from xpz.model.architectures import build_model
@@ -204,7 +207,9 @@ def _confirm(trials, best_id, defaults, cfg: "Config", scaler, train, val_ds, pr
         return float(pick(history[tcfg.objective]))
 
     seeds = [tcfg.seed + k for k in range(tcfg.confirm_seeds)]
-    d, c = paired_scores(fit_score, defaults, best.hyperparameters, seeds, cache=project_dir / "confirmation.json")
+    d, c = paired_scores(
+        fit_score, defaults, best.hyperparameters, seeds, cache=project_dir / "confirmation.json"
+    )
     decision = decide(d, c, tcfg.min_improvement, tcfg.direction)
     if cfg.train.verbose:
         print(f"tune: trial {best.trial_id} vs the default over seeds {seeds}: {decision.reason}", flush=True)

@@ -47,7 +47,9 @@ def role() -> str | None:
         return None
     missing = [v for v in (TUNER_ID, ORACLE_PORT) if not os.environ.get(v)]
     if missing:
-        raise ValueError(f"{ORACLE_IP} is set but {', '.join(missing)} is not: distributed tuning needs all three")
+        raise ValueError(
+            f"{ORACLE_IP} is set but {', '.join(missing)} is not: distributed tuning needs all three"
+        )
     return "chief" if "chief" in os.environ[TUNER_ID] else "worker"
 
 
@@ -58,10 +60,10 @@ def distributed_env(tuner_id: str, ip: str, port: int | str) -> dict[str, str]:
 
 def run_distributed_tune(
     splits,
-    cfg: "Config",
+    cfg: Config,
     directory: Path | str | None = None,
-    on_trial_end: Callable[["TrialRecord"], None] | None = None,
-) -> "TuneResult":
+    on_trial_end: Callable[[TrialRecord], None] | None = None,
+) -> TuneResult:
     """`xpz.model.tune.tune` in this process's role. Chief: the full result once all workers are done.
     Worker: the trials it ran (`best_hyperparameters` is the chief's business: empty here)."""
     from xpz.model.tune import tune
@@ -69,14 +71,19 @@ def run_distributed_tune(
     return tune(splits, cfg, directory, on_trial_end=on_trial_end)
 
 
-def _result_json(result: "TuneResult") -> dict[str, Any]:
+def _result_json(result: TuneResult) -> dict[str, Any]:
     return {
         "role": role(),
         "tuner_id": os.environ.get(TUNER_ID),
         "best_hyperparameters": result.best_hyperparameters,
         "best_trial_id": result.best_trial_id,
         "trials": [
-            {"trial_id": t.trial_id, "status": t.status, "metrics": t.metrics, "hyperparameters": t.hyperparameters}
+            {
+                "trial_id": t.trial_id,
+                "status": t.status,
+                "metrics": t.metrics,
+                "hyperparameters": t.hyperparameters,
+            }
             for t in result.trials
         ],
     }
@@ -84,10 +91,14 @@ def _result_json(result: "TuneResult") -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     quiet_telemetry()
-    parser = argparse.ArgumentParser(description="Run xpz's keras-tuner search as chief or worker (KERASTUNER_* variables).")
+    parser = argparse.ArgumentParser(
+        description="Run xpz's keras-tuner search as chief or worker (KERASTUNER_* variables)."
+    )
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--profile", default=None)
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="KEY=VALUE override")
+    parser.add_argument(
+        "-S", "--set", dest="overrides", action="append", default=[], help="KEY=VALUE override"
+    )
     parser.add_argument("--directory", default=None, help="tuning directory (default: tune.directory)")
     parser.add_argument("--result", default=None, help="write this process's result here (JSON)")
     args = parser.parse_args(argv)
@@ -107,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = _result_json(result)
     if args.result:
         Path(args.result).write_text(json.dumps(summary, indent=2, default=str))
-    print(f"{summary['tuner_id'] or 'local'}: {len(summary['trials'])} trial(s): {[t['trial_id'] for t in summary['trials']]}")
+    print(
+        f"{summary['tuner_id'] or 'local'}: {len(summary['trials'])} trial(s): {[t['trial_id'] for t in summary['trials']]}"
+    )
     return 0
 
 

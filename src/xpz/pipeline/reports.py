@@ -39,7 +39,9 @@ def validation_key(data_path: Path | str, section: Mapping[str, Any]) -> str | N
     return json_digest({"data": file_digest(path), "validate": dict(section)})
 
 
-def write_run_files(directory: Path | str, result: "PipelineResult", extra: Mapping[str, Any] | None = None) -> dict[str, Path]:
+def write_run_files(
+    directory: Path | str, result: PipelineResult, extra: Mapping[str, Any] | None = None
+) -> dict[str, Path]:
     """metrics.json, bin_table.csv/.md and run.json (run id, versions, plus `extra`), each atomically."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
@@ -89,7 +91,7 @@ def write_figures(directory: Path | str, figures: Mapping[str, Any], dpi: int = 
 
 
 def write_reports(
-    directory: Path | str, result: "PipelineResult", extra: Mapping[str, Any] | None = None
+    directory: Path | str, result: PipelineResult, extra: Mapping[str, Any] | None = None
 ) -> dict[str, Path]:
     """The DVC outputs of a run: metrics.json, bin_table.csv/.md, run.json and figures/*.png.
 
@@ -110,7 +112,9 @@ def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
     return None
 
 
-def run_info(result: "PipelineResult", cfg: Any, aliases: Mapping[str, str], rows: int, **extra: Any) -> dict[str, Any]:
+def run_info(
+    result: PipelineResult, cfg: Any, aliases: Mapping[str, str], rows: int, **extra: Any
+) -> dict[str, Any]:
     """What a finished run reports (flow result, `reports/run.json` extras, the summary artifact)."""
     reg = result.registration
     return {
@@ -130,7 +134,7 @@ def run_info(result: "PipelineResult", cfg: Any, aliases: Mapping[str, str], row
     }
 
 
-def summary_markdown(evaluation: "Evaluation", info: Mapping[str, Any]) -> str:
+def summary_markdown(evaluation: Evaluation, info: Mapping[str, Any]) -> str:
     """A run's summary for people: MLflow run, registry decision, headline metrics, the per-bin table."""
     metrics = evaluation.metrics
     where = info.get("mlflow_run_url") or info["tracking_uri"]

@@ -18,8 +18,8 @@ from xpz import tracking
 
 if TYPE_CHECKING:
     from xpz.config import Config
-    from xpz.model.evaluate import Evaluation
     from xpz.data.split import Splits
+    from xpz.model.evaluate import Evaluation
     from xpz.model.train import TrainResult
     from xpz.model.tune import TuneResult
 
@@ -36,7 +36,7 @@ class PipelineResult:
     model_version: str | None  # None when registration was skipped
     champion_version: str | None
     promoted: bool
-    evaluation: "Evaluation"
+    evaluation: Evaluation
     model_uri: str | None = None  # models:/<model_id> of the logged model
     registration: tracking.Registration | None = None
     hyperparameters: Mapping[str, Any] | None = None
@@ -48,12 +48,12 @@ class PipelineResult:
         cls,
         tr: tracking.Tracking,
         run_id: str,
-        trained: "TrainResult",
-        evaluation: "Evaluation",
+        trained: TrainResult,
+        evaluation: Evaluation,
         logged: Any,
         registration: tracking.Registration | None,
         champion_version: str | None = None,
-    ) -> "PipelineResult":
+    ) -> PipelineResult:
         """Assemble the result of the steps (the flow and `run_pipeline` both end here)."""
         return cls(
             run_id=run_id,
@@ -72,14 +72,14 @@ class PipelineResult:
 # ----------------------------------------------------------------------------------------- steps
 
 
-def load_splits(cfg: "Config") -> "Splits":
+def load_splits(cfg: Config) -> Splits:
     """The stored train/val/test split of the dataset (`data.path` joined with `split.path`)."""
     from xpz.data.split import load_splits as _load
 
     return _load(cfg.data.path, cfg.split.path)
 
 
-def checked_splits(cfg: "Config", resplit: bool = False, log: Echo = _quiet) -> "Splits":
+def checked_splits(cfg: Config, resplit: bool = False, log: Echo = _quiet) -> Splits:
     """The stored split, checked against the digests recorded in `split.digests`.
 
     With `resplit` (scheduled runs that just synced the data) a missing or stale split is rewritten by
@@ -95,7 +95,9 @@ def checked_splits(cfg: "Config", resplit: bool = False, log: Echo = _quiet) -> 
         digests_path = Path(cfg.split.digests)
         recorded = json.loads(digests_path.read_text()).get("digests", {}) if digests_path.exists() else None
         if recorded is not None and recorded != splits.digests:
-            raise InputError(f"{digests_path}: recorded digests differ from {cfg.split.path}; re-run `xpz data split`")
+            raise InputError(
+                f"{digests_path}: recorded digests differ from {cfg.split.path}; re-run `xpz data split`"
+            )
     except InputError as err:
         if not resplit:
             raise
@@ -106,13 +108,15 @@ def checked_splits(cfg: "Config", resplit: bool = False, log: Echo = _quiet) -> 
 
 
 def start_run_step(
-    tr: tracking.Tracking, cfg: "Config", splits: "Splits", run_name: str, tags: Mapping[str, str]
+    tr: tracking.Tracking, cfg: Config, splits: Splits, run_name: str, tags: Mapping[str, str]
 ) -> str:
     """A new MLflow run with its context logged (params, lineage, dataset inputs, split sizes)."""
     run_id = tracking.start_run(tr, run_name=run_name, tags=dict(tags))
     try:
         log_context(tr, run_id, cfg, splits)
-        tracking.log_metrics(tr, run_id, {f"n_{k}": len(getattr(splits, k)) for k in ("train", "val", "test")})
+        tracking.log_metrics(
+            tr, run_id, {f"n_{k}": len(getattr(splits, k)) for k in ("train", "val", "test")}
+        )
     except BaseException:
         tracking.end_run(tr, run_id, "FAILED")
         raise
@@ -120,13 +124,13 @@ def start_run_step(
 
 
 def tune_step(
-    splits: "Splits",
-    cfg: "Config",
+    splits: Splits,
+    cfg: Config,
     tr: tracking.Tracking | None = None,
     run_id: str | None = None,
     directory: Path | str | None = None,
     lock: bool = False,
-) -> "TuneResult":
+) -> TuneResult:
     """keras-tuner search (resumable in `directory`, default `tune.directory`); with a run id, each
     finished trial becomes a nested MLflow run and the best hyperparameters are logged as `best.*`.
 
@@ -152,7 +156,9 @@ def tune_step(
                 "xpz.best_trial_id": result.best_trial_id or "",
                 "xpz.tune_dir": str(result.directory or directory or cfg.tune.directory),
                 "xpz.tune_trials": str(len(result.trials)),
-                "xpz.tune_decision": "search best is the default" if result.decision is None else result.decision.reason,
+                "xpz.tune_decision": "search best is the default"
+                if result.decision is None
+                else result.decision.reason,
             },
         )
         if result.decision is not None:  # the paired confirmation (xpz.model.selection)
@@ -164,12 +170,12 @@ def tune_step(
 
 
 def train_step(
-    splits: "Splits",
-    cfg: "Config",
+    splits: Splits,
+    cfg: Config,
     hyperparameters: Mapping[str, Any] | None = None,
     tr: tracking.Tracking | None = None,
     run_id: str | None = None,
-) -> "TrainResult":
+) -> TrainResult:
     """Train the final model (given hyperparameters, else `model.architecture`); with a run id, log the
     hyperparameters (`hp.*`), the loss curves as step metrics, timing and calibration, the host
     (`xpz.host.*` tags: CPU, cores, TensorFlow, sgemm GFLOP/s) and `xpz.stopped_by_time_limit`
@@ -203,12 +209,12 @@ def train_step(
 
 def evaluate_step(
     model: Any,
-    splits: "Splits",
-    cfg: "Config",
+    splits: Splits,
+    cfg: Config,
     history: Mapping[str, list[float]] | None = None,
     tr: tracking.Tracking | None = None,
     run_id: str | None = None,
-) -> "Evaluation":
+) -> Evaluation:
     """Test-split metrics, per-bin table, baselines and figures; with a run id, all of it is logged."""
     from xpz.model.evaluate import evaluate
 
@@ -221,8 +227,8 @@ def evaluate_step(
 def log_context(
     tr: tracking.Tracking,
     run_id: str,
-    cfg: "Config",
-    splits: "Splits",
+    cfg: Config,
+    splits: Splits,
     repo: Path | str = ".",
     dvc_file: Path | str = "data.dvc",
 ) -> None:
@@ -236,7 +242,7 @@ def log_model_step(
     tr: tracking.Tracking,
     run_id: str,
     model: Any,
-    splits: "Splits",
+    splits: Splits,
     hyperparameters: Mapping[str, Any] | None = None,
 ) -> tracking.LoggedModel:
     """The trained model as the run's pyfunc LoggedModel (input example: 5 test spectra)."""
@@ -265,11 +271,11 @@ def register_step(
 
 
 def run_pipeline(
-    cfg: "Config",
+    cfg: Config,
     *,
     tune: bool | None = None,
     hyperparameters: Mapping[str, Any] | None = None,
-    splits: "Splits | None" = None,
+    splits: Splits | None = None,
     tr: tracking.Tracking | None = None,
     tune_directory: Path | str | None = None,
     register: bool = True,
@@ -309,7 +315,9 @@ def run_pipeline(
 
         echo("training the final model")
         trained = train_step(splits, cfg, hp, tr, run_id)
-        echo(f"trained {trained.epochs} epoch(s) in {trained.seconds:.0f} s ({trained.samples_per_s:,.0f} samples/s)")
+        echo(
+            f"trained {trained.epochs} epoch(s) in {trained.seconds:.0f} s ({trained.samples_per_s:,.0f} samples/s)"
+        )
 
         echo("evaluating on the test split")
         evaluation = evaluate_step(trained.model, splits, cfg, trained.history, tr, run_id)

@@ -27,8 +27,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import queue
-import threading
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -39,8 +39,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from xpz.errors import InputError
-from xpz.files import atomic_path
 from xpz.data.archive import expand
 from xpz.data.stream import (
     DEFAULT_CHUNK_SIZE,
@@ -52,6 +50,8 @@ from xpz.data.stream import (
     list_partitions,  # noqa: F401  (re-exported)
     resolve_format,
 )
+from xpz.errors import InputError
+from xpz.files import atomic_path
 from xpz.serving.models import (  # noqa: F401  (re-exported: the CLI, flows and tests load models here)
     DEFAULT_MODEL_BATCH,
     PREDICTION_COLUMNS,
@@ -122,7 +122,9 @@ def _prefetch(chunks: Iterator[SpectraChunk], depth: int = PREFETCH) -> Iterator
         thread.join(timeout=5)
 
 
-def predict_chunks(chunks: Iterable[SpectraChunk], predictor: Predictor, pdf_writer=None) -> Iterator[pa.Table]:
+def predict_chunks(
+    chunks: Iterable[SpectraChunk], predictor: Predictor, pdf_writer=None
+) -> Iterator[pa.Table]:
     """Predictions for a stream of chunks from one file, as tables in the output schema (one row per
     input row, in order; a rejected row gets NaN and its `reject_reason`). With a `pdf_writer`
     (`xpz.model.pdf_metrics.PdfWriter`), the p(z) of every predicted row is written too.
@@ -143,17 +145,26 @@ def predict_chunks(chunks: Iterable[SpectraChunk], predictor: Predictor, pdf_wri
         if k:
             usable = np.flatnonzero(np.array([w is None for w in reasons], dtype=bool))
             cut = usable[k - 1] + 1  # rows up to the k-th usable one are complete
-            yield _table(ids[:cut], reasons[:cut], _predict(predictor, ids[usable[:k]], flux[:k], pdf_writer), predictor)
+            yield _table(
+                ids[:cut],
+                reasons[:cut],
+                _predict(predictor, ids[usable[:k]], flux[:k], pdf_writer),
+                predictor,
+            )
             ids, reasons, flux = ids[cut:], reasons[cut:], flux[k:]
         ids_left, why_left, flux_left = ids, reasons, flux
     if len(ids_left):
         ok = np.array([w is None for w in why_left], dtype=bool)
-        pred = _predict(predictor, ids_left[ok], flux_left, pdf_writer) if len(flux_left) else _no_predictions()
+        pred = (
+            _predict(predictor, ids_left[ok], flux_left, pdf_writer) if len(flux_left) else _no_predictions()
+        )
         yield _table(ids_left, why_left, pred, predictor)
 
 
 def _no_predictions() -> pd.DataFrame:
-    return pd.DataFrame({c: np.empty(0) for c in (*PREDICTION_COLUMNS, "ood_score")}).assign(eligible=np.empty(0, bool))
+    return pd.DataFrame({c: np.empty(0) for c in (*PREDICTION_COLUMNS, "ood_score")}).assign(
+        eligible=np.empty(0, bool)
+    )
 
 
 def _predict(predictor: Predictor, ids: np.ndarray, flux: np.ndarray, pdf_writer) -> pd.DataFrame:
@@ -232,12 +243,16 @@ def predict_file(
     with tempfile.TemporaryDirectory(prefix="xpz-bundle-") as workdir:
         bundle = expand(source, Path(workdir))
         files = [kind.path for kind in bundle.files]
-        result = _predict_files(files, source, out, model, fmt, chunk_size, progress, tracking_uri, strict, pdf)
+        result = _predict_files(
+            files, source, out, model, fmt, chunk_size, progress, tracking_uri, strict, pdf
+        )
     result.skipped = bundle.skipped
     return result
 
 
-def _predict_files(files, source, out, model, fmt, chunk_size, progress, tracking_uri, strict, pdf) -> PredictResult:  # noqa: ANN001
+def _predict_files(
+    files, source, out, model, fmt, chunk_size, progress, tracking_uri, strict, pdf
+) -> PredictResult:  # noqa: ANN001
     from tqdm.auto import tqdm
 
     for path in files:  # cheap checks of every file before anything heavy
@@ -275,10 +290,20 @@ def _predict_files(files, source, out, model, fmt, chunk_size, progress, trackin
             stack.callback(pdf_writer.abort)  # removes its temporary file unless closed
         writer = stack.enter_context(pq.ParquetWriter(tmp, OUTPUT_SCHEMA))
         bar = stack.enter_context(
-            tqdm(total=total, unit=" spectra", unit_scale=True, disable=not progress, desc=f"predict {Path(source).name}")
+            tqdm(
+                total=total,
+                unit=" spectra",
+                unit_scale=True,
+                disable=not progress,
+                desc=f"predict {Path(source).name}",
+            )
         )
         for i, path in enumerate(files):
-            chunks = itertools.chain([first], streams[0]) if i == 0 else _prefetch(iter_spectra(path, fmt, chunk_size))
+            chunks = (
+                itertools.chain([first], streams[0])
+                if i == 0
+                else _prefetch(iter_spectra(path, fmt, chunk_size))
+            )
             for table in predict_chunks(chunks, predictor, pdf_writer):
                 bad = table.num_rows - table.column("reject_reason").null_count
                 if bad and strict:
@@ -291,8 +316,15 @@ def _predict_files(files, source, out, model, fmt, chunk_size, progress, trackin
         if pdf_writer is not None:
             pdf_writer.close()  # before the predictions are renamed into place
     return PredictResult(
-        out, rows, predictor.name, predictor.version, predictor.uri, time.perf_counter() - start, len(files),
-        load_seconds=start - loading, rejected=rejected,
+        out,
+        rows,
+        predictor.name,
+        predictor.version,
+        predictor.uri,
+        time.perf_counter() - start,
+        len(files),
+        load_seconds=start - loading,
+        rejected=rejected,
     )
 
 
@@ -303,6 +335,8 @@ def _usable_rows(chunk: SpectraChunk) -> int:
 def describe_rejects(table: pa.Table) -> str:
     """'2 source(s) without a usable XP spectrum: source_id 1 (no BP spectrum), ...' for a predictions table."""
     frame = table.select([ID_COLUMN, "reject_reason"]).to_pandas().dropna()
-    shown = ", ".join(f"source_id {i} ({r})" for i, r in zip(frame[ID_COLUMN][:5], frame["reject_reason"][:5]))
+    shown = ", ".join(
+        f"source_id {i} ({r})" for i, r in zip(frame[ID_COLUMN][:5], frame["reject_reason"][:5])
+    )
     more = f" (+{len(frame) - 5} more)" if len(frame) > 5 else ""
     return f"{len(frame)} source(s) without a usable XP spectrum: {shown}{more}"

@@ -71,7 +71,9 @@ def _as_prediction_frame(output: object, n: int) -> pd.DataFrame:
         frame = output if "z" in output.columns else output.rename(columns={output.columns[0]: "z"})
     else:
         frame = pd.DataFrame({"z": np.asarray(output, dtype=np.float64).reshape(n, -1)[:, 0]})
-    out = pd.DataFrame({c: frame[c].to_numpy(np.float64) if c in frame else np.full(n, np.nan) for c in PREDICTION_COLUMNS})
+    out = pd.DataFrame(
+        {c: frame[c].to_numpy(np.float64) if c in frame else np.full(n, np.nan) for c in PREDICTION_COLUMNS}
+    )
     out["ood_score"] = frame["ood_score"].to_numpy(np.float64) if "ood_score" in frame else np.full(n, np.nan)
     out["eligible"] = frame["eligible"].to_numpy(bool) if "eligible" in frame else np.ones(n, bool)
     if len(out) != n:
@@ -86,7 +88,7 @@ def _client(tracking_uri: str | None):
 
     uri = tracking_uri or mlflow.get_tracking_uri()
     if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
+        path = Path(uri[len("sqlite:///") :])
         if not path.exists():
             raise InputError(
                 f"no MLflow store at {uri} ({path.absolute()} does not exist); "
@@ -127,7 +129,7 @@ def resolve_model(model: str, tracking_uri: str | None = None) -> tuple[str, str
 
     if model.startswith("models:/"):
         client = _client(tracking_uri)
-        ref = model[len("models:/"):].strip("/")
+        ref = model[len("models:/") :].strip("/")
         try:
             if "@" in ref:
                 name, alias = ref.split("@", 1)
@@ -167,9 +169,11 @@ def resolve_model(model: str, tracking_uri: str | None = None) -> tuple[str, str
         except InputError:
             raise
         except MlflowException as err:
-            raise InputError(f"model {model!r}: the tracking store {_store(tracking_uri)} is not usable: {err.message}") from None
+            raise InputError(
+                f"model {model!r}: the tracking store {_store(tracking_uri)} is not usable: {err.message}"
+            ) from None
     if model.startswith("runs:/"):
-        parts = model[len("runs:/"):].strip("/").split("/", 1)
+        parts = model[len("runs:/") :].strip("/").split("/", 1)
         from mlflow.exceptions import MlflowException
 
         try:

@@ -17,8 +17,8 @@ from xpz.spectra import ID_COLUMN, TARGET_COLUMN
 
 if TYPE_CHECKING:
     pass
-from xpz.tracking.store import DIGEST_TAG, SPLIT_CONTEXT, SPLITS, Tracking
 from xpz.tracking.runs import set_tags
+from xpz.tracking.store import DIGEST_TAG, SPLIT_CONTEXT, SPLITS, Tracking
 
 
 def git_commit(repo: Path | str = ".") -> tuple[str, bool] | None:
@@ -108,5 +108,3 @@ def log_lineage(
         inputs.append(DatasetInput(entity, tags=tags))
     tr.client.log_inputs(run_id, datasets=inputs)
     set_tags(tr, run_id, {DIGEST_TAG.format(k): v for k, v in digests.items()})
-
-

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 from xpz.tracking.runs import flatten
 from xpz.tracking.store import KERAS_ARTIFACT, MODEL_NAME, Tracking
 
-
 # --------------------------------------------------------------------------------- pyfunc model
 
 
@@ -100,7 +99,9 @@ def as_flux_array(model_input: Any) -> np.ndarray:
         rows = list(range(len(values)))
     with np.errstate(over="ignore", invalid="ignore"):
         # float32 input as it is (nothing can overflow); else via float64, where beyond float32 becomes inf
-        fluxes = values if values.dtype == FLUX_DTYPE else np.asarray(values, dtype=np.float64).astype(FLUX_DTYPE)
+        fluxes = (
+            values if values.dtype == FLUX_DTYPE else np.asarray(values, dtype=np.float64).astype(FLUX_DTYPE)
+        )
     finite = np.isfinite(fluxes)
     if not finite.all():
         bad_rows = [rows[i] for i in np.flatnonzero(~finite.all(axis=1))]
@@ -167,8 +168,18 @@ class XpzRedshiftModel(mlflow.pyfunc.PythonModel):
 def pip_requirements() -> list[str]:
     """Pinned requirements of the pyfunc model (the installed versions of what it imports)."""
     reqs = []
-    for dist in ("mlflow", "tensorflow-cpu", "tensorflow", "keras", "numpy", "pandas", "pyarrow",
-                 "scipy", "pydantic", "pyyaml"):
+    for dist in (
+        "mlflow",
+        "tensorflow-cpu",
+        "tensorflow",
+        "keras",
+        "numpy",
+        "pandas",
+        "pyarrow",
+        "scipy",
+        "pydantic",
+        "pyyaml",
+    ):
         try:
             reqs.append(f"{dist}=={importlib.metadata.version(dist)}")
         except importlib.metadata.PackageNotFoundError:
@@ -237,8 +248,6 @@ def log_model(
     return LoggedModel(model_id=logged.model_id, model_uri=f"models:/{logged.model_id}")
 
 
-
-
 def run_model(tr: Tracking, run_id: str) -> LoggedModel:
     """The (last) model logged by a run."""
     try:
@@ -261,4 +270,3 @@ def load_keras_model(model_uri: str) -> Any:
     if not isinstance(wrapper, XpzRedshiftModel):
         raise InputError(f"{model_uri} is not an xpz redshift model")
     return wrapper.keras_model
-

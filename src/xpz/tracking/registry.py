@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 from xpz.tracking.pyfunc import LoggedModel
 from xpz.tracking.store import CHALLENGER, CHAMPION, DIGEST_TAG, LISTED_METRICS, Tracking
 
-
 # ------------------------------------------------------------------------------------ registry
 
 
@@ -89,8 +88,18 @@ def _decide(
         return True, f"champion v{champion.version} has no {metric}", None, comparison
     if tr.better(candidate, champ_value):
         word = "lower" if tr.direction == "minimize" else "higher"
-        return True, f"{metric} {candidate:.6g} {word} than champion v{champion.version} ({champ_value:.6g})", champ_value, comparison
-    return False, f"{metric} {candidate:.6g} does not beat champion v{champion.version} ({champ_value:.6g})", champ_value, comparison
+        return (
+            True,
+            f"{metric} {candidate:.6g} {word} than champion v{champion.version} ({champ_value:.6g})",
+            champ_value,
+            comparison,
+        )
+    return (
+        False,
+        f"{metric} {candidate:.6g} does not beat champion v{champion.version} ({champ_value:.6g})",
+        champ_value,
+        comparison,
+    )
 
 
 def register(
@@ -116,13 +125,15 @@ def register(
     test_digest = _run_tag(client, run_id, DIGEST_TAG.format("test"))
 
     _ensure_registered_model(client, name)
-    version = str(client.create_model_version(
-        name,
-        source=f"models:/{model_id}",
-        run_id=run_id,
-        model_id=model_id,
-        tags={"xpz.primary_metric": metric, "xpz.candidate_value": repr(candidate)},
-    ).version)
+    version = str(
+        client.create_model_version(
+            name,
+            source=f"models:/{model_id}",
+            run_id=run_id,
+            model_id=model_id,
+            tags={"xpz.primary_metric": metric, "xpz.candidate_value": repr(candidate)},
+        ).version
+    )
     client.set_registered_model_alias(name, CHALLENGER, version)
 
     # Decide against the current champion; re-read it right before moving the alias so that a
@@ -256,7 +267,6 @@ def models_table(infos: Sequence[VersionInfo]) -> pd.DataFrame:
         row.update(info.metrics)
         rows.append(row)
     return pd.DataFrame(rows)
-
 
 
 def load_champion(tr: Tracking, alias: str = CHAMPION):

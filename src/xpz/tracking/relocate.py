@@ -35,7 +35,7 @@ def sqlite_file(uri: str) -> Path | None:
     """The database file of a `sqlite:///path` URI (None for any other store)."""
     if not uri.startswith("sqlite:///"):
         return None
-    return Path(uri[len("sqlite:///"):])
+    return Path(uri[len("sqlite:///") :])
 
 
 def _local_path(location: str | None) -> Path | None:
@@ -50,6 +50,7 @@ def _local_path(location: str | None) -> Path | None:
 
 def _recorded(con: sqlite3.Connection) -> tuple[list[Path], list[Path]]:
     """(experiment artifact roots, run and logged-model artifact folders) recorded, local paths only."""
+
     def paths(sql: str) -> list[Path]:
         try:
             return [p for (loc,) in con.execute(sql) if (p := _local_path(loc)) is not None]
@@ -65,7 +66,7 @@ def _copy_beside(root: Path, home: Path, runs: list[Path]) -> Path | None:
     """The folder under `home` that holds `root`'s artifacts with the same relative layout, if any."""
     mine = [r.relative_to(root) for r in runs if r.is_relative_to(root)]
     for k in range(len(root.parts) - 1):
-        candidate = home.joinpath(*root.parts[len(root.parts) - 1 - k:])
+        candidate = home.joinpath(*root.parts[len(root.parts) - 1 - k :])
         if candidate.is_dir() and (not mine or any((candidate / rel).exists() for rel in mine)):
             return candidate
     return None

@@ -17,11 +17,9 @@ import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-
 if TYPE_CHECKING:
     pass
 from xpz.tracking.store import HISTORY_TAG, Tracking
-
 
 # ----------------------------------------------------------------------------------------- runs
 
@@ -249,4 +247,3 @@ def trial_logger(tr: Tracking, parent_run_id: str) -> Callable[[Any], None]:
         log_trial(tr, parent_run_id, trial)
 
     return on_trial_end
-

@@ -16,7 +16,6 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-
 if TYPE_CHECKING:
     from xpz.config import TrackingConfig
 
@@ -75,12 +74,12 @@ def _artifact_uri(location: str) -> str:
     return Path(location).expanduser().absolute().resolve().as_uri()
 
 
-def resolve_uri(cfg: "TrackingConfig", tracking_uri: str | None = None) -> str:
+def resolve_uri(cfg: TrackingConfig, tracking_uri: str | None = None) -> str:
     """The tracking URI: the argument, else `MLFLOW_TRACKING_URI`, else params (`tracking.uri`)."""
     return tracking_uri or os.environ.get(TRACKING_URI_ENV) or cfg.uri
 
 
-def configure(cfg: "TrackingConfig", tracking_uri: str | None = None) -> Tracking:
+def configure(cfg: TrackingConfig, tracking_uri: str | None = None) -> Tracking:
     """Point MLflow at the configured store and make sure the experiment exists.
 
     The URI is, in order: the `tracking_uri` argument, `MLFLOW_TRACKING_URI`, `cfg.uri`. For a local
@@ -117,5 +116,3 @@ def configure(cfg: "TrackingConfig", tracking_uri: str | None = None) -> Trackin
         primary_metric=cfg.primary_metric,
         direction=cfg.direction,
     )
-
-
