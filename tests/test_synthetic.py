@@ -40,7 +40,9 @@ def test_draw_redshifts_matches_generate(dataset):
 
 
 def test_schema(dataset):
-    assert tuple(dataset.columns) == DATASET_COLUMNS
+    assert tuple(dataset.columns) == synthetic.SYNTHETIC_COLUMNS
+    assert tuple(c for c in dataset.columns if c != "family") == DATASET_COLUMNS
+    assert set(dataset["family"].astype(str)) == {"kcorrect", "bagpipes"}
     assert len(dataset) == 4000
     assert dataset["source_id"].dtype == np.int64 and dataset["source_id"].is_unique
     assert (dataset["source_id"] > 0).all()

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from xpz.spectra import FAMILIES
+
 DEFAULT_PARAMS = Path("params.yaml")
 PROFILE_ENV = "XPZ_PROFILE"
 
@@ -35,11 +37,18 @@ class DataConfig(_Section):
     g_max: float = 19.75
     z_max: float = Field(0.6, gt=0)
     chunk_size: int = Field(5000, gt=0)
+    # galaxy families (xpz.data.synthetic.FAMILIES) and the share of each in the dataset
+    families: dict[str, float] = {"kcorrect": 0.5, "bagpipes": 0.5}
 
     @model_validator(mode="after")
     def _g_range(self) -> DataConfig:
         if self.g_max <= self.g_min:
             raise ValueError(f"g_max ({self.g_max}) must exceed g_min ({self.g_min})")
+        bad = [k for k in self.families if k not in FAMILIES]
+        if bad or not self.families:
+            raise ValueError(f"families: unknown or no family {bad}; known: {list(FAMILIES)}")
+        if any(v < 0 for v in self.families.values()) or abs(sum(self.families.values()) - 1.0) > 1e-9:
+            raise ValueError(f"families: shares must be >= 0 and sum to 1, got {self.families}")
         return self
 
 

@@ -12,6 +12,7 @@ Every reader raises `InputError` naming the file, the column and the rows; every
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from xpz.errors import InputError, describe_rows
 from xpz.files import atomic_path
 from xpz.spectra import (
     DATASET_COLUMNS,
+    FAMILY_COLUMN,
     FLUX_COLUMNS,
     FLUX_DTYPE,
     ID_COLUMN,
@@ -34,21 +36,32 @@ from xpz.spectra import (
 REDSHIFT_ALIASES = ("z", "redshift", "z_sdss", "zspec")
 
 
-def schema(with_target: bool = True) -> pa.Schema:
-    """The Arrow schema of a dataset (or of prediction inputs, without `z`)."""
+def schema(with_target: bool = True, with_family: bool = False) -> pa.Schema:
+    """The Arrow schema of a dataset (or of prediction inputs, without `z`); `family` (the galaxy
+    physics of a synthetic row, `xpz.spectra.FAMILY_COLUMN`) follows `z` when present."""
     fields = [pa.field(ID_COLUMN, pa.int64())]
     if with_target:
         fields.append(pa.field(TARGET_COLUMN, pa.float64()))
+    if with_target and with_family:
+        fields.append(pa.field(FAMILY_COLUMN, pa.string()))
     fields += [pa.field(c, pa.float32()) for c in FLUX_COLUMNS]
     return pa.schema(fields)
 
 
 def conform(df: pd.DataFrame, source: str, with_target: bool = True) -> pd.DataFrame:
-    """Check columns and coerce dtypes to the dataset schema; name what is wrong."""
+    """Check columns and coerce dtypes to the dataset schema; name what is wrong. A `family` column
+    (labelled data only) is kept, as strings, after `z`."""
     wanted = list(DATASET_COLUMNS) if with_target else [ID_COLUMN, *FLUX_COLUMNS]
     missing = [c for c in wanted if c not in df.columns]
     if missing:
         raise InputError(f"{source}: missing column(s) {describe_rows(missing, 8)}")
+    family = None
+    if with_target and FAMILY_COLUMN in df.columns:
+        family = df[FAMILY_COLUMN]
+        empty = family.isna().to_numpy() | (family.astype(str).str.strip() == "").to_numpy()
+        if empty.any():
+            rows = df.index[empty].tolist()
+            raise InputError(f"{source}: column {FAMILY_COLUMN!r} is empty in rows {describe_rows(rows)}")
     out = df.loc[:, wanted].copy()
     for column in wanted:
         values = pd.to_numeric(out[column], errors="coerce")
@@ -67,14 +80,18 @@ def conform(df: pd.DataFrame, source: str, with_target: bool = True) -> pd.DataF
     if with_target:
         out[TARGET_COLUMN] = out[TARGET_COLUMN].astype(np.float64)
     out[list(FLUX_COLUMNS)] = out[list(FLUX_COLUMNS)].astype(FLUX_DTYPE)
+    if family is not None:
+        labels = pd.Series(family.astype(str).to_numpy(), index=out.index, name=FAMILY_COLUMN)
+        out = pd.concat([out.iloc[:, :2], labels, out.iloc[:, 2:]], axis=1)
     return out.reset_index(drop=True)
 
 
 def write_dataset(df: pd.DataFrame, path: Path | str, with_target: bool = True) -> Path:
     """Write a frame in the dataset schema as Parquet, atomically."""
     path = Path(path)
+    frame = conform(df, str(path), with_target)
     table = pa.Table.from_pandas(
-        conform(df, str(path), with_target), schema=schema(with_target), preserve_index=False
+        frame, schema=schema(with_target, FAMILY_COLUMN in frame.columns), preserve_index=False
     )
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
@@ -85,10 +102,15 @@ def write_dataset_chunks(chunks: Iterator[pd.DataFrame], path: Path | str) -> in
     """Stream frames into one Parquet file (bounded memory), atomically. Returns the row count."""
     path = Path(path)
     rows = 0
+    chunks = iter(chunks)
+    first = next(chunks, None)
+    if first is None:
+        raise InputError(f"{path}: no rows to write")
+    target = schema(with_family=FAMILY_COLUMN in first.columns)
     with atomic_path(path) as tmp:
-        with pq.ParquetWriter(tmp, schema()) as writer:
-            for chunk in chunks:
-                table = pa.Table.from_pandas(conform(chunk, str(path)), schema=schema(), preserve_index=False)
+        with pq.ParquetWriter(tmp, target) as writer:
+            for chunk in itertools.chain([first], chunks):
+                table = pa.Table.from_pandas(conform(chunk, str(path)), schema=target, preserve_index=False)
                 writer.write_table(table)
                 rows += len(chunk)
     return rows

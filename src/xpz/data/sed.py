@@ -33,7 +33,9 @@ class Instrument:
     n_obs: int
     k0: int  # rest-grid index of the first observed wavelength at z = 0
     templates: np.ndarray  # (6, n_rest) rest-frame SEDs, unit mean over 400-700 nm
+    template_lines: np.ndarray  # (6, n_rest) the emission-line part of `templates` (same units)
     calzetti: np.ndarray  # (n_rest,) k(lambda)
+    lam_rest: np.ndarray  # (n_rest,) rest-frame wavelengths (nm)
     g_weights: np.ndarray  # (n_obs,) SED @ g_weights = AB-normalised G flux ratio
     sed_to_flux: np.ndarray  # (n_obs, 186) SED (W m^-2 nm^-1) -> fluxes
     sed_to_fine: tuple[np.ndarray, np.ndarray]  # per band (n_obs, n_fine) SED -> flux on fine grid
@@ -88,6 +90,35 @@ def _calzetti(lam_nm: np.ndarray) -> np.ndarray:
     return np.where(x < 0.63, blue, red)
 
 
+def attenuation_curve(
+    lam_nm: np.ndarray, k_calzetti: np.ndarray, delta: np.ndarray, bump: np.ndarray
+) -> np.ndarray:
+    """k(lambda) = A(lambda) / E(B-V) of a modified Calzetti law (Noll et al. 2009; Salim et al. 2018):
+
+        k = (k_Calzetti(lambda) + D(lambda)) (lambda / 550 nm)^delta,
+        D = E_b (lambda dl)^2 / ((lambda^2 - l0^2)^2 + (lambda dl)^2),  l0 = 217.5 nm, dl = 35 nm.
+
+    delta < 0 steepens the law towards SMC-like curves, delta > 0 flattens it; E_b (`bump`) is the
+    2175 A bump's amplitude (0: none; ~3: a Milky-Way-like bump). Shapes broadcast: lam_nm and
+    k_calzetti (n, k) or (k,), delta and bump (n, 1) or scalars.
+    """
+    l0, dl = 217.5, 35.0
+    drude = bump * (lam_nm * dl) ** 2 / ((lam_nm**2 - l0**2) ** 2 + (lam_nm * dl) ** 2)
+    return (k_calzetti + drude) * (lam_nm / 550.0) ** delta
+
+
+def _split_lines(flux: np.ndarray, width: int = 21, floor: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """(continuum, lines) of noise-free template spectra on their native grid: the continuum is a
+    running median over `width` pixels (~10 nm for kcorrect), the lines what rises more than `floor`
+    (fractional) above it. Lets the generator vary line strength independently of the continuum."""
+    from scipy.ndimage import median_filter
+
+    cont = median_filter(flux, size=(1, width), mode="nearest")
+    excess = flux - cont
+    lines = np.where(excess > floor * np.abs(cont), excess, 0.0)
+    return flux - lines, lines
+
+
 def _smooth_resample(wave: np.ndarray, flux: np.ndarray, ln_grid: np.ndarray) -> np.ndarray:
     """Gaussian-smooth (sigma = one grid step in ln lambda) then resample onto ln_grid."""
     from scipy.ndimage import gaussian_filter1d
@@ -120,26 +151,42 @@ def _least_squares_map(h: np.ndarray, ridge: float) -> np.ndarray:
     return np.linalg.solve(gram + lam * np.eye(gram.shape[0]), h).T
 
 
+def _grid_shape() -> tuple[float, int, int, int]:
+    """(ln of the first observed wavelength, n_obs, k0, n_rest) of the SED grids."""
+    ln_obs0 = float(np.log(OBS_RANGE_NM[0]))
+    n_obs = int(np.ceil(np.log(OBS_RANGE_NM[1] / OBS_RANGE_NM[0]) / LNL_STEP)) + 1
+    k0 = int(np.ceil(np.log(1.0 + Z_LIMIT) / LNL_STEP)) + 2  # room for z <= Z_LIMIT
+    return ln_obs0, n_obs, k0, k0 + n_obs + 2
+
+
+def rest_wavelengths() -> np.ndarray:
+    """The rest-frame wavelength grid (nm) on which every galaxy SED template is stored: uniform in
+    ln(lambda) (step LNL_STEP), from OBS_RANGE_NM[0] / (1 + Z_LIMIT) to OBS_RANGE_NM[1]."""
+    ln_obs0, _, k0, n_rest = _grid_shape()
+    return np.exp(ln_obs0 - k0 * LNL_STEP + LNL_STEP * np.arange(n_rest))
+
+
 @lru_cache(maxsize=1)
 def instrument() -> Instrument:
     from xpz.data import xp
 
     # Observed-frame grid and rest-frame grid share the ln(lambda) step; rest starts k0 steps lower.
-    ln_obs0 = np.log(OBS_RANGE_NM[0])
-    n_obs = int(np.ceil(np.log(OBS_RANGE_NM[1] / OBS_RANGE_NM[0]) / LNL_STEP)) + 1
-    k0 = int(np.ceil(np.log(1.0 + Z_LIMIT) / LNL_STEP)) + 2  # room for z <= Z_LIMIT
-    n_rest = k0 + n_obs + 2
-    ln_rest = ln_obs0 - k0 * LNL_STEP + LNL_STEP * np.arange(n_rest)
-    lam_rest = np.exp(ln_rest)
+    ln_obs0, n_obs, k0, n_rest = _grid_shape()
+    lam_rest = rest_wavelengths()
+    ln_rest = np.log(lam_rest)
     lam_obs = np.exp(ln_obs0 + LNL_STEP * np.arange(n_obs))
 
     tdir = _templates_path()
     w0, f0 = _read_template(tdir / "kcorrect-default-v4.fits")
     w1, f1 = _read_template(tdir / "kcorrect-lrg1-v4.fits")
+    _, l0 = _split_lines(f0)
+    _, l1 = _split_lines(f1)
     templates = np.concatenate([_smooth_resample(w0, f0, ln_rest), _smooth_resample(w1, f1, ln_rest)])
+    lines = np.concatenate([_smooth_resample(w0, l0, ln_rest), _smooth_resample(w1, l1, ln_rest)])
     opt = (lam_rest > 400.0) & (lam_rest < 700.0)
-    templates /= templates[:, opt].mean(axis=1, keepdims=True)
-    templates = np.clip(templates, 0.0, None)
+    norm = templates[:, opt].mean(axis=1, keepdims=True)
+    templates = np.clip(templates / norm, 0.0, None)
+    lines = np.clip(np.minimum(lines / norm, templates), 0.0, None)
 
     # Instrument: SED -> coefficients (photon-domain ridge least squares) -> kept-pixel fluxes.
     sed_to_flux = np.zeros((n_obs, N_FLUX))
@@ -174,7 +221,9 @@ def instrument() -> Instrument:
         n_obs=n_obs,
         k0=k0,
         templates=templates,
+        template_lines=lines,
         calzetti=_calzetti(lam_rest),
+        lam_rest=lam_rest,
         g_weights=_g_weights(lam_obs),
         sed_to_flux=sed_to_flux,
         sed_to_fine=tuple(sed_to_fine),

@@ -20,7 +20,7 @@ from xpz.config import SplitConfig
 from xpz.data.io import read_dataset
 from xpz.errors import InputError, describe_rows
 from xpz.files import atomic_path
-from xpz.spectra import ID_COLUMN, TARGET_COLUMN
+from xpz.spectra import FAMILY_COLUMN, ID_COLUMN, TARGET_COLUMN
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 SPLIT_COLUMN = "split"
@@ -64,16 +64,26 @@ def redshift_strata(z: np.ndarray, width: float, min_count: int = MIN_PER_STRATU
 
 
 def assign_splits(df: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
-    """Pure function: a frame `source_id, split` for every row of `df`, stratified on z.
+    """Pure function: a frame `source_id, split` for every row of `df`, stratified on z and, when
+    the dataset has one, on the galaxy `family` (each family's z strata are split separately, so
+    every split holds each family in the same share at every redshift).
 
     Rows are ordered by source_id first, so the result depends on the data and the seed only,
     not on the order of the file.
     """
     if df.empty:
         raise InputError("cannot split an empty dataset")
-    ordered = df[[ID_COLUMN, TARGET_COLUMN]].sort_values(ID_COLUMN, kind="stable")
+    columns = [ID_COLUMN, TARGET_COLUMN] + ([FAMILY_COLUMN] if FAMILY_COLUMN in df.columns else [])
+    ordered = df[columns].sort_values(ID_COLUMN, kind="stable")
     ids = ordered[ID_COLUMN].to_numpy(dtype=np.int64)
-    strata = redshift_strata(ordered[TARGET_COLUMN].to_numpy(), cfg.z_bin_width)
+    z = ordered[TARGET_COLUMN].to_numpy()
+    strata = np.zeros(len(ids), dtype=np.int64)
+    groups = ordered[FAMILY_COLUMN].astype(str).to_numpy() if FAMILY_COLUMN in columns else np.zeros(len(ids))
+    offset = 0
+    for group in np.unique(groups):
+        members = groups == group
+        strata[members] = redshift_strata(z[members], cfg.z_bin_width) + offset
+        offset = int(strata[members].max()) + 1
     rng = np.random.default_rng(cfg.seed)
     fractions = np.array([cfg.train, cfg.val, cfg.test])
     labels = np.empty(len(ids), dtype=object)

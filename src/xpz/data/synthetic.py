@@ -53,9 +53,21 @@ import numpy as np
 import pandas as pd
 
 from xpz.config import DataConfig
-from xpz.data.sed import FINE_PWL, LF_ALPHA, LF_M_STAR, LNL_STEP, Z_LIMIT, Instrument, instrument  # noqa: F401
+from xpz.data import sps
+from xpz.data.sed import (  # noqa: F401
+    FINE_PWL,
+    LF_ALPHA,
+    LF_M_STAR,
+    LNL_STEP,
+    Z_LIMIT,
+    Instrument,
+    attenuation_curve,
+    instrument,
+)
 from xpz.spectra import (
     DATASET_COLUMNS,
+    FAMILIES,
+    FAMILY_COLUMN,
     FLUX_COLUMNS,
     FLUX_DTYPE,
     ID_COLUMN,
@@ -64,6 +76,7 @@ from xpz.spectra import (
     TARGET_COLUMN,
 )
 
+SYNTHETIC_COLUMNS = (DATASET_COLUMNS[0], DATASET_COLUMNS[1], FAMILY_COLUMN, *DATASET_COLUMNS[2:])
 BLOCK_SIZE = 1000  # rows per independent random stream (fixed: changing it changes the data)
 
 # Redshift distribution (seed, section 3.2).
@@ -81,6 +94,20 @@ RED_M_CRIT = -20.7  # absolute G at which half of the galaxies are red
 RED_M_WIDTH = 0.9
 EBV_MEAN_BLUE = 0.15
 EBV_MEAN_RED = 0.03
+# bagpipes family dust: A_V = 4.05 E(B-V) exponential with means 0.8 / 0.2 mag for star-forming /
+# quiescent galaxies (SDSS continuum A_V: Brinchmann et al. 2004; GSWLC, Salim et al. 2016)
+SPS_EBV_MEAN_BLUE = 0.20
+SPS_EBV_MEAN_RED = 0.05
+# Every family: the modified-Calzetti law's slope delta ~ N(-0.1, 0.25) in [-0.8, 0.4] and bump
+# amplitude E_b ~ U(0, 3) (the spread measured for SDSS galaxies, Salim et al. 2018); emission-line
+# strength scattered by a log-normal of 0.4 (ln) about the model's; nebular light attenuated eta ~
+# U(1, 2.27) times the continuum's (2.27 = 1 / 0.44, Calzetti 2000).
+DUST_DELTA_MEAN = -0.1
+DUST_DELTA_SIGMA = 0.25
+DUST_DELTA_RANGE = (-0.8, 0.4)
+DUST_BUMP_MAX = 3.0
+LINE_SCALE_SIGMA = 0.4
+NEBULAR_ETA_MAX = 2.27
 
 # Instrument and noise.
 G_AB_TO_VEGA = -0.1136  # G_Vega = G_AB - 0.1136 (Gaia DR3 zero points 25.6874 Vega, 25.8010 AB)
@@ -145,8 +172,15 @@ def _draw_absolute_mag(rng, mod: Instrument, lo: np.ndarray, hi: np.ndarray) -> 
     return np.clip(mag, lo, hi)
 
 
-def _block_physics(cfg: DataConfig, block: int, n: int, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Noiseless SEDs for one block: returns (sed (n, n_obs) scaled to the drawn G, g_vega)."""
+def _block_physics(
+    cfg: DataConfig, block: int, n: int, z: np.ndarray, family: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Noiseless SEDs for one block: returns (sed (n, n_obs) scaled to the drawn G, g_vega).
+
+    `family` (n,) indexes FAMILIES (0 = kcorrect, 1 = bagpipes); None means all kcorrect. Both
+    families share the redshift, the luminosity function, the red fraction (by absolute magnitude),
+    the dust law family and the line-strength scatter; they differ in the galaxy spectra themselves.
+    """
     mod = instrument()
     rng = _rng(cfg.seed, block, 1)
     mu = np.interp(z, mod.dm_z, mod.dm)
@@ -160,22 +194,72 @@ def _block_physics(cfg: DataConfig, block: int, n: int, z: np.ndarray) -> tuple[
     weights /= weights.sum(axis=1, keepdims=True)
     ebv = rng.exponential(np.where(red, EBV_MEAN_RED, EBV_MEAN_BLUE))
     ebv = np.minimum(ebv, 0.8)
+    # What reality varies in every family (stream 5): the dust law's slope and bump, the strength of
+    # the emission lines relative to the continuum, the extra attenuation of nebular light.
+    rng_var = _rng(cfg.seed, block, 5)
+    delta = np.clip(rng_var.normal(DUST_DELTA_MEAN, DUST_DELTA_SIGMA, size=n), *DUST_DELTA_RANGE)
+    bump = rng_var.uniform(0.0, DUST_BUMP_MAX, size=n)
+    line_scale = np.exp(rng_var.normal(0.0, LINE_SCALE_SIGMA, size=n))
+    eta = rng_var.uniform(1.0, NEBULAR_ETA_MAX, size=n)
+    u_entry = rng_var.uniform(size=n)
 
     # Shift by (1 + z): observed pixel j sits at rest-grid position k0 + j - s, s = ln(1+z)/step.
     s = np.log1p(z) / LNL_STEP
     s_ceil = np.ceil(s)
     frac = (s_ceil - s)[:, None]
     idx = (mod.k0 - s_ceil.astype(np.int64))[:, None] + np.arange(mod.n_obs)[None, :]
-    mixed = np.einsum("nt,tnk->nk", weights, mod.templates[:, idx])
-    mixed_next = np.einsum("nt,tnk->nk", weights, mod.templates[:, idx + 1])
-    sed = (1.0 - frac) * mixed + frac * mixed_next
-    k_lam = (1.0 - frac) * mod.calzetti[idx] + frac * mod.calzetti[idx + 1]
+
+    def shifted(table: np.ndarray) -> np.ndarray:
+        """(n, n_obs) rest-frame values at each galaxy's observed pixels (linear in ln lambda)."""
+        return (1.0 - frac) * table[idx] + frac * table[idx + 1]
+
+    k_lam = attenuation_curve(shifted(mod.lam_rest), shifted(mod.calzetti), delta[:, None], bump[:, None])
+    continuum = np.einsum("nt,tnk->nk", weights, (1.0 - frac)[None] * mod.templates[:, idx])
+    continuum += np.einsum("nt,tnk->nk", weights, frac[None] * mod.templates[:, idx + 1])
+    lines = np.einsum("nt,tnk->nk", weights, (1.0 - frac)[None] * mod.template_lines[:, idx])
+    lines += np.einsum("nt,tnk->nk", weights, frac[None] * mod.template_lines[:, idx + 1])
+    nebular_extra = np.ones_like(continuum)
+    if family is not None and (family == 1).any():
+        lib = sps.load_library()
+        entry = _sps_entries(lib, red, z, u_entry)
+        bp = family == 1
+        # bagpipes: the continuum is the stellar SED plus the nebular continuum and lines; the
+        # nebular light is attenuated eta times more (birth clouds, Calzetti 2000's 0.44 inverted)
+        stellar = (1.0 - frac) * lib.stellar[entry[:, None], idx] + frac * lib.stellar[
+            entry[:, None], idx + 1
+        ]
+        nebular = (1.0 - frac) * lib.nebular[entry[:, None], idx] + frac * lib.nebular[
+            entry[:, None], idx + 1
+        ]
+        continuum[bp] = stellar[bp]
+        lines[bp] = nebular[bp]
+        ebv[bp] = np.minimum(rng_var.exponential(np.where(red, SPS_EBV_MEAN_RED, SPS_EBV_MEAN_BLUE))[bp], 0.8)
+        nebular_extra[bp] = np.exp(-0.4 * np.log(10.0) * ((eta - 1.0) * ebv)[bp, None] * k_lam[bp])
+    # kcorrect templates already contain their lines: only the scatter about them is added
+    base_lines = np.where((family == 1)[:, None], 0.0, 1.0) if family is not None else 1.0
+    sed = continuum + (line_scale[:, None] - base_lines) * lines * nebular_extra
+    sed = np.clip(sed, 0.0, None)
     sed *= np.exp(-0.4 * np.log(10.0) * ebv[:, None] * k_lam)
 
     g_ab = -2.5 * np.log10(sed @ mod.g_weights)
     g_vega_unit = g_ab + G_AB_TO_VEGA
     sed *= (10.0 ** (-0.4 * (g_app - g_vega_unit)))[:, None]
     return sed, g_app
+
+
+def _sps_entries(lib: sps.SpsLibrary, red: np.ndarray, z: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """A library entry per galaxy: quiescent entries for red galaxies, star-forming ones for the
+    others, only entries whose age fits in the age of the Universe at the galaxy's z (uniform
+    among those, by the uniform draws u)."""
+    out = np.empty(z.size, dtype=np.int64)
+    t_max = sps.age_of_universe_gyr(z)
+    for pool_mask, members in ((lib.quiescent, red), (~lib.quiescent, ~red)):
+        pool = np.nonzero(pool_mask)[0]
+        pool = pool[np.argsort(lib.age_gyr[pool], kind="stable")]
+        count = np.searchsorted(lib.age_gyr[pool], t_max[members], side="right")
+        count = np.maximum(count, 1)  # the youngest entry when none fits (never at z <= 2)
+        out[members] = pool[np.minimum((u[members] * count).astype(np.int64), count - 1)]
+    return out
 
 
 def _block_noise(cfg: DataConfig, block: int, sed: np.ndarray) -> np.ndarray:
@@ -208,12 +292,21 @@ def _source_ids(cfg: DataConfig, block: int, n: int) -> np.ndarray:
     return hpx12 * np.int64(2**35) + row
 
 
+def _block_families(cfg: DataConfig, block: int, n: int) -> np.ndarray:
+    """Family index (into FAMILIES) per row of a block, drawn with the configured shares (stream 4)."""
+    shares = np.array([cfg.families.get(name, 0.0) for name in FAMILIES])
+    u = _rng(cfg.seed, block, 4).uniform(size=n)
+    return np.minimum(np.searchsorted(np.cumsum(shares) / shares.sum(), u, side="right"), len(FAMILIES) - 1)
+
+
 def _generate_block(cfg: DataConfig, block: int) -> pd.DataFrame:
     n = BLOCK_SIZE
     z = _draw_z(_rng(cfg.seed, block, 0), n, cfg.z_max)
-    sed, _ = _block_physics(cfg, block, n, z)
+    family = _block_families(cfg, block, n)
+    sed, _ = _block_physics(cfg, block, n, z, family)
     flux = sed @ instrument().sed_to_flux + _block_noise(cfg, block, sed)
     df = pd.DataFrame(flux.astype(FLUX_DTYPE), columns=list(FLUX_COLUMNS))
+    df.insert(0, FAMILY_COLUMN, pd.Categorical.from_codes(family, categories=list(FAMILIES)))
     df.insert(0, TARGET_COLUMN, z.astype(np.float64))
     df.insert(0, ID_COLUMN, _source_ids(cfg, block, n))
     return df
@@ -267,7 +360,7 @@ def generate(cfg: DataConfig, progress: bool = False) -> pd.DataFrame:
     """The whole synthetic dataset as one frame (columns :data:`xpz.spectra.DATASET_COLUMNS`)."""
     frames = list(generate_chunks(cfg, progress=progress))
     df = pd.concat(frames, ignore_index=True)
-    assert tuple(df.columns) == DATASET_COLUMNS
+    assert tuple(df.columns) == SYNTHETIC_COLUMNS
     return df
 
 

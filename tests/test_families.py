@@ -1,0 +1,180 @@
+"""Two independent galaxy families (issue 18): the bagpipes SED library, the mixture, the family column
+through io / validation / split, and the per-family evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from xpz.config import DataConfig, SplitConfig
+from xpz.data import sps, synthetic
+from xpz.data.io import read_dataset, write_dataset
+from xpz.data.split import split_dataset
+from xpz.errors import InputError
+from xpz.spectra import FAMILY_COLUMN, flux_matrix
+
+
+@pytest.fixture(scope="module")
+def mixture() -> pd.DataFrame:
+    return synthetic.generate(DataConfig(n_galaxies=6000, seed=11, chunk_size=2500))
+
+
+def test_library_is_complete_and_physical():
+    lib = sps.load_library()
+    n = lib.stellar.shape[0]
+    assert lib.stellar.shape == lib.nebular.shape == (n, sps.rest_wavelengths().size)
+    assert n == sps.LIBRARY_SIZE
+    assert np.isfinite(lib.stellar).all() and (lib.stellar >= 0).all() and (lib.nebular >= 0).all()
+    lam = sps.rest_wavelengths()
+    opt = (lam > 400) & (lam < 700)
+    np.testing.assert_allclose((lib.stellar + lib.nebular)[:, opt].mean(axis=1), 1.0, rtol=1e-4)
+    # star-forming entries carry H-alpha in emission, quiescent ones (almost) none
+    ha = np.abs(lam - 656.3).argmin()
+    assert np.median(lib.nebular[~lib.quiescent, ha]) > 20 * np.median(lib.nebular[lib.quiescent, ha]) + 1e-6
+    assert 0.15 < lib.quiescent.mean() < 0.5
+    # quiescent galaxies are old: their 400 nm break is deeper (ratio of flux above / below 400 nm)
+    red = lib.stellar[:, (lam > 405) & (lam < 425)].mean(1) / lib.stellar[:, (lam > 375) & (lam < 395)].mean(
+        1
+    )
+    assert np.median(red[lib.quiescent]) > np.median(red[~lib.quiescent]) + 0.2
+
+
+def test_library_rebuild_reproduces_the_committed_file():
+    """The committed .npz is what `python -m xpz.data.sps` computes (first entries, one per SFH kind)."""
+    pytest.importorskip("bagpipes")
+    lib = sps.load_library()
+    params = sps.draw_parameters(sps.LIBRARY_SIZE)
+    kinds = [p["_meta"][4] for p in params]
+    first = sorted({kinds.index(k) for k in set(kinds)})
+    assert len(first) == len(sps.SFH_KINDS)
+    rebuilt = sps.build_library(max(first) + 1, progress=False)
+    for i in first:
+        np.testing.assert_allclose(rebuilt.stellar[i], lib.stellar[i], rtol=2e-5, atol=1e-8)
+        np.testing.assert_allclose(rebuilt.nebular[i], lib.nebular[i], rtol=2e-5, atol=1e-8)
+        assert rebuilt.log_ssfr[i] == pytest.approx(lib.log_ssfr[i])
+
+
+def test_age_of_universe_is_planck18():
+    from astropy.cosmology import Planck18
+
+    z = np.array([0.0, 0.1, 0.3, 0.6, 2.0])
+    np.testing.assert_allclose(sps.age_of_universe_gyr(z), Planck18.age(z).value, rtol=0.005)
+
+
+def test_entries_fit_in_the_age_of_the_universe():
+    lib = sps.load_library()
+    rng = np.random.default_rng(0)
+    z = rng.uniform(0.0, 0.6, 20_000)
+    red = rng.uniform(size=z.size) < 0.4
+    entry = synthetic._sps_entries(lib, red, z, rng.uniform(size=z.size))
+    assert (lib.age_gyr[entry] <= sps.age_of_universe_gyr(z)).all()
+    assert (lib.quiescent[entry] == red).all()
+    # at high z the oldest entries are out of reach; at low z they are drawn
+    assert lib.age_gyr[entry[z > 0.5]].max() < sps.age_of_universe_gyr(0.5)
+    assert lib.age_gyr[entry[z < 0.05]].max() > 12.0
+
+
+def test_mixture_has_both_families_in_their_shares(mixture):
+    family = mixture[FAMILY_COLUMN].astype(str)
+    assert set(family) == {"kcorrect", "bagpipes"}
+    assert abs((family == "bagpipes").mean() - 0.5) < 0.03
+    only = synthetic.generate(DataConfig(n_galaxies=1000, seed=11, families={"kcorrect": 1.0}))
+    assert set(only[FAMILY_COLUMN].astype(str)) == {"kcorrect"}
+    # a kcorrect galaxy is the same whatever the shares: row i depends on (seed, i) only
+    same = (mixture[FAMILY_COLUMN].astype(str) == "kcorrect").to_numpy()[:1000]
+    np.testing.assert_array_equal(flux_matrix(only)[same], flux_matrix(mixture)[:1000][same])
+
+
+def test_families_are_different_galaxies(mixture):
+    """Same z and G distributions, different spectra: a colour index differs between the families."""
+    from scipy import stats
+
+    x = flux_matrix(mixture).astype(float)
+    s = x.sum(1)
+    low = mixture["z"].to_numpy() < 0.15
+    blue_red = x[:, 10:40].sum(1) / x[:, 120:160].sum(1)
+    fam = mixture[FAMILY_COLUMN].astype(str).to_numpy()
+    a, b = blue_red[low & (fam == "kcorrect")], blue_red[low & (fam == "bagpipes")]
+    assert stats.ks_2samp(a, b).pvalue < 1e-3
+    # ... but brightness and redshift are drawn alike
+    assert stats.ks_2samp(s[fam == "kcorrect"], s[fam == "bagpipes"]).pvalue > 1e-4
+    assert stats.ks_2samp(mixture["z"][fam == "kcorrect"], mixture["z"][fam == "bagpipes"]).pvalue > 1e-3
+
+
+def test_families_config_is_validated():
+    with pytest.raises(ValueError, match="unknown or no family"):
+        DataConfig(families={"sdss": 1.0})
+    with pytest.raises(ValueError, match="sum to 1"):
+        DataConfig(families={"kcorrect": 0.5, "bagpipes": 0.6})
+
+
+def test_family_survives_parquet_and_bad_values_are_named(mixture, tmp_path):
+    path = write_dataset(mixture.head(200), tmp_path / "d.parquet")
+    back = read_dataset(path)
+    assert list(back.columns[:3]) == ["source_id", "z", FAMILY_COLUMN]
+    assert (back[FAMILY_COLUMN] == mixture[FAMILY_COLUMN].astype(str).head(200)).all()
+    bad = mixture.head(50).copy()
+    bad[FAMILY_COLUMN] = bad[FAMILY_COLUMN].astype(str)
+    bad.loc[[3, 7], FAMILY_COLUMN] = ""
+    with pytest.raises(InputError, match=r"column 'family' is empty in rows 3, 7"):
+        write_dataset(bad, tmp_path / "bad.parquet")
+    assert not (tmp_path / "bad.parquet").exists()
+
+
+def test_validation_rejects_an_unknown_family(mixture):
+    from xpz.config import ValidateConfig
+    from xpz.data.validation import validate_frame
+
+    cfg = ValidateConfig(min_rows=100)
+    assert validate_frame(mixture, cfg).success
+    bad = mixture.copy()
+    bad[FAMILY_COLUMN] = bad[FAMILY_COLUMN].astype(str)
+    bad.loc[5, FAMILY_COLUMN] = "sdss"
+    result = validate_frame(bad, cfg)
+    assert not result.success
+    assert any(FAMILY_COLUMN == f.column for f in result.failures)
+
+
+def test_split_is_stratified_on_family_and_z(mixture):
+    splits = split_dataset(mixture, SplitConfig(seed=3))
+    for name in ("train", "val", "test"):
+        part = splits[name]
+        share = (part[FAMILY_COLUMN].astype(str) == "bagpipes").mean()
+        whole = (mixture[FAMILY_COLUMN].astype(str) == "bagpipes").mean()
+        assert abs(share - whole) < 0.01, name
+    # within a family, each split keeps its z distribution
+    for fam in ("kcorrect", "bagpipes"):
+        z_all = mixture.loc[mixture[FAMILY_COLUMN].astype(str) == fam, "z"]
+        z_test = splits.test.loc[splits.test[FAMILY_COLUMN].astype(str) == fam, "z"]
+        assert abs(np.median(z_test) - np.median(z_all)) < 0.01
+
+
+def test_per_family_metrics_are_those_of_each_family(mixture):
+    from xpz.config import EvaluateConfig
+    from xpz.model.evaluate import per_family
+
+    test = mixture.head(3000).reset_index(drop=True)
+    rng = np.random.default_rng(1)
+    z = test["z"].to_numpy()
+    fam = test[FAMILY_COLUMN].astype(str).to_numpy()
+    pred_z = z + np.where(fam == "bagpipes", 0.05, 0.0) + rng.normal(0, 0.01, z.size)
+    predictions = pd.DataFrame(
+        {
+            "z_true": z,
+            "z": pred_z,
+            "z_lower": pred_z - 0.02,
+            "z_upper": pred_z + 0.02,
+            "eligible": fam == "kcorrect",
+        }  # fmt: skip
+    )
+    metrics, tables = per_family(test, predictions, EvaluateConfig())
+    bp = fam == "bagpipes"
+    assert metrics["test_mae_bagpipes"] == pytest.approx(np.abs(pred_z - z)[bp].mean())
+    assert metrics["test_mae_kcorrect"] == pytest.approx(np.abs(pred_z - z)[~bp].mean())
+    assert metrics["test_flagged_bagpipes"] == 1.0 and metrics["test_flagged_kcorrect"] == 0.0
+    assert metrics["test_low_z_bias_bagpipes"] == pytest.approx(0.05, abs=0.002)
+    assert metrics["test_n_bagpipes"] == bp.sum()
+    assert set(tables) == {"kcorrect", "bagpipes"}
+    assert int(tables["bagpipes"]["count"].sum()) == bp.sum()
+    assert per_family(test.drop(columns=FAMILY_COLUMN), predictions, EvaluateConfig()) == ({}, {})
