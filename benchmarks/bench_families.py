@@ -58,7 +58,13 @@ def score(test: pd.DataFrame, pred: pd.DataFrame, ecfg) -> dict[str, float]:
     m, table = summary_metrics("", z, pred["z"], pred["z_lower"], pred["z_upper"], ecfg)
     dense = table[(table["z_hi"] <= COVERAGE_Z_MAX + 1e-9) & (table["count"] >= 50)]
     low = z < LOW_Z_MAX
+    rows = table[table["count"] > 0]
     return {
+        "bins": {
+            "z_lo": rows["z_lo"].tolist(),
+            "mean_error": rows["mean_error"].tolist(),
+            "coverage_68": rows["coverage_68"].tolist(),
+        },
         "n": float(len(z)),
         "mae": m["mae"],
         "sigma_nmad": m["sigma_nmad"],
@@ -89,6 +95,35 @@ def markdown(results: dict, header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def figure(results: dict, path: Path) -> Path:
+    """Mean error and 68% coverage per true-z bin, one line per (trained on, tested on) pair."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_b, ax_c) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    colours = {"kcorrect": "tab:blue", "bagpipes": "tab:red", "mixture": "black"}
+    styles = {"kcorrect": "-", "bagpipes": "--"}
+    for regime, by_family in results["scores"].items():
+        for family, s in by_family.items():
+            b = s["bins"]
+            kw = {"color": colours[regime], "ls": styles.get(family, ":"), "marker": "o", "ms": 3}
+            label = f"trained on {regime}, tested on {family}"
+            ax_b.plot(np.asarray(b["z_lo"]) + 0.025, b["mean_error"], label=label, **kw)
+            ax_c.plot(np.asarray(b["z_lo"]) + 0.025, b["coverage_68"], **kw)
+    ax_b.axhline(0, color="grey", lw=0.8)
+    ax_b.set(xlabel="true z", ylabel="mean error (z_pred - z_true)", title="Bias per bin")
+    ax_c.axhspan(0.65, 0.71, color="green", alpha=0.15, label="target 0.65-0.71")
+    ax_c.set(xlabel="true z", ylabel="68% interval coverage", title="Coverage per bin", ylim=(0.2, 1.0))
+    ax_b.legend(fontsize=7)
+    ax_c.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_docs(path: Path, text: str) -> None:
     """Replace the block between the markers in `path` (appended when the markers are absent)."""
     old = path.read_text() if path.exists() else ""
@@ -116,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--members", type=int, default=None, help="override train.members")
     ap.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     ap.add_argument("--docs", type=Path, default=None, help="write the table into this Markdown file")
+    ap.add_argument("--figure", type=Path, default=None, help="write the per-bin bias/coverage figure (PNG)")
     args = ap.parse_args(argv)
     if args.n < 2000:
         print("--n must be at least 2000", file=sys.stderr)
@@ -187,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    if args.figure:
+        figure(results, args.figure)
+        text += f"\n![bias and coverage per bin]({os.path.relpath(args.figure, (args.docs or args.figure).parent)})\n"
     if args.docs:
         write_docs(args.docs, text)
     return 0
