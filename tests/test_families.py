@@ -178,3 +178,31 @@ def test_per_family_metrics_are_those_of_each_family(mixture):
     assert set(tables) == {"kcorrect", "bagpipes"}
     assert int(tables["bagpipes"]["count"].sum()) == bp.sum()
     assert per_family(test.drop(columns=FAMILY_COLUMN), predictions, EvaluateConfig()) == ({}, {})
+
+
+def test_low_z_shift_lowers_the_point_estimate_of_low_z_posteriors():
+    from xpz.model.posterior import point_levels
+
+    edges = np.linspace(0.0, 0.6, 121)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    probs = np.stack([np.exp(-0.5 * ((centres - m) / 0.02) ** 2) for m in (0.03, 0.3)])
+    probs /= probs.sum(1, keepdims=True)
+    cdf = np.concatenate([np.zeros((2, 1)), np.cumsum(probs, 1)], axis=1)
+    base = point_levels(cdf, edges, 0.35, 0.0)
+    shifted = point_levels(cdf, edges, 0.35, 0.0, low_z=0.1, low_gain=0.3)
+    assert shifted[0] == pytest.approx(0.5 - 0.3, abs=1e-3)  # all its mass is below 0.1
+    assert shifted[1] == pytest.approx(base[1])  # a galaxy surely above 0.1 keeps its median
+
+
+def test_posterior_layers_of_older_models_load_without_a_low_z_shift():
+    from xpz.model.architectures import RedshiftPosterior
+
+    layer = RedshiftPosterior(np.linspace(0, 0.6, 121))
+    layer.build((None, 120))
+    store = {"0": np.full(120, -1.0, np.float32), "1": np.float32(0.25), "2": np.float32(0.7),
+             "3": np.float32(0.35), "4": np.float32(0.6)}  # fmt: skip
+    layer.load_own_variables(store)
+    assert layer.point_estimate() == pytest.approx(
+        {"shift_z": 0.35, "shift_gain": 0.6, "low_z": 0.0, "low_gain": 0.0}
+    )
+    assert float(layer.temperature.numpy()) == pytest.approx(0.7)

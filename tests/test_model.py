@@ -69,7 +69,13 @@ def test_save_load_gives_identical_predictions(tmp_path, loss):
     model = build_model({**TINY, "loss": loss}, cfg, fit_scaler(x, normalize=True))
     if loss == "crossentropy":
         posterior_layer(model).set_calibration(
-            log_prior=np.linspace(-1, -3, 12), alpha=0.5, temperature=0.7, shift_z=0.3, shift_gain=0.4
+            log_prior=np.linspace(-1, -3, 12),
+            alpha=0.5,
+            temperature=0.7,
+            shift_z=0.3,
+            shift_gain=0.4,
+            low_z=0.1,
+            low_gain=0.2,
         )
     model.fit(x, np.linspace(0.01, 0.5, 40), epochs=1, batch_size=16, verbose=0)
     path = tmp_path / "model.keras"
@@ -80,7 +86,9 @@ def test_save_load_gives_identical_predictions(tmp_path, loss):
     assert a.equals(b)
     if loss == "crossentropy":
         assert float(posterior_layer(loaded).alpha.numpy()) == pytest.approx(0.5)
-        assert posterior_layer(loaded).point_estimate() == pytest.approx({"shift_z": 0.3, "shift_gain": 0.4})
+        assert posterior_layer(loaded).point_estimate() == pytest.approx(
+            {"shift_z": 0.3, "shift_gain": 0.4, "low_z": 0.1, "low_gain": 0.2}
+        )
 
 
 def test_predict_redshift_regression_has_nan_interval():
@@ -136,7 +144,12 @@ def test_posterior_layer_loads_weights_saved_before_the_shift_existed():
     layer.load_own_variables({"0": np.log([0.5, 0.3, 0.2]), "1": np.float32(0.25), "2": np.float32(0.8)})
     assert layer.log_prior.numpy() == pytest.approx(np.log([0.5, 0.3, 0.2]))
     assert float(layer.alpha.numpy()) == 0.25 and float(layer.temperature.numpy()) == pytest.approx(0.8)
-    assert layer.point_estimate() == {"shift_z": 0.0, "shift_gain": 0.0}  # the median, as saved
+    assert layer.point_estimate() == {
+        "shift_z": 0.0,
+        "shift_gain": 0.0,
+        "low_z": 0.0,
+        "low_gain": 0.0,
+    }  # the median
 
 
 def test_choose_candidate_takes_the_cheapest_candidate_that_reaches_the_bias_it_can():

@@ -263,6 +263,9 @@ class TrainConfig(_Section):
     alpha_grid: list[float] = [0.0, 0.25, 0.5, 0.75, 1.0]
     shift_z_grid: list[float] = [0.3, 0.35, 0.4]  # point estimate: quantile 0.5 + gain * P(z > shift_z)
     shift_gain_grid: list[float] = [0.0]  # 0 only: the posterior median
+    low_z_grid: list[float] = [0.08, 0.1]  # point estimate: ... - low_gain * P(z < low_z) (choose_shift)
+    low_gain_grid: list[float] = [0.0]  # 0 only: no low-z shift
+    low_z_bias_target: float | None = Field(None, gt=0)  # |val mean error at z < 0.10|; None: not a target
     bias_target: float = Field(0.02, ge=0)  # |worst per-bin bias| on validation to reach ...
     bias_slack: float = Field(0.005, ge=0)  # ... or, if out of reach, the least bias + this
     interval: float = Field(0.68, gt=0, lt=1)  # target coverage of the central interval
@@ -275,6 +278,10 @@ class TrainConfig(_Section):
             raise ValueError(f"shift_gain_grid values must lie in [0, 1], got {self.shift_gain_grid}")
         if not self.shift_z_grid and any(g > 0 for g in self.shift_gain_grid):
             raise ValueError("shift_z_grid must not be empty when shift_gain_grid has a gain > 0")
+        if any(not 0 <= g <= 0.5 for g in self.low_gain_grid):
+            raise ValueError(f"low_gain_grid values must lie in [0, 0.5], got {self.low_gain_grid}")
+        if not self.low_z_grid and any(g > 0 for g in self.low_gain_grid):
+            raise ValueError("low_z_grid must not be empty when low_gain_grid has a gain > 0")
         return self
 
 

@@ -110,6 +110,8 @@ class RedshiftPosterior(keras.layers.Layer):
         # the point estimate's quantile shift (xpz.model.posterior): read by predict_redshift, not by call()
         self.shift_z = self.add_weight(name="shift_z", shape=(), initializer="zeros", trainable=False)
         self.shift_gain = self.add_weight(name="shift_gain", shape=(), initializer="zeros", trainable=False)
+        self.low_z = self.add_weight(name="low_z", shape=(), initializer="zeros", trainable=False)
+        self.low_gain = self.add_weight(name="low_gain", shape=(), initializer="zeros", trainable=False)
 
     def call(self, logits):
         return keras.ops.softmax((logits - self.alpha * self.log_prior) / self.temperature, axis=-1)
@@ -118,26 +120,38 @@ class RedshiftPosterior(keras.layers.Layer):
         return input_shape
 
     def set_calibration(
-        self, log_prior=None, alpha=None, temperature=None, shift_z=None, shift_gain=None
+        self,
+        log_prior=None,
+        alpha=None,
+        temperature=None,
+        shift_z=None,
+        shift_gain=None,
+        low_z=None,
+        low_gain=None,
     ) -> None:
         if log_prior is not None:
             self.log_prior.assign(np.asarray(log_prior, dtype="float32"))
         for name, value in (("alpha", alpha), ("temperature", temperature), ("shift_z", shift_z),
-                            ("shift_gain", shift_gain)):  # fmt: skip
+                            ("shift_gain", shift_gain), ("low_z", low_z), ("low_gain", low_gain)):  # fmt: skip
             if value is not None:
                 getattr(self, name).assign(float(value))
 
     def load_own_variables(self, store):
-        """Models saved before the point-estimate shift existed hold 3 variables: load them, no shift."""
-        if len(store.keys()) == 3:
-            for i, variable in enumerate((self.log_prior, self.alpha, self.temperature)):
+        """Older models hold fewer variables: 3 (before the point-estimate shift) or 5 (before the
+        low-z shift); load what they have, the rest keeps its neutral initial value (no shift)."""
+        n = len(store.keys())
+        if n in (3, 5):
+            for i, variable in enumerate(self.weights[:n]):
                 variable.assign(store[str(i)])
             return
         super().load_own_variables(store)
 
     def point_estimate(self) -> dict[str, float]:
-        """The quantile shift of the point estimate (`xpz.model.posterior.redshifts_from_output` keywords)."""
-        return {"shift_z": float(self.shift_z.numpy()), "shift_gain": float(self.shift_gain.numpy())}
+        """The quantile shifts of the point estimate (`xpz.model.posterior.redshifts_from_output` keywords)."""
+        return {
+            name: float(getattr(self, name).numpy())
+            for name in ("shift_z", "shift_gain", "low_z", "low_gain")
+        }
 
     def get_config(self):
         return {**super().get_config(), "edges": self.edges}
