@@ -92,8 +92,11 @@ def split_check(cfg: Any, resplit: bool) -> Any:
 
 @server_task(name="start-mlflow-run")
 def start_mlflow_run(cfg: Any, splits: Any) -> tuple[Any, str]:
-    """This run's MLflow run, tagged with the Prefect ids, its context logged (`pipeline.start_run_step`)."""
-    tr = tracking.configure(cfg.tracking)
+    """This run's MLflow run, tagged with the Prefect ids, its context logged (`pipeline.start_run_step`).
+    A tracking server that is down is waited for (5 tries, back-off 2..30 s, each retry logged)."""
+    from xpz.servers import retrying
+
+    tr = retrying(lambda: tracking.configure(cfg.tracking), "MLflow set-up", get_run_logger().warning)
     tags = {
         "xpz.kind": "pipeline",
         "xpz.orchestrator": "prefect",

@@ -206,7 +206,38 @@ def resolve_model(model: str, tracking_uri: str | None = None) -> tuple[str, str
             f"model {model!r}: not found (expected models:/<name>@<alias>, models:/<name>/<version>, "
             "runs:/<run_id>/<path>, an MLflow model folder or a .keras file)"
         )
-    return str(path), path.stem if path.suffix == ".keras" else path.name, ""
+    if path.suffix == ".keras":
+        return str(path), path.stem, ""
+    name, version = folder_identity(path, tracking_uri)
+    return str(path), name, version
+
+
+def folder_identity(path: Path, tracking_uri: str | None = None) -> tuple[str, str]:
+    """(registered name, version) of a local MLflow model folder: from `registered_model_meta` (written
+    when MLflow downloads `models:/<name>/<version>`), else from the registry of `tracking_uri` (the
+    version whose run and LoggedModel are those of the folder's `MLmodel`), else (folder name, "")."""
+    import yaml
+
+    meta = path / "registered_model_meta"
+    with contextlib.suppress(OSError, yaml.YAMLError, AttributeError, TypeError):
+        doc = yaml.safe_load(meta.read_text())
+        if doc.get("model_name") and doc.get("model_version") is not None:
+            return str(doc["model_name"]), str(doc["model_version"])
+    try:
+        mlmodel = yaml.safe_load((path / "MLmodel").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        mlmodel = {}
+    run_id, model_id = mlmodel.get("run_id"), mlmodel.get("model_id")
+    if run_id and (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        try:  # the store is optional for a local folder: any trouble means "not known"
+            found = _client(tracking_uri).search_model_versions(f"run_id = '{run_id}'")
+        except Exception:  # noqa: BLE001
+            found = []
+        mine = [mv for mv in found if not model_id or getattr(mv, "model_id", None) in (None, model_id)]
+        if mine:
+            best = min(mine, key=lambda mv: (mv.name, int(mv.version)))
+            return str(best.name), str(best.version)
+    return path.name, ""
 
 
 @contextlib.contextmanager
