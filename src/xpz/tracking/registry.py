@@ -232,10 +232,10 @@ def register(
             tags={"xpz.primary_metric": metric, "xpz.candidate_value": repr(candidate)},
         ).version
     )
-    client.set_registered_model_alias(name, CHALLENGER, version)
-
-    # Compare-and-set of `champion`: read, decide, move and record as one step (`champion_guard`).
+    # Compare-and-set of `champion`: read, decide, move and record as one step (`champion_guard`); the
+    # `challenger` move too (two concurrent first moves of an alias collide in a sqlite store).
     with champion_guard(tr) as guard:
+        client.set_registered_model_alias(name, CHALLENGER, version)
         champion = _alias_version(client, name, CHAMPION)
         promote_it, reason, champ_value, comparison = _decide(tr, candidate, champion, client, test_digest)
         previous = str(champion.version) if champion is not None else None
