@@ -215,7 +215,7 @@ def resolve_model(model: str, tracking_uri: str | None = None) -> tuple[str, str
 def folder_identity(path: Path, tracking_uri: str | None = None) -> tuple[str, str]:
     """(registered name, version) of a local MLflow model folder: from `registered_model_meta` (written
     when MLflow downloads `models:/<name>/<version>`), else from the registry of `tracking_uri` (the
-    version whose run and LoggedModel are those of the folder's `MLmodel`), else (folder name, "")."""
+    version of the LoggedModel, or run, named in the folder's `MLmodel`), else (folder name, "")."""
     import yaml
 
     meta = path / "registered_model_meta"
@@ -228,9 +228,11 @@ def folder_identity(path: Path, tracking_uri: str | None = None) -> tuple[str, s
     except (OSError, yaml.YAMLError):
         mlmodel = {}
     run_id, model_id = mlmodel.get("run_id"), mlmodel.get("model_id")
-    if run_id and (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+    if (run_id or model_id) and (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
         try:  # the store is optional for a local folder: any trouble means "not known"
-            found = _client(tracking_uri).search_model_versions(f"run_id = '{run_id}'")
+            client = _client(tracking_uri)
+            run_id = run_id or client.get_logged_model(model_id).source_run_id
+            found = client.search_model_versions(f"run_id = '{run_id}'") if run_id else []
         except Exception:  # noqa: BLE001
             found = []
         mine = [mv for mv in found if not model_id or getattr(mv, "model_id", None) in (None, model_id)]
