@@ -163,6 +163,7 @@ def start_mlflow_auth_server(
         f"admin_username = {ADMIN[0]}\n"
         f"admin_password = {ADMIN[1]}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "auth_cache_ttl_seconds = 300\n"  # one PBKDF2 check per user, not per request (seconds each here)
     )
     cmd = [
         str(BIN / "mlflow"), "server", "--app-name", "basic-auth",

@@ -28,7 +28,7 @@ from xpz.errors import InputError
 
 T = TypeVar("T")
 
-CHECK_TIMEOUT_S = 5.0  # one request of a pre-flight check (a server that answers does so in ms)
+CHECK_TIMEOUT_S = 10.0  # one request of a pre-flight check (a busy basic-auth server: seconds)
 # Defaults for interactive commands (a variable already set wins): a blip is retried twice within
 # ~3 s, a hung request gives up after 30 s (MLflow's defaults: 7 retries over ~4 min, 120 s).
 FAIL_FAST_HTTP = {
