@@ -9,7 +9,7 @@ retries and timeouts for interactive commands; long-running flows use `retrying`
 logs every retry.
 
 Core module: the standard library, plus tenacity inside `retrying` and MLflow's exception type inside
-`explain_mlflow_error` (both imported lazily).
+`explain_mlflow_error` (both imported lazily); no Prefect (callers pass Prefect's settings).
 """
 
 from __future__ import annotations
@@ -163,26 +163,22 @@ def check_mlflow(uri: str | None, timeout_s: float = CHECK_TIMEOUT_S) -> None:
         raise ServerError(mlflow_message("down", uri, f"HTTP {status}, {what}"), "down", uri)
 
 
-def prefect_headers() -> dict[str, str]:
-    """The Authorization header Prefect's client sends for PREFECT_API_AUTH_STRING (else none)."""
-    auth = os.environ.get("PREFECT_API_AUTH_STRING")
-    if not auth:
-        with contextlib.suppress(Exception):
-            from prefect.settings import PREFECT_API_AUTH_STRING
-
-            value = PREFECT_API_AUTH_STRING.value()
-            auth = value.get_secret_value() if hasattr(value, "get_secret_value") else value
-    return {"Authorization": "Basic " + base64.b64encode(str(auth).encode()).decode()} if auth else {}
+def prefect_headers(auth: str | None = None) -> dict[str, str]:
+    """The Authorization header Prefect's client sends for an auth string ('user:password'; default:
+    PREFECT_API_AUTH_STRING), else none."""
+    auth = auth or os.environ.get("PREFECT_API_AUTH_STRING")
+    return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
 
 
-def check_prefect(url: str, timeout_s: float = CHECK_TIMEOUT_S) -> None:
+def check_prefect(url: str, timeout_s: float = CHECK_TIMEOUT_S, auth: str | None = None) -> None:
     """`/health` (open) then `/admin/version` (behind the server's auth string) of a Prefect API;
-    `ServerError` naming `url` when it is down or refuses PREFECT_API_AUTH_STRING (401/403)."""
+    `ServerError` naming `url` when it is down or refuses the auth string (`auth`, default
+    PREFECT_API_AUTH_STRING) with 401/403."""
     base = url.rstrip("/")
     try:
         status = _get(f"{base}/health", {}, timeout_s)
         if status < 400:
-            status = _get(f"{base}/admin/version", prefect_headers(), timeout_s)
+            status = _get(f"{base}/admin/version", prefect_headers(auth), timeout_s)
     except (OSError, ValueError) as err:
         raise ServerError(prefect_message("down", url, _reason(err)), "down", url) from None
     if status in (401, 403):

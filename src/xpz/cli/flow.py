@@ -51,9 +51,12 @@ def preflight(params: str, profile: str | None, overrides: dict[str, Any] | None
     from xpz.tracking.store import resolve_uri
 
     try:
-        url = os.environ.get("PREFECT_API_URL")
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+        url = PREFECT_API_URL.value() or os.environ.get("PREFECT_API_URL")
         if url:
-            check_prefect(url)
+            auth = PREFECT_API_AUTH_STRING.value()  # the variable or the Prefect profile
+            check_prefect(url, auth=getattr(auth, "get_secret_value", lambda: auth)())
         cfg = load_config(params, profile=profile, overrides=overrides or {})
         check_mlflow(resolve_uri(cfg.tracking))
     except (ServerError, ConfigError) as err:

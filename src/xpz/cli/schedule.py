@@ -132,7 +132,7 @@ def require_server(timeout_s: float = 10.0) -> str:
     Without `PREFECT_API_URL` Prefect would start a temporary in-process server, which has no scheduler:
     the deployment would be created and no scheduled run would ever start.
     """
-    from prefect.settings import PREFECT_API_URL
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
 
     from xpz.servers import check_prefect
 
@@ -143,7 +143,8 @@ def require_server(timeout_s: float = 10.0) -> str:
             "`prefect server start` (or use Prefect Cloud) and set PREFECT_API_URL, e.g. "
             "PREFECT_API_URL=http://127.0.0.1:4200/api"
         )
-    check_prefect(url, timeout_s)
+    auth = PREFECT_API_AUTH_STRING.value()  # the variable or the Prefect profile
+    check_prefect(url, timeout_s, getattr(auth, "get_secret_value", lambda: auth)())
     return url
 
 
