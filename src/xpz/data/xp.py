@@ -54,10 +54,11 @@ def _check_mode(mode: str) -> None:
 
 @lru_cache(maxsize=1)
 def _bases_config():
+    from xpz._gaiaxpy import gaiaxpy  # noqa: F401  (first: it undoes gaiaxpy's matplotlib usetex switch)
+
+    # isort: split
     from gaiaxpy.config.paths import hermite_bases_file
     from gaiaxpy.converter.config import parse_config
-
-    from xpz._gaiaxpy import gaiaxpy  # noqa: F401  (import side effects handled there)
 
     return parse_config(hermite_bases_file)
 
@@ -187,10 +188,11 @@ def coefficients_to_fluxes(
 
 @lru_cache(maxsize=2)
 def _external_model(band: str):
+    from xpz._gaiaxpy import gaiaxpy  # noqa: F401  (first: it undoes gaiaxpy's matplotlib usetex switch)
+
+    # isort: split
     from gaiaxpy.calibrator.external_instrument_model import ExternalInstrumentModel
     from gaiaxpy.config.paths import config_path
-
-    from xpz._gaiaxpy import gaiaxpy  # noqa: F401
 
     stem = f"{config_path}/{EXTERNAL_MODELS[band]}"
     with contextlib.redirect_stdout(io.StringIO()):  # gaiaxpy prints "Reading input file..."
