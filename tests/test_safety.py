@@ -123,6 +123,34 @@ def test_manual_promotion_is_recorded_under_the_lock(tmp_path):
     assert tracking.registry.champion_lock_path(tr.tracking_uri) == tmp_path / "mlflow.db.champion.lock"
 
 
+def test_verify_repairs_a_worse_concurrent_promotion(tmp_path):
+    """The tracking-server path (no lock): v2 (0.03) and v3 (0.04) were both promoted against v1 and v3
+    moved `champion` last; `verify_champion` puts v2 back and re-tags v3 a superseded challenger."""
+    from xpz import tracking
+    from xpz.tracking.registry import verify_champion
+
+    tr = _tracking(tmp_path)
+    client = tr.client
+    for value in (0.05, 0.03, 0.04):
+        with tracking.run(tr, f"v-{value}") as run_id:
+            model = client.create_logged_model(tr.experiment_id, name="model", source_run_id=run_id)
+            tracking.log_metrics(tr, run_id, {"test_mae": value})
+            if value == 0.05:
+                tracking.register(tr, run_id, model.model_id, {"test_mae": value})
+                continue
+            mv = client.create_model_version(NAME, source=f"models:/{model.model_id}", run_id=run_id,
+                                             tags={"xpz.candidate_value": repr(value)})  # fmt: skip
+            for key, tag in {"xpz.decision": "promoted", "xpz.champion_version_before": "1"}.items():
+                client.set_model_version_tag(NAME, mv.version, key, tag)
+    client.set_registered_model_alias(NAME, "champion", "3")  # the worse one moved last
+    assert verify_champion(tr, "3", "1") == "2"
+    assert tracking.aliases(tr)["champion"] == "2"
+    tags = client.get_model_version(NAME, "3").tags
+    assert tags["xpz.decision"] == "challenger" and tags["xpz.champion_guard"] == "verify-superseded"
+    assert client.get_model_version(NAME, "2").tags["xpz.decision"] == "promoted"
+    assert verify_champion(tr, "2", "1") == "2" and tracking.aliases(tr)["champion"] == "2"  # idempotent
+
+
 # ----------------------------------------------------------------------------------- clean kills
 
 
