@@ -164,10 +164,13 @@ def check_mlflow(uri: str | None, timeout_s: float = CHECK_TIMEOUT_S) -> None:
 
 
 def prefect_headers(auth: str | None = None) -> dict[str, str]:
-    """The Authorization header Prefect's client sends for an auth string ('user:password'; default:
-    PREFECT_API_AUTH_STRING), else none."""
+    """The Authorization header Prefect's client sends: Basic for an auth string ('user:password';
+    default PREFECT_API_AUTH_STRING), else Bearer for PREFECT_API_KEY, else none."""
     auth = auth or os.environ.get("PREFECT_API_AUTH_STRING")
-    return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
+    if auth:
+        return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
+    key = os.environ.get("PREFECT_API_KEY")  # Prefect Cloud
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def check_prefect(url: str, timeout_s: float = CHECK_TIMEOUT_S, auth: str | None = None) -> None:
@@ -184,7 +187,7 @@ def check_prefect(url: str, timeout_s: float = CHECK_TIMEOUT_S, auth: str | None
     if status in (401, 403):
         kind = "unauthenticated" if status == 401 else "forbidden"
         raise ServerError(prefect_message(kind, url), kind, url)
-    if status >= 400:
+    if status >= 500:  # another 4xx (an API without /admin/version) is not a refusal
         raise ServerError(prefect_message("down", url, f"HTTP {status}"), "down", url)
 
 
