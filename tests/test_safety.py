@@ -262,3 +262,54 @@ def test_model_folder_records_its_registered_name_and_version(tmp_path, register
         frame = pd.read_parquet(out)
         assert set(frame["model_name"]) == {registered.name}, folder
         assert set(frame["model_version"]) == {registered.version}, folder
+
+
+# ------------------------------------------------------------------------------------ retries
+
+
+def test_retrying_waits_for_a_server_that_comes_up_and_logs_each_retry():
+    """The flows' `retrying`: a tracking endpoint that starts 3 s late is waited for, each failed try
+    logged; a 401 is not retried (it does not heal by waiting)."""
+    import http.server
+    import socket
+
+    from xpz.servers import ServerError, check_mlflow, retrying
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    status = {"code": 200}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(status["code"])
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"experiments": []}')
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    servers: list[http.server.HTTPServer] = []
+
+    def start_late() -> None:
+        time.sleep(3)
+        servers.append(http.server.HTTPServer(("127.0.0.1", port), Handler))
+        servers[0].serve_forever()
+
+    threading.Thread(target=start_late, daemon=True).start()
+    logs: list[str] = []
+    try:
+        start = time.monotonic()
+        retrying(lambda: check_mlflow(uri), "MLflow set-up", logs.append, attempts=5)
+        assert 3 <= time.monotonic() - start < 30
+        assert logs and all("MLflow set-up: attempt" in line and "does not answer" in line for line in logs)
+        status["code"] = 401
+        logs.clear()
+        with pytest.raises(ServerError, match="HTTP 401"):
+            retrying(lambda: check_mlflow(uri), "MLflow set-up", logs.append, attempts=5)
+        assert logs == []
+    finally:
+        if servers:
+            servers[0].shutdown()
