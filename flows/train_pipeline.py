@@ -30,7 +30,7 @@ from prefect.runtime import deployment as current_deployment  # noqa: E402
 from prefect.runtime import flow_run as current_flow_run  # noqa: E402
 from prefect.tasks import exponential_backoff  # noqa: E402
 
-from xpz import pipeline, tracking  # noqa: E402
+from xpz import pipeline, servers, tracking  # noqa: E402
 from xpz.env import quiet_telemetry  # noqa: E402
 
 quiet_telemetry()
@@ -92,8 +92,8 @@ def split_check(cfg: Any, resplit: bool) -> Any:
 
 @server_task(name="start-mlflow-run")
 def start_mlflow_run(cfg: Any, splits: Any) -> tuple[Any, str]:
-    """This run's MLflow run, tagged with the Prefect ids, its context logged (`pipeline.start_run_step`)."""
-    tr = tracking.configure(cfg.tracking)
+    """This run's MLflow run, tagged with the Prefect ids (a server that is down: retries, each logged)."""
+    tr = servers.retrying(lambda: tracking.configure(cfg.tracking), "MLflow set-up", get_run_logger().warning)
     tags = {
         "xpz.kind": "pipeline",
         "xpz.orchestrator": "prefect",

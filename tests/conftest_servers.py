@@ -145,8 +145,50 @@ def start_mlflow_server(home: Path, wait: bool = True) -> ServerProcess:
     return server
 
 
-def start_prefect_server(home: Path, wait: bool = True) -> ServerProcess:
-    """`prefect server start` with its own PREFECT_HOME (sqlite database inside), UI off."""
+ADMIN = ("admin", "admin-password-xpz-1")  # the admin of the basic-auth test servers
+
+
+def start_mlflow_auth_server(
+    home: Path, wait: bool = True, default_permission: str = "READ"
+) -> ServerProcess:
+    """`mlflow server --app-name basic-auth` (team mode): users and permissions in their own sqlite
+    database, the admin `ADMIN`, `default_permission` for users without a grant, served artifacts."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = home / "basic_auth.ini"
+    config.write_text(
+        "[mlflow]\n"
+        f"default_permission = {default_permission}\n"
+        f"database_uri = sqlite:///{home / 'basic_auth.db'}\n"
+        f"admin_username = {ADMIN[0]}\n"
+        f"admin_password = {ADMIN[1]}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "auth_cache_ttl_seconds = 300\n"  # one PBKDF2 check per user, not per request (seconds each here)
+    )
+    cmd = [
+        str(BIN / "mlflow"), "server", "--app-name", "basic-auth",
+        "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+        "--artifacts-destination", str(home / "artifacts"),
+        "--serve-artifacts",
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--workers", "1",
+    ]  # fmt: skip
+    env = base_env(MLFLOW_AUTH_CONFIG_PATH=str(config), MLFLOW_FLASK_SERVER_SECRET_KEY="xpz-test-secret")
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"):
+        env.pop(key, None)
+    proc, log = _spawn("mlflow-auth", cmd, home, env)
+    server = ServerProcess(
+        "mlflow server (basic-auth)", f"http://127.0.0.1:{port}", proc, log, home, "/health"
+    )
+    if wait:
+        server.wait_healthy()
+    return server
+
+
+def start_prefect_server(home: Path, wait: bool = True, auth_string: str | None = None) -> ServerProcess:
+    """`prefect server start` with its own PREFECT_HOME (sqlite database inside), UI off; with
+    `auth_string` ('user:password') the API wants it (PREFECT_SERVER_API_AUTH_STRING)."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = base_env(
@@ -156,6 +198,9 @@ def start_prefect_server(home: Path, wait: bool = True) -> ServerProcess:
         PREFECT_SERVER_API_PORT=str(port),
     )
     env.pop("PREFECT_API_URL", None)
+    env.pop("PREFECT_API_AUTH_STRING", None)
+    if auth_string:
+        env["PREFECT_SERVER_API_AUTH_STRING"] = auth_string
     cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"]
     proc, log = _spawn("prefect", cmd, home, env)
     server = ServerProcess("prefect server", f"http://127.0.0.1:{port}/api", proc, log, home, "/health")

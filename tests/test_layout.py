@@ -15,7 +15,10 @@ SRC = REPO / "src" / "xpz"
 FIXTURE = Path(__file__).parent / "fixtures" / "old_layout_model"
 
 # What each subpackage may import from xpz (docs/DEVELOPING.md). Core modules import only core.
-CORE = {"xpz.config", "xpz.errors", "xpz.env", "xpz.files", "xpz.hostinfo", "xpz.spectra", "xpz._gaiaxpy"}
+CORE = {
+    "xpz.config", "xpz.errors", "xpz.env", "xpz.files", "xpz.hostinfo", "xpz.spectra", "xpz._gaiaxpy",
+    "xpz.servers", "xpz.interrupts",
+}  # fmt: skip
 ALLOWED = {
     "data": {"xpz.data"},
     "model": {"xpz.data", "xpz.model"},

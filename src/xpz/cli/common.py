@@ -1,7 +1,10 @@
 """What every `xpz` command group shares: option types, params loading, and the error guard.
 
-User-fixable errors (invalid params, bad input files, unknown versions) print one red line and exit
-with status 2; anything else is a bug and keeps its traceback.
+User-fixable errors (invalid params, bad input files, unknown versions) and server trouble (a
+tracking or Prefect server that is down, refuses the credentials or forbids the action:
+`xpz.servers`) print one red line and exit with status 2; SIGTERM ends a command like Ctrl-C, through
+its cleanup paths (no temporary outputs left), with status 143; anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import typer
 
 from xpz.config import Config, ConfigError, load_config
 from xpz.errors import InputError
+from xpz.interrupts import EXIT_TERMINATED, Terminated, terminate_raises
+from xpz.servers import explain_mlflow_error, fail_fast_http
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,17 +64,41 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _tracking_uri() -> str | None:
+    """The tracking URI the command used (MLflow's process-wide one once `configure` ran)."""
+    import os
+    import sys
+
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        return mlflow.get_tracking_uri()
+    return os.environ.get("MLFLOW_TRACKING_URI")
+
+
 def guarded(*extra: type[BaseException]) -> Callable[[F], F]:
-    """Decorator: InputError, ConfigError (and `extra` kinds) -> one message, exit status 2."""
+    """Decorator: InputError, ConfigError (and `extra` kinds) -> one message, exit status 2; an MLflow
+    401/403/connection failure -> one message naming the server and the fix, exit 2; SIGTERM ->
+    cleanup as for Ctrl-C, one message, exit 143. MLflow's HTTP retries are bounded meanwhile
+    (`xpz.servers.fail_fast_http`)."""
     kinds = (InputError, ConfigError, *extra)
 
     def decorate(func: F) -> F:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
-                return func(*args, **kwargs)
+                with terminate_raises(), fail_fast_http():
+                    return func(*args, **kwargs)
             except kinds as err:
                 fail(str(err))
+            except Terminated:
+                fail("stopped by SIGTERM; temporary outputs were removed", EXIT_TERMINATED)
+            except Exception as err:
+                if type(err).__module__.startswith("mlflow"):
+                    explained = explain_mlflow_error(err, _tracking_uri())
+                    if explained is not None:
+                        fail(str(explained))
+                raise
 
         return wrapper  # type: ignore[return-value]
 

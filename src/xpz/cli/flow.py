@@ -41,17 +41,51 @@ def ephemeral_timeout_message() -> str:
     )
 
 
+def preflight(params: str, profile: str | None, overrides: dict[str, Any] | None) -> str | None:
+    """The one-line error for a Prefect server (PREFECT_API_URL) or MLflow tracking server (params /
+    MLFLOW_TRACKING_URI) that is down or refuses the credentials; None when both answer (or are local)."""
+    import os
+
+    from xpz.config import load_config
+    from xpz.servers import ServerError, check_mlflow, check_prefect
+    from xpz.tracking.store import resolve_uri
+
+    try:
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+        url = PREFECT_API_URL.value() or os.environ.get("PREFECT_API_URL")
+        if url:
+            auth = PREFECT_API_AUTH_STRING.value()  # the variable or the Prefect profile
+            check_prefect(url, auth=getattr(auth, "get_secret_value", lambda: auth)())
+        cfg = load_config(params, profile=profile, overrides=overrides or {})
+        check_mlflow(resolve_uri(cfg.tracking))
+    except (ServerError, ConfigError) as err:
+        return f"error: {err}"
+    return None
+
+
 def run_flow_from_argv(
     flow: Callable[..., Any], argv: list[str] | None, default_reports_dir: str = "reports"
 ) -> int:
     """Run `flow` once with options from `argv`: 0 when its flow run is Completed (its summary as one
-    JSON line on stdout), 1 otherwise (the state's message on stderr)."""
+    JSON line on stdout), 1 otherwise (the state's message on stderr), 2 when the params are invalid or
+    a server is down or refuses the credentials (checked before the flow starts: `preflight`)."""
     args = flow_arguments(argv, default_reports_dir)
+    problem = preflight(args.params, args.profile, args.overrides)
+    if problem:  # fail fast: before Prefect or MLflow retry for minutes
+        print(problem, file=sys.stderr)
+        return 2
+    from xpz.interrupts import EXIT_TERMINATED, Terminated, terminate_raises
+
     try:
-        state = flow(
-            params=args.params, profile=args.profile, overrides=args.overrides, sync=args.sync,
-            reports_dir=args.reports_dir, return_state=True,
-        )  # fmt: skip
+        with terminate_raises():  # SIGTERM unwinds like Ctrl-C: the MLflow run ends KILLED, temp files go
+            state = flow(
+                params=args.params, profile=args.profile, overrides=args.overrides, sync=args.sync,
+                reports_dir=args.reports_dir, return_state=True,
+            )  # fmt: skip
+    except Terminated:
+        print("error: train_pipeline stopped by SIGTERM", file=sys.stderr)
+        return EXIT_TERMINATED
     except RuntimeError as err:  # Prefect's temporary server (no PREFECT_API_URL) did not come up in time
         if "ephemeral Prefect API server" not in str(err):
             raise

@@ -126,27 +126,25 @@ def cron_schedule(cron: str, timezone: str):  # type: ignore[no-untyped-def]
 
 
 def require_server(timeout_s: float = 10.0) -> str:
-    """The configured Prefect API URL, after checking that a server answers there; `InputError` otherwise.
+    """The configured Prefect API URL, after checking that a server answers there and accepts
+    PREFECT_API_AUTH_STRING (`xpz.servers.check_prefect`); `InputError` otherwise.
 
     Without `PREFECT_API_URL` Prefect would start a temporary in-process server, which has no scheduler:
     the deployment would be created and no scheduled run would ever start.
     """
-    import urllib.error
-    import urllib.request
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
 
-    from prefect.settings import PREFECT_API_URL
+    from xpz.servers import check_prefect
 
     url = PREFECT_API_URL.value()
-    how = ("start one with `prefect server start` (or use Prefect Cloud) and set "
-           "PREFECT_API_URL, e.g. PREFECT_API_URL=http://127.0.0.1:4200/api")  # fmt: skip
     if not url:
-        raise InputError(f"schedules need a running Prefect server and PREFECT_API_URL is not set; {how}")
-    try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout_s) as response:
-            response.read()
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise InputError(f"no Prefect server answers at PREFECT_API_URL={url} ({reason}); {how}") from None
+        raise InputError(
+            "schedules need a running Prefect server and PREFECT_API_URL is not set; start one with "
+            "`prefect server start` (or use Prefect Cloud) and set PREFECT_API_URL, e.g. "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
+    auth = PREFECT_API_AUTH_STRING.value()  # the variable or the Prefect profile
+    check_prefect(url, timeout_s, getattr(auth, "get_secret_value", lambda: auth)())
     return url
 
 

@@ -135,7 +135,9 @@ def tune_step(
     finished trial becomes a nested MLflow run and the best hyperparameters are logged as `best.*`.
 
     `lock`: hold a file lock on the search folder (`<folder>.lock`) so that two runs of the same
-    search never write the same oracle files (the second resumes the finished search)."""
+    search never write the same oracle files (the second resumes the finished search). The run is
+    tagged `xpz.tune_search` (the folder), `xpz.host` and `xpz.pid`; RUNNING runs of the same search
+    whose process is gone (a killed `xpz tune`) are marked KILLED (`tracking.close_orphaned_runs`)."""
     import contextlib
 
     from filelock import FileLock
@@ -145,6 +147,10 @@ def tune_step(
     hook = tracking.trial_logger(tr, run_id) if tr is not None and run_id else None
     folder = search_directory(cfg, splits.digests, directory)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    if tr is not None and run_id:  # a search that resumes closes the runs of killed earlier attempts
+        search = str(Path(folder).resolve())
+        tracking.set_tags(tr, run_id, {"xpz.tune_search": search, **tracking.process_tags()})
+        tracking.close_orphaned_runs(tr, "xpz.tune_search", search, exclude=run_id)
     with FileLock(str(folder) + ".lock") if lock else contextlib.nullcontext():
         result = tune(splits, cfg, directory=directory, on_trial_end=hook)
     if tr is not None and run_id:

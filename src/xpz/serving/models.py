@@ -82,11 +82,15 @@ def _as_prediction_frame(output: object, n: int) -> pd.DataFrame:
 
 
 def _client(tracking_uri: str | None):
-    """A client of the store; a local sqlite store must exist (MLflow would create an empty one)."""
+    """A client of the store; a local sqlite store must exist (MLflow would create an empty one), a
+    tracking server must answer and accept the credentials (`xpz.servers.check_mlflow`)."""
     import mlflow
     from mlflow import MlflowClient
 
+    from xpz.servers import check_mlflow
+
     uri = tracking_uri or mlflow.get_tracking_uri()
+    check_mlflow(uri)
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///") :])
         if not path.exists():
@@ -122,6 +126,15 @@ def _registered_names(client) -> str:
     return ", ".join(names) or "none"
 
 
+def _raise_server_trouble(err: Exception, tracking_uri: str | None) -> None:
+    """Raise `xpz.servers.ServerError` when an MLflow error means 401, 403 or a dead server."""
+    from xpz.servers import explain_mlflow_error
+
+    explained = explain_mlflow_error(err, _store(tracking_uri))
+    if explained is not None:
+        raise explained from None
+
+
 def resolve_model(model: str, tracking_uri: str | None = None) -> tuple[str, str, str]:
     """(URI to load, model name, model version) for a model reference; `InputError` naming the
     alias, version, run or path that does not exist."""
@@ -135,14 +148,16 @@ def resolve_model(model: str, tracking_uri: str | None = None) -> tuple[str, str
                 name, alias = ref.split("@", 1)
                 try:
                     client.get_registered_model(name)
-                except MlflowException:
+                except MlflowException as err:
+                    _raise_server_trouble(err, tracking_uri)
                     raise InputError(
                         f"model {model!r}: no registered model {name!r} in {_store(tracking_uri)} "
                         f"(registered: {_registered_names(client)})"
                     ) from None
                 try:
                     version = str(client.get_model_version_by_alias(name, alias).version)
-                except MlflowException:
+                except MlflowException as err:
+                    _raise_server_trouble(err, tracking_uri)
                     raise InputError(
                         f"model {model!r}: registered model {name!r} has no alias {alias!r} "
                         f"(its aliases: {_aliases(client, name)})"
@@ -152,7 +167,8 @@ def resolve_model(model: str, tracking_uri: str | None = None) -> tuple[str, str
                 name, version = ref.rsplit("/", 1)
                 try:
                     client.get_model_version(name, version)
-                except MlflowException:
+                except MlflowException as err:
+                    _raise_server_trouble(err, tracking_uri)
                     raise InputError(
                         f"model {model!r}: registered model {name!r} has no version {version!r} "
                         f"in {_store(tracking_uri)}"
@@ -160,7 +176,8 @@ def resolve_model(model: str, tracking_uri: str | None = None) -> tuple[str, str
                 return model, name, version
             try:  # a LoggedModel id (models:/m-...)
                 logged = client.get_logged_model(ref)
-            except MlflowException:
+            except MlflowException as err:
+                _raise_server_trouble(err, tracking_uri)
                 raise InputError(
                     f"model {model!r}: no logged model {ref!r} in {_store(tracking_uri)}; use "
                     f"models:/<name>@<alias> or models:/<name>/<version> (registered: {_registered_names(client)})"
@@ -169,6 +186,7 @@ def resolve_model(model: str, tracking_uri: str | None = None) -> tuple[str, str
         except InputError:
             raise
         except MlflowException as err:
+            _raise_server_trouble(err, tracking_uri)
             raise InputError(
                 f"model {model!r}: the tracking store {_store(tracking_uri)} is not usable: {err.message}"
             ) from None
@@ -178,7 +196,8 @@ def resolve_model(model: str, tracking_uri: str | None = None) -> tuple[str, str
 
         try:
             _client(tracking_uri).get_run(parts[0])
-        except MlflowException:
+        except MlflowException as err:
+            _raise_server_trouble(err, tracking_uri)
             raise InputError(f"model {model!r}: no run {parts[0]!r} in {_store(tracking_uri)}") from None
         return model, parts[1] if len(parts) > 1 else "model", parts[0]
     path = Path(model)
@@ -187,7 +206,40 @@ def resolve_model(model: str, tracking_uri: str | None = None) -> tuple[str, str
             f"model {model!r}: not found (expected models:/<name>@<alias>, models:/<name>/<version>, "
             "runs:/<run_id>/<path>, an MLflow model folder or a .keras file)"
         )
-    return str(path), path.stem if path.suffix == ".keras" else path.name, ""
+    if path.suffix == ".keras":
+        return str(path), path.stem, ""
+    name, version = folder_identity(path, tracking_uri)
+    return str(path), name, version
+
+
+def folder_identity(path: Path, tracking_uri: str | None = None) -> tuple[str, str]:
+    """(registered name, version) of a local MLflow model folder: from `registered_model_meta` (written
+    when MLflow downloads `models:/<name>/<version>`), else from the registry of `tracking_uri` (the
+    version of the LoggedModel, or run, named in the folder's `MLmodel`), else (folder name, "")."""
+    import yaml
+
+    meta = path / "registered_model_meta"
+    with contextlib.suppress(OSError, yaml.YAMLError, AttributeError, TypeError):
+        doc = yaml.safe_load(meta.read_text())
+        if doc.get("model_name") and doc.get("model_version") is not None:
+            return str(doc["model_name"]), str(doc["model_version"])
+    try:
+        mlmodel = yaml.safe_load((path / "MLmodel").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        mlmodel = {}
+    run_id, model_id = mlmodel.get("run_id"), mlmodel.get("model_id")
+    if (run_id or model_id) and (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        try:  # the store is optional for a local folder: any trouble means "not known"
+            client = _client(tracking_uri)
+            run_id = run_id or client.get_logged_model(model_id).source_run_id
+            found = client.search_model_versions(f"run_id = '{run_id}'") if run_id else []
+        except Exception:  # noqa: BLE001
+            found = []
+        mine = [mv for mv in found if not model_id or getattr(mv, "model_id", None) in (None, model_id)]
+        if mine:
+            best = min(mine, key=lambda mv: (mv.name, int(mv.version)))
+            return str(best.name), str(best.version)
+    return path.name, ""
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ Store layout (embedded default): `sqlite:///mlflow.db` with artifacts under `./m
 
 Names written by this module (the contract with the UI, `xpz models` and the flows):
   run tags       xpz.git_commit (+ mlflow.source.git.commit), xpz.git_dirty, xpz.data_md5,
+                 xpz.tune_search, xpz.host, xpz.pid (tuning runs), xpz.end_reason,
                  xpz.split_digest.{train,val,test}, xpz.profile, xpz.kind (pipeline | trial | ...)
   params         the Config flattened with dots (`split.seed`, `model.conv_filters`), hp.<name> for
                  the hyperparameters actually trained
@@ -26,7 +27,9 @@ Names written by this module (the contract with the UI, `xpz models` and the flo
   version tags   xpz.decision (promoted | challenger | manual_promotion), xpz.decision_reason,
                  xpz.primary_metric, xpz.direction, xpz.candidate_value, xpz.champion_value,
                  xpz.champion_version_before, xpz.split_comparison (first_model | same_split |
-                 across_splits | unknown_split), xpz.split_digest.test
+                 across_splits | unknown_split), xpz.split_digest.test, xpz.champion_guard (lock: the
+                 champion was read and moved under the store's file lock | verify: on a tracking
+                 server, checked after the move | verify-superseded: a concurrent better candidate won)
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from xpz.tracking.registry import (  # noqa: F401
     register,
 )
 from xpz.tracking.runs import (  # noqa: F401
+    close_orphaned_runs,
     config_params,
     end_run,
     flatten,
@@ -70,6 +74,7 @@ from xpz.tracking.runs import (  # noqa: F401
     log_metrics,
     log_params,
     log_trial,
+    process_tags,
     run,
     run_history,
     set_tags,
@@ -113,6 +118,7 @@ __all__ = [
     'VersionInfo',
     'XpzRedshiftModel',
     'as_flux_array',
+    'close_orphaned_runs',
     'config_params',
     'configure',
     'dvc_md5',
@@ -136,6 +142,7 @@ __all__ = [
     'log_trial',
     'models_table',
     'pip_requirements',
+    'process_tags',
     'promote',
     'register',
     'resolve_uri',

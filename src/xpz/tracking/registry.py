@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
@@ -102,6 +104,99 @@ def _decide(
     )
 
 
+GUARD_LOCK = "lock"  # a local store: a file lock makes read-decide-move one step
+GUARD_VERIFY = "verify"  # a tracking server: the move is verified afterwards and repaired
+LOCK_TIMEOUT_S = 300.0
+
+
+def champion_lock_path(tracking_uri: str) -> Path | None:
+    """The lock file that serialises champion moves of a local store (None for a tracking server):
+    `<db>.champion.lock` next to a sqlite file, `<root>/.champion.lock` in a file store."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///") :].split("?", 1)[0])
+        return db.with_name(db.name + ".champion.lock")
+    if tracking_uri.startswith("file:"):
+        from urllib.parse import urlparse
+        from urllib.request import url2pathname
+
+        return Path(url2pathname(urlparse(tracking_uri).path)) / ".champion.lock"
+    if "://" not in tracking_uri:
+        return Path(tracking_uri) / ".champion.lock"
+    return None
+
+
+@contextlib.contextmanager
+def champion_guard(tr: Tracking) -> Iterator[str]:
+    """Hold what makes "read the champion, decide, move the alias, tag the version" one step.
+
+    Local stores (sqlite, file): an exclusive file lock next to the store (`champion_lock_path`),
+    shared by every process on the machine; yields `GUARD_LOCK`. A tracking server offers no
+    compare-and-set, so nothing is held and `GUARD_VERIFY` is yielded: the caller checks the move
+    afterwards (`verify_champion`). Raises `InputError` when the lock is not free within 5 minutes.
+    """
+    from filelock import FileLock, Timeout
+
+    path = champion_lock_path(tr.registry_uri)
+    if path is None:
+        yield GUARD_VERIFY
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(str(path), timeout=LOCK_TIMEOUT_S):
+            yield GUARD_LOCK
+    except Timeout:
+        raise InputError(
+            f"{path}: another process has held the champion lock for {LOCK_TIMEOUT_S:.0f} s; "
+            "if none is running, delete the file"
+        ) from None
+
+
+def _value(tags: Mapping[str, str]) -> float:
+    try:
+        value = float(tags.get("xpz.candidate_value", "nan"))
+    except ValueError:
+        return float("nan")
+    return value
+
+
+def verify_champion(tr: Tracking, version: str, previous: str | None) -> str:
+    """After `version` was promoted against `previous` on a tracking server: every version promoted
+    against the same `previous` raced with it; the best of them (ties: the oldest) must be the
+    champion. Moves the alias back to it if a worse one holds it, retags the losers `challenger`
+    (`xpz.champion_guard` = `verify-superseded`), and returns the winner's version."""
+    client = tr.client
+    name = tr.registered_model
+    rivals = [
+        mv
+        for mv in client.search_model_versions(f"name = '{name}'")
+        if (mv.tags or {}).get("xpz.decision") == "promoted"
+        and (mv.tags or {}).get("xpz.champion_version_before", "") == (previous or "")
+    ]
+    scored = [(mv, _value(mv.tags or {})) for mv in rivals]
+    scored = [(mv, v) for mv, v in scored if not math.isnan(v)]
+    if not scored:
+        return version
+    best = scored[0]
+    for mv, value in scored[1:]:
+        if tr.better(value, best[1]) or (value == best[1] and int(mv.version) < int(best[0].version)):
+            best = (mv, value)
+    winner = str(best[0].version)
+    current = _alias_version(client, name, CHAMPION)
+    current_version = str(current.version) if current is not None else None
+    if current_version in {str(mv.version) for mv, _ in scored} and current_version != winner:
+        client.set_registered_model_alias(name, CHAMPION, winner)
+    for mv, _ in scored:
+        if str(mv.version) != winner:
+            for key, value in {
+                "xpz.decision": "challenger",
+                "xpz.decision_reason": f"superseded: v{winner} was promoted against the same champion "
+                f"v{previous or '-'} and is better",
+                "xpz.champion_guard": "verify-superseded",
+            }.items():
+                client.set_model_version_tag(name, str(mv.version), key, value)
+    return winner
+
+
 def register(
     tr: Tracking,
     run_id: str,
@@ -111,7 +206,10 @@ def register(
     """Register the run's model as a new version, alias it `challenger`, promote it if it wins.
 
     The candidate's primary metric comes from `metrics` (or the run); the champion's from the
-    champion's run. Both runs' test-split digests are compared: when they differ the comparison is
+    champion's run. Reading the champion, deciding, moving `champion` and writing the decision tags
+    are one step (`champion_guard`: a file lock for a local store; on a tracking server the move is
+    verified afterwards and a worse concurrent promotion repaired), so a better champion is never
+    replaced by a worse candidate; `xpz.champion_guard` records which. Both runs' test-split digests are compared: when they differ the comparison is
     still made but recorded as `across_splits` (re-evaluating the champion is out of scope).
     """
     client = tr.client
@@ -134,38 +232,38 @@ def register(
             tags={"xpz.primary_metric": metric, "xpz.candidate_value": repr(candidate)},
         ).version
     )
-    client.set_registered_model_alias(name, CHALLENGER, version)
-
-    # Decide against the current champion; re-read it right before moving the alias so that a
-    # concurrent promotion between our read and our write is compared against, not overwritten.
-    champion = _alias_version(client, name, CHAMPION)
-    for _ in range(3):
+    # Compare-and-set of `champion`: read, decide, move and record as one step (`champion_guard`); the
+    # `challenger` move too (two concurrent first moves of an alias collide in a sqlite store).
+    with champion_guard(tr) as guard:
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        champion = _alias_version(client, name, CHAMPION)
         promote_it, reason, champ_value, comparison = _decide(tr, candidate, champion, client, test_digest)
-        latest = _alias_version(client, name, CHAMPION)
-        if (latest and str(latest.version)) == (champion and str(champion.version)):
-            break
-        champion = latest
-    else:
-        promote_it, reason, champ_value, comparison = _decide(tr, candidate, champion, client, test_digest)
-    previous = str(champion.version) if champion is not None else None
-    if promote_it:
-        client.set_registered_model_alias(name, CHAMPION, version)
-    decision = "promoted" if promote_it else "challenger"
-    tags = {
-        "xpz.decision": decision,
-        "xpz.decision_reason": reason,
-        "xpz.direction": tr.direction,
-        "xpz.champion_value": "" if champ_value is None else repr(champ_value),
-        "xpz.champion_version_before": previous or "",
-        "xpz.split_comparison": comparison,
-        "xpz.split_digest.test": test_digest or "",
-    }
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
+        previous = str(champion.version) if champion is not None else None
+        if promote_it:
+            client.set_registered_model_alias(name, CHAMPION, version)
+        decision = "promoted" if promote_it else "challenger"
+        tags = {
+            "xpz.decision": decision,
+            "xpz.decision_reason": reason,
+            "xpz.direction": tr.direction,
+            "xpz.champion_value": "" if champ_value is None else repr(champ_value),
+            "xpz.champion_version_before": previous or "",
+            "xpz.champion_guard": guard,
+            "xpz.split_comparison": comparison,
+            "xpz.split_digest.test": test_digest or "",
+        }
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, value)
+    champion_after = version if promote_it else str(previous)
+    if promote_it and guard == GUARD_VERIFY:  # a remote store: no lock, so check the move and repair
+        champion_after = verify_champion(tr, version, previous)
+        if champion_after != version:
+            promote_it, decision = False, "challenger"
+            reason = f"superseded: v{champion_after} was promoted against the same champion and is better"
     client.set_tag(run_id, "xpz.model_version", str(version))
     return Registration(
         version=str(version),
-        champion_version=str(version) if promote_it else str(previous),
+        champion_version=champion_after,
         promoted=promote_it,
         decision=decision,
         reason=reason,
@@ -187,16 +285,18 @@ def promote(tr: Tracking, version: str | int, reason: str = "manual promotion") 
         if err.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise InputError(f"registered model {name!r} has no version {version}") from None
         raise
-    before = _alias_version(client, name, CHAMPION)
-    previous = str(before.version) if before is not None else None
-    client.set_registered_model_alias(name, CHAMPION, version)
-    tags = {
-        "xpz.decision": "manual_promotion",
-        "xpz.decision_reason": reason,
-        "xpz.champion_version_before": previous or "",
-    }
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
+    with champion_guard(tr) as guard:
+        before = _alias_version(client, name, CHAMPION)
+        previous = str(before.version) if before is not None else None
+        client.set_registered_model_alias(name, CHAMPION, version)
+        tags = {
+            "xpz.decision": "manual_promotion",
+            "xpz.decision_reason": reason,
+            "xpz.champion_version_before": previous or "",
+            "xpz.champion_guard": guard,
+        }
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, value)
     return previous
 
 

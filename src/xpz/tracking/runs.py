@@ -51,7 +51,8 @@ def run(
     tags: Mapping[str, str] | None = None,
     parent_run_id: str | None = None,
 ) -> Iterator[str]:
-    """`with run(tr, "name") as run_id:` a run that ends FINISHED, or FAILED/KILLED on an exception."""
+    """`with run(tr, "name") as run_id:` a run that ends FINISHED, or FAILED on an exception, or KILLED
+    on Ctrl-C or SIGTERM (inside `xpz.interrupts.terminate_raises`, which every CLI command uses)."""
     run_id = start_run(tr, run_name, tags, parent_run_id)
     try:
         yield run_id
@@ -62,6 +63,53 @@ def run(
         end_run(tr, run_id, "FAILED")
         raise
     end_run(tr, run_id, "FINISHED")
+
+
+PID_TAG = "xpz.pid"
+HOST_TAG = "xpz.host"
+
+
+def process_tags() -> dict[str, str]:
+    """{xpz.host, xpz.pid} of this process: lets a later process tell that a RUNNING run is orphaned."""
+    import os
+    import socket
+
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+
+
+def _process_gone(pid: str | None) -> bool:
+    import os
+
+    try:
+        os.kill(int(pid or ""), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, PermissionError, OverflowError):
+        return False
+    return False
+
+
+def close_orphaned_runs(tr: Tracking, tag: str, value: str, exclude: str | None = None) -> list[str]:
+    """Mark KILLED every RUNNING run of the experiment tagged `tag` = `value` whose process (tags
+    `xpz.host`, `xpz.pid`, see `process_tags`) ran on this host and is gone, e.g. a tuning run whose
+    process was killed; returns their ids. Runs of other hosts, or of live processes, are left alone."""
+    import socket
+
+    host = socket.gethostname()
+    client = tr.client
+    closed = []
+    for found in client.search_runs(
+        [tr.experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`{tag}` = '{value}'"
+    ):
+        tags = found.data.tags
+        if found.info.run_id == exclude or tags.get(HOST_TAG) != host or not _process_gone(tags.get(PID_TAG)):
+            continue
+        client.set_tag(
+            found.info.run_id, "xpz.end_reason", f"process {tags.get(PID_TAG)} gone (found on resume)"
+        )
+        end_run(tr, found.info.run_id, "KILLED")
+        closed.append(found.info.run_id)
+    return closed
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

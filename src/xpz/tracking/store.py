@@ -86,11 +86,18 @@ def configure(cfg: TrackingConfig, tracking_uri: str | None = None) -> Tracking:
     store (sqlite or file) a missing experiment is created with `cfg.artifact_location` as its
     artifact root; a remote server keeps its own artifact settings. A sqlite store copied or moved with
     its project has its recorded artifact paths pointed at the copy (`xpz.tracking.relocate`).
+
+    A tracking server (http/https) is checked first with one request: down, refusing the credentials
+    (401, MLFLOW_TRACKING_USERNAME/_PASSWORD) or forbidding reads (403) raises
+    `xpz.servers.ServerError` (an `InputError` naming the URI and the fix) within seconds.
     """
+    from xpz.servers import check_mlflow
     from xpz.tracking.relocate import localize_artifacts
 
     uri = resolve_uri(cfg, tracking_uri)
     registry_uri = os.environ.get(REGISTRY_URI_ENV) or uri
+    for server in dict.fromkeys([uri, registry_uri]):
+        check_mlflow(server)
     localize_artifacts(uri)  # a moved/copied checkout uses its own artifacts (xpz.tracking.relocate)
     mlflow.set_tracking_uri(uri)  # pyfunc logging and models:/ URIs resolve through it
     client = MlflowClient(tracking_uri=uri, registry_uri=registry_uri)
