@@ -34,14 +34,14 @@ from _registered_model import add_model_arguments, load_model  # noqa: E402
 SEED = 2026  # not the training seed (params data.seed)
 
 
-def report(label: str, z_true: np.ndarray, fluxes: np.ndarray, pred: pd.DataFrame, ecfg) -> dict[str, float]:
+def report(label: str, z_true: np.ndarray, fluxes: np.ndarray, pred: pd.DataFrame, cfg) -> dict[str, float]:
     """Print the per-bin and per-S/N tables of one set and return its summary figures."""
     from xpz.model.coverage_report import coverage_spread, snr_table
     from xpz.model.evaluate import summary_metrics
 
-    m, table = summary_metrics("", z_true, pred["z"], pred["z_lower"], pred["z_upper"], ecfg)
+    m, table = summary_metrics("", z_true, pred["z"], pred["z_lower"], pred["z_upper"], cfg.evaluate)
     snr = snr_table(z_true, pred["z"], pred["z_lower"], pred["z_upper"], fluxes)
-    m.update(coverage_spread(table, snr))
+    m.update(coverage_spread(table, snr, cfg.coverage.z_max, cfg.coverage.min_count))
     print(f"\n### {label}: {len(z_true):,} galaxies\n")
     print("| true z | count | mean error | MAE | coverage 68 |\n|---|---|---|---|---|")
     for _, r in table[table["count"] > 0].iterrows():
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
         sets.append((f"fresh set (seed {args.seed})", fresh))
     for label, data in sets:
         x = flux_matrix(data)
-        report(label, data[TARGET_COLUMN].to_numpy(float), x, predictor.predict(x), cfg.evaluate)
+        report(label, data[TARGET_COLUMN].to_numpy(float), x, predictor.predict(x), cfg)
     return 0
 
 

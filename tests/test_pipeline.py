@@ -106,7 +106,7 @@ def test_second_run_follows_the_champion_rule_and_cli(env):
     from xpz import pipeline
     from xpz.cli.model import app
 
-    cfg, tr, first = env["cfg"], env["tr"], env["result"]
+    tr, first = env["tr"], env["result"]
     cfg2 = load_config(
         REPO / "params.yaml",
         profile="smoke",

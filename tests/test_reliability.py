@@ -102,7 +102,8 @@ def test_threshold_and_recalibration_saved_with_the_model(fitted, tmp_path, data
 
     from xpz.config import CoverageConfig
     from xpz.model.posterior import predict_redshift
-    from xpz.model.recalibration import fit_recalibration, recalibration_layer
+    from xpz.model.posthoc import fit_recalibration
+    from xpz.model.recalibration import recalibration_layer
 
     _, wrapped, summary, x = fitted
     z = dataset["z"].to_numpy()
