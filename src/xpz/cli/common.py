@@ -61,7 +61,7 @@ def fail(message: str, code: int = 2) -> None:
 
 def guarded(*extra: type[BaseException]) -> Callable[[F], F]:
     """Decorator: InputError, ConfigError (and `extra` kinds) -> one message, exit status 2."""
-    kinds = (InputError, ConfigError, *extra)
+    kinds: tuple[type[BaseException], ...] = (InputError, ConfigError, *extra)
 
     def decorate(func: F) -> F:
         @functools.wraps(func)

@@ -186,7 +186,7 @@ def _block_noise(cfg: DataConfig, block: int, sed: np.ndarray) -> np.ndarray:
     if cfg.noise <= 0:
         return out
     rng = _rng(cfg.seed, block, 2)
-    n_tr = rng.integers(N_TRANSITS[0], N_TRANSITS[1] + 1, size=n)
+    n_tr = np.asarray(rng.integers(N_TRANSITS[0], N_TRANSITS[1] + 1, size=n))
     du = float(FINE_PWL[1] - FINE_PWL[0])
     cols = (slice(0, N_BP), slice(N_BP, N_FLUX))
     for b in range(2):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -103,7 +104,7 @@ class _quiet_nan_warnings:
         self._ctx.__enter__()
         warnings.simplefilter("ignore", RuntimeWarning)
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self._ctx.__exit__(*exc)
 
 
@@ -111,7 +112,7 @@ def dataset_expectations(cfg: ValidateConfig) -> list:
     """Expectations on the dataset frame (schema, ids, redshift range and distribution)."""
     import great_expectations.expectations as gxe
 
-    warn = {"severity": "warning"}
+    warn: dict[str, Any] = {"severity": "warning"}
     return [
         gxe.ExpectTableColumnsToMatchOrderedList(column_list=list(DATASET_COLUMNS)),
         gxe.ExpectTableRowCountToBeBetween(min_value=cfg.min_rows),
@@ -266,13 +267,13 @@ def validate_frame(
         "dataset": (df, dataset_expectations(cfg)),
         "flux_per_galaxy": (row_summary(df), flux_expectations(cfg)),
     }
-    actions = [gx.checkpoint.UpdateDataDocsAction(name="docs")] if report_dir is not None else []
+    actions: list[Any] = [gx.checkpoint.UpdateDataDocsAction(name="docs")] if report_dir is not None else []
     result_format = {
         "result_format": "SUMMARY",
         "unexpected_index_column_names": [ID_COLUMN],
         "partial_unexpected_count": EXAMPLES,
     }
-    runs = []
+    runs: list[Any] = []
     for name, (frame, expectations) in batches.items():
         batch_def = source_gx.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
         suite = context.suites.add(gx.ExpectationSuite(name=f"xpz_{name}", expectations=expectations))

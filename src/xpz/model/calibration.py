@@ -76,6 +76,8 @@ def calibrate_posterior(
     from xpz.model.posterior import redshifts_from_output
 
     layer = posterior_layer(model)
+    if layer is None:
+        raise ValueError("calibration needs a softmax-head model (a RedshiftPosterior last layer)")
     edges = np.asarray(layer.edges)
     tcfg = cfg.train
     logits_model = keras.Model(model.inputs, layer.input)
@@ -148,6 +150,8 @@ def choose_shift(
     from xpz.model.posterior import _row_quantiles, point_levels, predict_posterior
 
     layer = posterior_layer(model)
+    if layer is None:
+        raise ValueError("calibration needs a softmax-head model (a RedshiftPosterior last layer)")
     tcfg = cfg.train
     _, edges, cdf = predict_posterior(model, val_fluxes)
 

@@ -120,7 +120,7 @@ def worst_bin_bias(table: pd.DataFrame, z_max: float, min_count: int) -> tuple[f
     sel = sel[sel["mean_error"].notna()]
     if sel.empty:
         return float("nan"), float("nan")
-    row = sel.loc[sel["mean_error"].abs().idxmax()]
+    row = sel.iloc[int(np.argmax(sel["mean_error"].abs().to_numpy()))]
     return float(row["mean_error"]), float(row["z_lo"])
 
 
@@ -260,8 +260,8 @@ def z_histogram_figure(z_true, z_pred, z_max: float, bins: int = 60) -> Figure:
     ax = fig.add_subplot()
     hi = max(float(np.max(z_true)), float(np.max(z_pred)), z_max)
     b = np.linspace(min(0.0, float(np.min(z_pred))), hi, bins + 1)
-    ax.hist(z_true, bins=b, alpha=0.6, label="true z")
-    ax.hist(z_pred, bins=b, alpha=0.6, label="predicted z")
+    ax.hist(z_true, bins=b.tolist(), alpha=0.6, label="true z")
+    ax.hist(z_pred, bins=b.tolist(), alpha=0.6, label="predicted z")
     ax.set_xlabel("redshift")
     ax.set_ylabel("galaxies")
     ax.legend()

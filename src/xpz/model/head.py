@@ -143,8 +143,8 @@ def _cdf(probs: np.ndarray) -> np.ndarray:
     return cdf
 
 
-def _row_quantiles(cdf: np.ndarray, edges: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Quantile q[i] of row i (q broadcast to (n,))."""
+def _row_quantiles(cdf: np.ndarray, edges: np.ndarray, q: np.ndarray | float) -> np.ndarray:
+    """Quantile q[i] of row i (q broadcast to (n,)) of an (n, bins + 1) CDF at `edges` (bins + 1,): (n,) z."""
     q = np.broadcast_to(np.asarray(q, dtype=np.float64), (len(cdf),))
     rows = np.arange(len(cdf))
     # first edge whose CDF reaches q (>= 1 since cdf[:, 0] = 0 < q)

@@ -88,6 +88,7 @@ def predict_posterior(model, fluxes: np.ndarray, batch_size: int = 1024):
     if scores is None:
         frame["ood_score"], frame["eligible"] = np.nan, True
     else:
+        assert ood is not None  # scores come from it
         frame["ood_score"], frame["eligible"] = scores, ood.eligible(scores)
     return frame, edges, cdf
 

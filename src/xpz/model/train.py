@@ -62,7 +62,7 @@ def make_dataset(x, z, weights=None, batch_size: int = 256, shuffle: bool = Fals
     """A batched, prefetched tf.data.Dataset of (fluxes, z[, weight])."""
     import tensorflow as tf
 
-    tensors = (np.asarray(x, np.float32), np.asarray(z, np.float32))
+    tensors: tuple[np.ndarray, ...] = (np.asarray(x, np.float32), np.asarray(z, np.float32))
     if weights is not None:
         tensors = (*tensors, np.asarray(weights, np.float32))
     ds = tf.data.Dataset.from_tensor_slices(tensors)

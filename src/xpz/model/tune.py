@@ -261,7 +261,7 @@ def _confirm(trials, best_id, defaults, cfg: Config, scaler, train, val_ds, proj
     def fit_score(hp: dict[str, Any], seed: int) -> float:
         keras.utils.set_random_seed(seed)
         model = build_model(hp, cfg.model, scaler)
-        ds = make_dataset(*train, batch_size=cfg.train.batch_size, shuffle=True, seed=seed)
+        ds = make_dataset(train[0], train[1], batch_size=cfg.train.batch_size, shuffle=True, seed=seed)
         history = model.fit(ds, validation_data=val_ds, epochs=epochs, verbose=0).history
         return float(pick(history[tcfg.objective]))
 

@@ -67,7 +67,7 @@ def as_flux_array(model_input: Any) -> np.ndarray:
     """
     data = _flux_frame(model_input)
     if isinstance(data, pd.DataFrame):
-        named = list(FLUX_COLUMNS)
+        named: list[Any] = list(FLUX_COLUMNS)
         if list(data.columns) == list(range(N_FLUX)):
             named = list(range(N_FLUX))  # an unnamed table, e.g. JSON "inputs" as lists
         missing = [c for c in named if c not in data.columns]
@@ -127,7 +127,7 @@ def _import_custom_objects() -> None:
                 raise
 
 
-class XpzRedshiftModel(mlflow.pyfunc.PythonModel):
+class XpzRedshiftModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]  # lazily loaded submodule
     """Raw Gaia XP fluxes -> DataFrame[z, z_lower, z_upper, ood_score, eligible], via
     `xpz.model.posterior.predict_redshift` (`eligible` False: not like the training galaxies).
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import pandas as pd
@@ -257,7 +257,7 @@ def models_table(infos: Sequence[VersionInfo]) -> pd.DataFrame:
     """`list_models` output as a table (one row per version)."""
     rows = []
     for info in infos:
-        row = {
+        row: dict[str, Any] = {
             "version": info.version,
             "aliases": ",".join(info.aliases),
             "decision": info.decision or "",
