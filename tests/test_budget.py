@@ -27,6 +27,7 @@ def test_the_default_and_smoke_profiles_have_no_clock():
         assert load_config(REPO / "params.yaml", profile=profile).train.max_seconds is None, profile
 
 
+@pytest.mark.slow  # > 5 s: left out of `make check`
 def test_without_a_time_limit_training_runs_every_epoch(splits):  # noqa: F811
     from xpz.model.train import train_model
 
@@ -56,6 +57,7 @@ def test_cosine_schedule_depends_on_steps_only():
     )
 
 
+@pytest.mark.slow  # > 5 s: left out of `make check`
 def test_a_set_time_limit_that_stops_training_tags_the_run(splits, tmp_path):  # noqa: F811
     from xpz import tracking
     from xpz.config import TrackingConfig
@@ -135,6 +137,7 @@ def test_paired_scores_are_cached_per_architecture_and_seed(tmp_path):
     assert again == (d, c) and len(calls) == 4  # nothing trained twice
 
 
+@pytest.mark.slow  # > 5 s: left out of `make check`
 def test_search_with_confirmation_decides_and_logs_the_same_way_twice(splits, tmp_path):  # noqa: F811
     from xpz.model.tune import tune
 

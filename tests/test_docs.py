@@ -101,6 +101,7 @@ def test_every_xpz_command_in_the_docs_exists_with_its_options(command):
         assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow  # > 5 s: left out of `make check`
 def test_every_python_m_module_in_the_docs_answers_help():
     modules = sorted({c.split()[2] for c in _commands(("python -m ",))})
     assert "xpz" in modules and "xpz.model.tune_distributed" in modules, modules

@@ -11,6 +11,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from xpz_models import tiny_keras_model
 
@@ -38,6 +39,7 @@ def _run(script: str, cwd, env=None) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+@pytest.mark.slow  # > 5 s: left out of `make check`
 def test_plain_keras_load_model_works_after_import_xpz(tmp_path, dataset):
     """`import xpz` registers every custom object: plain `keras.saving.load_model` (compiled, loss and
     metric included) gives the same output, in a fresh interpreter without keras_tuner & co."""
@@ -63,6 +65,7 @@ def test_plain_keras_load_model_works_after_import_xpz(tmp_path, dataset):
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=1e-6)
 
 
+@pytest.mark.slow  # > 5 s: left out of `make check`
 def test_logged_model_loads_and_predicts_without_training_only_packages(tmp_path, registered, dataset):
     """Issue 20 item 4: the pyfunc's loader imports nothing that only training needs, so its pinned
     requirements are enough."""
