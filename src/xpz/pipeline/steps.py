@@ -221,16 +221,7 @@ def evaluate_step(
     evaluation = evaluate(model, splits, cfg, history=dict(history) if history else None)
     if tr is not None and run_id:
         tracking.log_evaluation(tr, run_id, evaluation)
-        describe_evaluation(tr, run_id, evaluation)
     return evaluation
-
-
-def describe_evaluation(tr: tracking.Tracking, run_id: str, evaluation: Evaluation) -> None:
-    """The run's description (`mlflow.note.content`): headline and per-family test metrics, the
-    baselines' test MAE, the per-bin table."""
-    own, baselines = tracking.split_baselines(evaluation.metrics)
-    base_mae = {name: values["test_mae"] for name, values in baselines.items() if "test_mae" in values}
-    tracking.describe_run(tr, run_id, tracking.run_description(own, evaluation.table_markdown(), base_mae))
 
 
 def log_context(

@@ -19,6 +19,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 if TYPE_CHECKING:
     pass
+from xpz.tracking.cards import describe_run, run_description
 from xpz.tracking.store import HISTORY_TAG, Tracking
 
 # ----------------------------------------------------------------------------------------- runs
@@ -210,9 +211,14 @@ def log_evaluation(tr: Tracking, run_id: str, evaluation: Any, close_figures: bo
 
     The run's charts hold the model's own metrics only; each baseline (`baseline_mean`, `baseline_knn`)
     is a nested run of that name (tag `xpz.kind=baseline`) with the same metric names (`test_mae`, ...)
-    and its per-bin table, so the experiment's chart view compares them with the model side by side."""
+    and its per-bin table, so the experiment's chart view compares them with the model side by side.
+    The run's description (`mlflow.note.content`) is set from the same values (`xpz.tracking.cards`)."""
     own, baselines = split_baselines(evaluation.metrics)
     log_metrics(tr, run_id, own)
+    to_md = getattr(evaluation, "table_markdown", None)
+    if callable(to_md):  # the run's description: headline (+ per-family) metrics, baselines, per-bin table
+        base_mae = {name: values["test_mae"] for name, values in baselines.items() if "test_mae" in values}
+        describe_run(tr, run_id, run_description(own, to_md(), base_mae))
     tables = getattr(evaluation, "baseline_tables", None) or {}
     for name, values in baselines.items():
         with run(tr, name, tags={"xpz.kind": "baseline"}, parent_run_id=run_id) as child:
