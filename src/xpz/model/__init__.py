@@ -4,7 +4,7 @@ Modules, from the leaves up (no import cycles, function-level imports included: 
 `head` (the `RedshiftPosterior` softmax head, its loss and metric, the CDF math; imports no xpz
 module), `scaling` (min-max layer fitted on train), `passthrough` (the base of the layers fitted
 after training), `ood` (eligibility score), `recalibration` (p(z) per group), `conformal` (the 68%
-interval), `saving` (registers every custom Keras object; `import xpz` imports it), `inference`
+interval), `saving` (registers every custom Keras object; `import xpz` has it imported with Keras), `inference`
 (the compiled forward pass), `posterior` (network output -> z and its interval: every prediction
 path goes through it), `posthoc` (fits recalibration and conformal on validation), `architectures`
 (seed Table 2, the CPU default), `train` and `calibration` (fit, ensembles, choosing

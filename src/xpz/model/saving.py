@@ -1,6 +1,7 @@
 """The one place that registers every custom Keras object of a saved xpz model.
 
-Importing this module (which `import xpz` does) registers, under the Keras package name "xpz", the
+Importing this module (which `import xpz` arranges: at once if Keras is loaded, else right after
+Keras is imported) registers, under the Keras package name "xpz", the
 layers, loss and metric that `.keras` files written by xpz contain: the scaling layers
 (`xpz.model.scaling`), the softmax head, its loss and metric (`xpz.model.head`) and the post-hoc
 pass-through layers (`xpz.model.ood`, `xpz.model.recalibration`, `xpz.model.conformal`). After it,
