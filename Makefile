@@ -1,6 +1,7 @@
 # xpz: two commands for a fresh clone.
 #   make run   set up .venv, bring the dataset (DVC remote, else regenerate), run the pipeline
 #   make test  set up .venv (dev + scale extras), run the tests
+#   make check ruff (lint + format), mypy on src/, the fast tests (what CI runs before make test)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(CURDIR)/$(VENV)/bin
@@ -14,11 +15,12 @@ export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: run test install data pipeline clean help lock check-data
+.PHONY: run test check lint typecheck test-fast install data pipeline clean help lock check-data
 
 help:
 	@echo "make run   - set up .venv and run the main job on the embedded default dataset"
 	@echo "make test  - set up .venv (with dev extra) and run the test suite"
+	@echo "make check - ruff lint + format check, mypy on src/, the fast tests (-m 'not slow and not integration')"
 
 # The environment is the lock (exact versions, sha256 hashes): requirements.lock, compiled from
 # pyproject.toml's lower-bound ranges (for library users) by `make lock`. xpz itself goes in
@@ -60,6 +62,19 @@ run: pipeline
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The quick gate (CI runs it before `make test`; .pre-commit-config.yaml runs the same tools).
+check: lint typecheck test-fast
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks flows
+	$(BIN)/ruff format --check src tests benchmarks flows
+
+typecheck: install
+	$(BIN)/mypy
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not integration" $(PYTEST_ARGS)
 
 # Fresh-clone check: regenerate the default dataset in a temporary folder and compare its md5
 # with the one committed in data.dvc (the lock makes the bytes the same on every host).

@@ -12,6 +12,7 @@ on the host; the host line is printed as by every benchmark.
 
     python benchmarks/bench_coverage.py                                  # models:/xpz-redshift@champion
     python benchmarks/bench_coverage.py --model model.keras --n 200000 --seed 2026
+    python benchmarks/bench_coverage.py --json coverage.json --doc docs/benchmarks.md   # the table there
 """
 
 from __future__ import annotations
@@ -34,14 +35,14 @@ from _registered_model import add_model_arguments, load_model  # noqa: E402
 SEED = 2026  # not the training seed (params data.seed)
 
 
-def report(label: str, z_true: np.ndarray, fluxes: np.ndarray, pred: pd.DataFrame, ecfg) -> dict[str, float]:
+def report(label: str, z_true: np.ndarray, fluxes: np.ndarray, pred: pd.DataFrame, cfg) -> dict[str, float]:
     """Print the per-bin and per-S/N tables of one set and return its summary figures."""
     from xpz.model.coverage_report import coverage_spread, snr_table
     from xpz.model.evaluate import summary_metrics
 
-    m, table = summary_metrics("", z_true, pred["z"], pred["z_lower"], pred["z_upper"], ecfg)
+    m, table = summary_metrics("", z_true, pred["z"], pred["z_lower"], pred["z_upper"], cfg.evaluate)
     snr = snr_table(z_true, pred["z"], pred["z_lower"], pred["z_upper"], fluxes)
-    m.update(coverage_spread(table, snr))
+    m.update(coverage_spread(table, snr, cfg.coverage.z_max, cfg.coverage.min_count))
     print(f"\n### {label}: {len(z_true):,} galaxies\n")
     print("| true z | count | mean error | MAE | coverage 68 |\n|---|---|---|---|---|")
     for _, r in table[table["count"] > 0].iterrows():
@@ -71,6 +72,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=200_000, help="galaxies in the fresh set (0: none)")
     ap.add_argument("--seed", type=int, default=SEED, help="generator seed of the fresh set")
     ap.add_argument("--chunk-size", type=int, default=20_000)
+    ap.add_argument("--json", default=None, help="write the summary rows to this results JSON")
+    ap.add_argument("--doc", default=None, help="render them into this markdown file (docs/benchmarks.md)")
     args = ap.parse_args(argv)
     from xpz.hostinfo import print_host
 
@@ -92,9 +95,19 @@ def main(argv=None) -> int:
                                                      "chunk_size": args.chunk_size}))  # fmt: skip
         print(f"generated {len(fresh):,} galaxies (seed {args.seed}) in {time.perf_counter() - t0:.0f} s")
         sets.append((f"fresh set (seed {args.seed})", fresh))
+    rows = []
     for label, data in sets:
         x = flux_matrix(data)
-        report(label, data[TARGET_COLUMN].to_numpy(float), x, predictor.predict(x), cfg.evaluate)
+        m = report(label, data[TARGET_COLUMN].to_numpy(float), x, predictor.predict(x), cfg)
+        rows.append([label, f"{len(data):,}", f"{m['mae']:.4f}", f"{m['coverage_68']:.3f}",
+                     f"{m['worst_bin_bias']:+.4f}", f"{m['coverage_68_bin_min']:.3f}-{m['coverage_68_bin_max']:.3f}",
+                     f"{m['coverage_68_snr_min']:.3f}-{m['coverage_68_snr_max']:.3f}"])  # fmt: skip
+    if args.json or args.doc:
+        from _report import save
+
+        columns = ["set", "galaxies", "MAE", "68% coverage", "worst per-bin mean error",
+                   "coverage per bin (z <= 0.45)", "coverage per S/N quartile"]  # fmt: skip
+        save({"name": "coverage", "columns": columns, "rows": rows}, args.json, args.doc)
     return 0
 
 

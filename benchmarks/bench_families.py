@@ -51,13 +51,13 @@ def _subset(frame: pd.DataFrame, regime: str, n_max: int, seed: int) -> pd.DataF
 
 def score(test: pd.DataFrame, pred: pd.DataFrame, ecfg) -> dict[str, float]:
     """The issue's figures for one (model, test family) pair."""
-    from xpz.model.evaluate import LOW_Z_MAX, summary_metrics
+    from xpz.model.evaluate import summary_metrics
     from xpz.spectra import TARGET_COLUMN
 
     z = test[TARGET_COLUMN].to_numpy(float)
     m, table = summary_metrics("", z, pred["z"], pred["z_lower"], pred["z_upper"], ecfg)
     dense = table[(table["z_hi"] <= COVERAGE_Z_MAX + 1e-9) & (table["count"] >= 50)]
-    low = z < LOW_Z_MAX
+    low = z < ecfg.low_z_max
     rows = table[table["count"] > 0]
     return {
         "bins": {

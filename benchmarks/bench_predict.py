@@ -121,13 +121,13 @@ def build(arch: str, base: np.ndarray, z: np.ndarray | None = None):
     n_params = trainable_params(model)
     if z is not None:
         from xpz.model.ood import fit_eligibility
-        from xpz.model.recalibration import fit_recalibration
+        from xpz.model.posthoc import fit_recalibration
 
         cut = len(base) * 3 // 4
         if params.coverage.enabled:
             model, _ = fit_recalibration(model, base[cut:], z[cut:], params.coverage)
             if params.coverage.conformal:
-                from xpz.model.conformal import fit_conformal
+                from xpz.model.posthoc import fit_conformal
 
                 model, _ = fit_conformal(model, base[cut:], z[cut:], params.coverage)
         if params.eligibility.enabled:

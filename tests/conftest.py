@@ -96,3 +96,51 @@ def random_frame(n: int = 400, seed: int = 0):
 # Real MLflow and Prefect servers on 127.0.0.1 (session fixture `server_pair`, per-test `servers`):
 # defined in tests/conftest_servers.py, imported here so that one pair serves the whole session.
 from conftest_servers import server_pair, servers, spawned_servers  # noqa: E402,F401
+
+# ----------------------------------------------------------------------------- layers of tests
+# Every test file belongs to one kind; its tests get that marker (`pytest -m unit`, `-m "data or
+# model"`, ...). `make check` runs `-m "not slow and not integration"` (fast); `make test` runs all.
+KINDS = {
+    "unit": ("test_config", "test_layout", "test_docs", "test_cli_errors", "test_cards"),
+    "data": (
+        "test_io",
+        "test_split",
+        "test_synthetic",
+        "test_validation",
+        "test_xp",
+        "test_gaia_formats",
+        "test_data_cli",
+        "test_reproducible",
+    ),  # fmt: skip
+    "model": (
+        "test_model",
+        "test_train_tune",
+        "test_budget",
+        "test_conformal",
+        "test_reliability",
+        "test_inference",
+        "test_saving",
+        "test_evaluate",
+    ),  # fmt: skip
+    "integration": (
+        "test_dvc",
+        "test_flows",
+        "test_scaleout",
+        "test_schedule",
+        "test_servers",
+        "test_tracking",
+        "test_pipeline",
+        "test_predict",
+        "test_serving",
+        "test_relocate",
+    ),  # fmt: skip
+}
+KIND_OF = {name: kind for kind, names in KINDS.items() for name in names}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        kind = KIND_OF.get(item.path.stem)
+        if kind is None:
+            raise pytest.UsageError(f"{item.path.name}: add it to one kind in tests/conftest.py KINDS")
+        item.add_marker(getattr(pytest.mark, kind))

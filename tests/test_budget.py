@@ -27,6 +27,7 @@ def test_the_default_and_smoke_profiles_have_no_clock():
         assert load_config(REPO / "params.yaml", profile=profile).train.max_seconds is None, profile
 
 
+@pytest.mark.slow  # > 5 s: left out of `make check`
 def test_without_a_time_limit_training_runs_every_epoch(splits):  # noqa: F811
     from xpz.model.train import train_model
 
@@ -56,6 +57,7 @@ def test_cosine_schedule_depends_on_steps_only():
     )
 
 
+@pytest.mark.slow  # > 5 s: left out of `make check`
 def test_a_set_time_limit_that_stops_training_tags_the_run(splits, tmp_path):  # noqa: F811
     from xpz import tracking
     from xpz.config import TrackingConfig
@@ -135,6 +137,7 @@ def test_paired_scores_are_cached_per_architecture_and_seed(tmp_path):
     assert again == (d, c) and len(calls) == 4  # nothing trained twice
 
 
+@pytest.mark.slow  # > 5 s: left out of `make check`
 def test_search_with_confirmation_decides_and_logs_the_same_way_twice(splits, tmp_path):  # noqa: F811
     from xpz.model.tune import tune
 
@@ -154,8 +157,9 @@ def test_a_stride_2_input_stem_halves_the_work_and_is_kept_by_every_trial():
 
     from xpz.config import HyperparametersConfig, ModelConfig
     from xpz.hostinfo import training_flops_per_sample
-    from xpz.model.architectures import RedshiftHyperModel, build_model, flat_hyperparameters
+    from xpz.model.architectures import build_model, flat_hyperparameters
     from xpz.model.scaling import fit_scaler
+    from xpz.model.tune import RedshiftHyperModel
 
     scaler = fit_scaler(np.random.default_rng(0).uniform(1, 50, (64, 186)).astype(np.float32), normalize=True)
     plain = HyperparametersConfig(conv_filters=[8, 8], conv_kernels=[5, 3], dense_units=[16])
@@ -164,7 +168,7 @@ def test_a_stride_2_input_stem_halves_the_work_and_is_kept_by_every_trial():
     a = build_model(flat_hyperparameters(plain), ModelConfig(), scaler)
     b = build_model(flat_hyperparameters(stem), ModelConfig(), scaler)
     assert a.get_layer("conv_0").output.shape[1] == 186 and b.get_layer("conv_0").output.shape[1] == 93
-    conv = [training_flops_per_sample(m) - 6 * sum(np.prod(l.kernel.shape) for l in m.layers if l.name.startswith(("dense", "logits")))
+    conv = [training_flops_per_sample(m) - 6 * sum(np.prod(lay.kernel.shape) for lay in m.layers if lay.name.startswith(("dense", "logits")))
             for m in (a, b)]  # fmt: skip
     assert conv[1] == pytest.approx(conv[0] / 2, rel=0.02)
     values = RedshiftHyperModel(ModelConfig(default=stem), scaler).declare(kt.HyperParameters())

@@ -119,6 +119,7 @@ def test_bad_input_gives_one_message_and_exit_2(project, monkeypatch, label, arg
     assert all(w in output for w in words), f"{label}: {words} not in {output!r}"
 
 
+@pytest.mark.slow  # > 5 s: left out of `make check`
 def test_prefect_startup_timeout_is_one_clear_message(tmp_path):
     """The flow's command line (the DVC `train` stage) without PREFECT_API_URL: when Prefect's temporary
     server does not come up in time, one message says what to change, exit 2, no traceback."""

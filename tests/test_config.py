@@ -73,3 +73,59 @@ def test_command_line_overrides_are_yaml_values():
     }
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         parse_overrides(["train.epochs"])
+
+
+def _fields(model_cls, prefix=""):
+    """Dotted names of every leaf field of a Config section class (nested sections recursed)."""
+    from pydantic import BaseModel
+
+    out = []
+    for name, field in model_cls.model_fields.items():
+        key = field.alias or name
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out += _fields(ann, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def test_field_defaults_are_params_yaml(repo_root):
+    """params.yaml is the one source of defaults: a section built from its class defaults (`ModelConfig()`,
+    `TrainConfig()`, ...) equals the one params.yaml gives, and every field is written in params.yaml."""
+    from xpz.config import Config
+
+    raw = _raw(repo_root)
+    base = {k: v for k, v in raw.items() if k not in ("profile", "profiles")}
+    from_params = config_from_dict({**base, "profile": "default"}, profile="default")
+    built = Config()
+    for section in base:
+        attr = "validate_" if section == "validate" else section
+        assert getattr(built, attr).model_dump() == getattr(from_params, attr).model_dump(), section
+    missing = []
+    for dotted in _fields(Config):
+        if dotted in ("profile", "profiles"):
+            continue
+        node = raw
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                missing.append(dotted)
+                break
+            node = node[part]
+    assert not missing, f"fields with no value in params.yaml: {missing}"
+
+
+def test_no_module_constant_repeats_a_config_value():
+    """Module-level constants that once copied params (evaluate.BIN_WIDTH, coverage_report.COVERAGE_Z_MAX,
+    posterior.INTERVAL) are gone: the values come from the Config passed in."""
+    import xpz.model.coverage_report as coverage_report
+    import xpz.model.evaluate as evaluate
+    import xpz.model.posterior as posterior
+
+    for module, names in (
+        (evaluate, ("BIN_WIDTH", "BIN_Z_MAX", "BIAS_Z_MAX", "MIN_BIN_COUNT", "OUTLIER_THRESHOLD")),
+        (coverage_report, ("COVERAGE_Z_MAX", "COVERAGE_MIN_COUNT")),
+        (posterior, ("INTERVAL",)),
+    ):
+        present = [n for n in names if hasattr(module, n)]
+        assert not present, f"{module.__name__} still defines {present}"

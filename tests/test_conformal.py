@@ -132,9 +132,9 @@ def test_conformal_thresholds_survive_save_and_load(dataset, tmp_path):
     import keras
 
     from xpz.config import CoverageConfig
-    from xpz.model.conformal import conformal_layer, fit_conformal
+    from xpz.model.conformal import conformal_layer
     from xpz.model.posterior import predict_redshift
-    from xpz.model.recalibration import fit_recalibration
+    from xpz.model.posthoc import fit_conformal, fit_recalibration
 
     x, z = flux_matrix(dataset), dataset["z"].to_numpy()
     cfg = CoverageConfig(min_count=20)
@@ -208,7 +208,7 @@ def test_recalibration_saved_before_group_by_still_groups_by_the_point_estimate(
 
 def test_snr_table_and_coverage_spread_hand_computed():
     from xpz.model.coverage_report import coverage_spread, snr_metrics, snr_table
-    from xpz.model.evaluate import bin_table
+    from xpz.model.evaluate import bin_edges, bin_table
 
     fluxes = np.repeat(np.array([1.0, 2.0, 10.0, 20.0])[:, None] / 186.0, 186, axis=1)
     z_true = np.array([0.1, 0.2, 0.3, 0.4])
@@ -225,7 +225,9 @@ def test_snr_table_and_coverage_spread_hand_computed():
     no_interval = snr_table(z_true, z_pred, np.full(4, np.nan), np.full(4, np.nan), fluxes, groups=2)
     assert no_interval["coverage_68"].isna().all() and "snr_q1/coverage_68" not in snr_metrics(no_interval)
     z = np.repeat([0.12, 0.17, 0.47], [60, 60, 60])
-    bins = bin_table(z, z, np.where(z > 0.45, z + 0.005, z - 0.01), z + 0.01)  # only 0.45-0.50 misses
+    bins = bin_table(
+        z, z, np.where(z > 0.45, z + 0.005, z - 0.01), z + 0.01, edges=bin_edges(0.05, 0.6)
+    )  # only 0.45-0.50 misses
     spread = coverage_spread(bins, table, z_max=0.45, min_count=50)
     assert spread["coverage_68_bin_min"] == spread["coverage_68_bin_max"] == 1.0  # 0.45-0.50 left out
     assert spread["coverage_68_snr_min"] == 0.5

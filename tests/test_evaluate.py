@@ -27,12 +27,13 @@ from xpz.model.evaluate import (
 )
 from xpz.spectra import DATASET_COLUMNS, FLUX_COLUMNS, N_FLUX
 
+EDGES = bin_edges(0.05, 0.6)  # params evaluate.bin_width, evaluate.z_max
 Z_TRUE = np.array([0.1, 0.2, 0.3, 0.4])
 Z_PRED = np.array([0.12, 0.18, 0.33, 0.15])  # dz = 0.02, -0.02, 0.03, -0.25
 
 
 def test_point_metrics_hand_computed():
-    m = point_metrics(Z_TRUE, Z_PRED)
+    m = point_metrics(Z_TRUE, Z_PRED, 0.15)
     assert m["mae"] == pytest.approx((0.02 + 0.02 + 0.03 + 0.25) / 4)
     assert m["rmse"] == pytest.approx(np.sqrt((0.0004 + 0.0004 + 0.0009 + 0.0625) / 4))
     assert m["bias"] == pytest.approx((0.02 - 0.02 + 0.03 - 0.25) / 4)
@@ -45,8 +46,8 @@ def test_point_metrics_hand_computed():
 def test_sigma_nmad_is_shift_invariant_and_outlier_threshold():
     z = np.array([0.0, 0.0, 0.0])
     assert sigma_nmad(z, z + 0.3) == pytest.approx(0.0)
-    assert outlier_fraction(np.array([0.0, 1.0]), np.array([0.149, 1.29])) == pytest.approx(0.0)
-    assert outlier_fraction(np.array([0.0, 1.0]), np.array([0.151, 1.31])) == pytest.approx(1.0)
+    assert outlier_fraction(np.array([0.0, 1.0]), np.array([0.149, 1.29]), 0.15) == pytest.approx(0.0)
+    assert outlier_fraction(np.array([0.0, 1.0]), np.array([0.151, 1.31]), 0.15) == pytest.approx(1.0)
 
 
 def test_coverage():
@@ -55,7 +56,7 @@ def test_coverage():
 
 
 def test_bin_edges_are_the_seed_bins():
-    e = bin_edges()
+    e = bin_edges(0.05, 0.6)
     assert len(e) == 13 and e[0] == 0 and e[-1] == pytest.approx(0.6)
     assert np.allclose(np.diff(e), 0.05)
 
@@ -64,7 +65,7 @@ def test_bin_table_hand_computed_and_shares_sum_to_100():
     z_true = np.array([0.01, 0.02, 0.07, 0.6, 0.58])
     z_pred = np.array([0.03, 0.00, 0.07, 0.5, 0.60])
     lo, hi = z_pred - 0.015, z_pred + 0.015
-    t = bin_table(z_true, z_pred, lo, hi)
+    t = bin_table(z_true, z_pred, lo, hi, edges=EDGES)
     assert list(t["bin"][:2]) == ["0.00-0.05", "0.05-0.10"] and len(t) == 12
     first = t.iloc[0]
     assert first["count"] == 2 and first["mean_error"] == pytest.approx(0.0)
@@ -83,7 +84,7 @@ def test_bin_table_hand_computed_and_shares_sum_to_100():
 def test_worst_bin_bias_respects_range_and_min_count():
     z_true = np.r_[np.full(30, 0.12), np.full(30, 0.42), np.full(5, 0.47), np.full(30, 0.52)]
     z_pred = z_true + np.r_[np.full(30, 0.01), np.full(30, -0.04), np.full(5, -0.2), np.full(30, -0.3)]
-    t = bin_table(z_true, z_pred)
+    t = bin_table(z_true, z_pred, edges=EDGES)
     assert worst_bin_bias(t, 0.5, 20) == pytest.approx((-0.04, 0.40))
     assert worst_bin_bias(t, 0.5, 1) == pytest.approx((-0.2, 0.45))
     assert worst_bin_bias(t, 0.6, 20) == pytest.approx((-0.3, 0.50))
@@ -101,7 +102,7 @@ def test_summary_and_bin_metric_names():
 
 
 def test_tables_write_csv_and_markdown(tmp_path):
-    t = bin_table(Z_TRUE, Z_PRED)
+    t = bin_table(Z_TRUE, Z_PRED, edges=EDGES)
     md = table_markdown(t)
     assert md.startswith("| bin | z_lo |") and "0.10-0.15" in md
     write_table(t, tmp_path / "t.csv")

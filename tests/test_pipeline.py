@@ -48,7 +48,20 @@ def test_pipeline_logs_one_run_with_nested_trials(env):
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["xpz.kind"] == "pipeline"
 
-    trials = client.search_runs([tr.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")
+    nested = f"tags.mlflow.parentRunId = '{result.run_id}'"
+    trials = client.search_runs([tr.experiment_id], f"{nested} and tags.xpz.kind = 'trial'")
+    baselines = {
+        r.info.run_name: r
+        for r in client.search_runs([tr.experiment_id], f"{nested} and tags.xpz.kind = 'baseline'")
+    }
+    assert set(baselines) == {"baseline_mean", "baseline_knn"}
+    note = client.get_run(result.run_id).data.tags["mlflow.note.content"]
+    assert "test MAE" in note and "Per bin of true z" in note
+    card = client.get_model_version(tr.registered_model, result.model_version).description
+    assert "## Intended use" in card and "synthetic" in card
+    assert baselines["baseline_knn"].data.metrics["test_mae"] == pytest.approx(
+        result.evaluation.metrics["baseline_knn/test_mae"]
+    )
     assert len(trials) == cfg.tune.max_trials
     assert all(t.data.tags["xpz.kind"] == "trial" and t.data.params for t in trials)
     assert all(cfg.tune.objective in t.data.metrics for t in trials)
@@ -59,7 +72,7 @@ def test_pipeline_logs_one_run_with_nested_trials(env):
     assert tags["xpz.split_digest.test"] and len(tags["xpz.git_commit"]) == 40
     assert tags["xpz.profile"] == "smoke" and tags["xpz.tuned"] == "true"
     for key in ("test_mae", "test_sigma_nmad", "test_outlier_fraction", "test_coverage_68",
-                "baseline_knn/test_mae", "bin_0.10-0.15/mean_error", "train_samples_per_s"):  # fmt: skip
+                "bin_0.10-0.15/mean_error", "train_samples_per_s"):  # fmt: skip
         assert key in metrics, key
     loss = client.get_metric_history(result.run_id, "loss")
     assert sorted(m.step for m in loss) == list(range(len(loss))) and len(loss) >= 1
@@ -106,7 +119,7 @@ def test_second_run_follows_the_champion_rule_and_cli(env):
     from xpz import pipeline
     from xpz.cli.model import app
 
-    cfg, tr, first = env["cfg"], env["tr"], env["result"]
+    tr, first = env["tr"], env["result"]
     cfg2 = load_config(
         REPO / "params.yaml",
         profile="smoke",

@@ -102,7 +102,8 @@ def test_threshold_and_recalibration_saved_with_the_model(fitted, tmp_path, data
 
     from xpz.config import CoverageConfig
     from xpz.model.posterior import predict_redshift
-    from xpz.model.recalibration import fit_recalibration, recalibration_layer
+    from xpz.model.posthoc import fit_recalibration
+    from xpz.model.recalibration import recalibration_layer
 
     _, wrapped, summary, x = fitted
     z = dataset["z"].to_numpy()
@@ -118,6 +119,7 @@ def test_threshold_and_recalibration_saved_with_the_model(fitted, tmp_path, data
     pd.testing.assert_frame_equal(a, b)
 
 
+@pytest.mark.slow  # > 5 s: left out of `make check`
 def test_recalibration_sees_validation_only(smoke_config, dataset):
     """Training with a test split of NaN fluxes gives the same recalibration, conformal thresholds and
     eligibility threshold as with the real test split: test data never reaches the fit."""

@@ -26,6 +26,7 @@ def generate(out: Path, *args: str, **env: str) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.slow  # > 5 s: left out of `make check`
 def test_two_processes_write_the_same_bytes(tmp_path):
     small = ["--profile", "smoke", "-S", "data.n_galaxies=600", "-S", "data.chunk_size=250"]
     generate(tmp_path / "a.parquet", *small, PYTHONHASHSEED="1", OMP_NUM_THREADS="1")

@@ -166,7 +166,12 @@ def test_run_logs_params_tags_lineage_metrics_figures_tables(store):
         }
     )
     evaluation = SimpleNamespace(
-        metrics={"test_mae": 0.0123, "bin_0.10-0.15/mean_error": 0.01, "test_coverage_68": float("nan")},
+        metrics={
+            "test_mae": 0.0123,
+            "bin_0.10-0.15/mean_error": 0.01,
+            "test_coverage_68": float("nan"),
+            "baseline_knn/test_mae": 0.02,
+        },  # fmt: skip
         bin_table=table,
         predictions=pd.DataFrame({"source_id": [1, 2], "z_true": [0.1, 0.2], "z": [0.11, 0.19]}),
         figures={"pred_vs_true": fig},
@@ -182,11 +187,15 @@ def test_run_logs_params_tags_lineage_metrics_figures_tables(store):
     client = store.client
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.params["data.n_galaxies"] == "50000"
+    assert run.data.params["data.n_galaxies"] == "200000"  # Config() is params.yaml's default
     assert run.data.params["hp.filters_0"] == "64"
     assert run.data.tags["xpz.split_digest.test"] == splits.digests["test"]
     assert run.data.tags["xpz.profile"] == "default"
     assert run.data.metrics["test_mae"] == pytest.approx(0.0123)
+    assert not any(k.startswith("baseline_") for k in run.data.metrics)  # a nested run of its own:
+    (knn,) = client.search_runs([store.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+    assert knn.info.run_name == "baseline_knn" and knn.data.tags["xpz.kind"] == "baseline"
+    assert knn.data.metrics["test_mae"] == pytest.approx(0.02)
     assert run.data.metrics["bin_0.10-0.15/mean_error"] == pytest.approx(0.01)
     assert math.isnan(run.data.metrics["test_coverage_68"])
     history = client.get_metric_history(run_id, "loss")

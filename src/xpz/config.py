@@ -2,6 +2,11 @@
 
 params.yaml is read once, at the edge (CLI, flow, DVC stage), and the resulting `Config` is passed
 down. Unknown keys, wrong types and impossible values fail at start-up with the offending key named.
+
+params.yaml is the single source of defaults: every field default below equals the value of the
+same key in params.yaml (the `default` profile), and every field appears there, so `ModelConfig()`
+builds the project's model (tests/test_config.py::test_field_defaults_are_params_yaml enforces it).
+Change a default in params.yaml and here together; no module keeps a copy as a constant.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ class _Section(BaseModel):
 
 class DataConfig(_Section):
     path: Path = Path("data/galaxies.parquet")
-    n_galaxies: int = Field(50_000, gt=0)
+    n_galaxies: int = Field(200_000, gt=0)
     seed: int = 42
     noise: float = Field(1.0, ge=0)
     g_min: float = 17.0
@@ -145,13 +150,13 @@ def _check_choices(name: str, values: tuple[str, ...] | list[str], allowed: tupl
 class HyperparametersConfig(_Section):
     """One fixed architecture (the CPU default); `xpz.model.architectures.flat_hyperparameters` flattens it."""
 
-    conv_filters: list[int] = [64, 64, 32, 16]
-    conv_kernels: list[int] = [5, 5, 3, 2]
-    dense_units: list[int] = [128, 64, 32, 16]
+    conv_filters: list[int] = [32, 64, 64, 128]
+    conv_kernels: list[int] = [5, 5, 3, 3]
+    dense_units: list[int] = [256, 128, 64]
     activation: str = "relu"
     loss: str = "crossentropy"  # crossentropy = softmax over z bins; huber/mse/mae = regression
-    optimizer: str = "adamax"
-    learning_rate: float = Field(2e-3, gt=0)
+    optimizer: str = "adam"
+    learning_rate: float = Field(3e-3, gt=0)
     # stride of the first convolution: XP spectra carry ~110 degrees of freedom in 186 samples, so a
     # stride-2 stem (kernel >= 3 still sees every sample) halves every later layer's work (issue 14)
     stem_stride: int = Field(1, ge=1, le=4)
@@ -174,17 +179,17 @@ class HyperparametersConfig(_Section):
 class SearchConfig(_Section):
     """keras-tuner search space (the seed's): [min, max] bounds and choice lists."""
 
-    conv_layers: tuple[int, int] = (2, 4)
-    filters: tuple[int, int] = (16, 128)
-    filters_step: int = Field(16, ge=1)
-    kernel_size: tuple[int, int] = (2, 7)
-    dense_layers: tuple[int, int] = (1, 4)
-    units: tuple[int, int] = (16, 256)
-    units_step: int = Field(16, ge=1)
-    activations: list[str] = ["relu", "elu"]
+    conv_layers: tuple[int, int] = (3, 4)
+    filters: tuple[int, int] = (32, 128)
+    filters_step: int = Field(32, ge=1)
+    kernel_size: tuple[int, int] = (3, 5)
+    dense_layers: tuple[int, int] = (2, 4)
+    units: tuple[int, int] = (64, 256)
+    units_step: int = Field(64, ge=1)
+    activations: list[str] = ["relu"]
     losses: list[str] = ["crossentropy"]
     optimizers: list[str] = ["adam", "adamax"]
-    learning_rate: tuple[float, float] = (5e-4, 5e-3)
+    learning_rate: tuple[float, float] = (1e-3, 4e-3)
 
     @model_validator(mode="after")
     def _bounds(self) -> SearchConfig:
@@ -203,8 +208,8 @@ class ModelConfig(_Section):
     normalize_flux: bool = True  # divide each spectrum by its total flux; log total flux as 2nd input
     padding: Literal["valid", "same"] = "same"  # conv padding (the seed's Table 2 needs "valid")
     z_max: float = Field(0.6, gt=0)  # softmax head: bins of bin_width over [0, z_max]
-    bin_width: float = Field(0.01, gt=0)
-    label_sigma: float = Field(0.01, ge=0)  # Gaussian smoothing of the one-hot labels
+    bin_width: float = Field(0.005, gt=0)
+    label_sigma: float = Field(0.005, ge=0)  # Gaussian smoothing of the one-hot labels
     default: HyperparametersConfig = HyperparametersConfig()
     search: SearchConfig = SearchConfig()
 
@@ -222,14 +227,14 @@ class TuneConfig(_Section):
     enabled: bool = True
     directory: Path = Path("tuning")
     project_name: str = "xpz"
-    max_trials: int = Field(4, ge=1)
-    epochs: int = Field(3, ge=1)  # per trial
+    max_trials: int = Field(3, ge=1)
+    epochs: int = Field(2, ge=1)  # per trial
     objective: str = "val_mae"
     direction: Literal["min", "max"] = "min"
-    max_train_samples: int | None = Field(None, ge=100)  # subsample of train per trial (None: all)
-    max_val_samples: int | None = Field(None, ge=100)  # subsample of validation per trial
+    max_train_samples: int | None = Field(15000, ge=100)  # subsample of train per trial (None: all)
+    max_val_samples: int | None = Field(5000, ge=100)  # subsample of validation per trial
     num_initial_points: int | None = Field(None, ge=1)
-    min_improvement: float = Field(0.0, ge=0)  # relative mean gain a trial needs to replace the default
+    min_improvement: float = Field(0.03, ge=0)  # relative mean gain a trial needs to replace the default
     confirm_seeds: int = Field(
         2, ge=0, le=8
     )  # paired default-vs-best runs (seeds seed, seed+1, ...); 0: proxy rule
@@ -248,25 +253,25 @@ class TrainConfig(_Section):
 
     seed: int = 42
     batch_size: int = Field(256, ge=1)
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(4, ge=1)
     learning_rate: float | None = Field(None, gt=0)  # None: the hyperparameters' learning rate
-    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine over max(step, wall-time) progress
-    patience: int = Field(5, ge=0)  # early stopping on `monitor`, best weights restored
-    monitor: str = "val_loss"
+    lr_schedule: Literal["constant", "cosine"] = "cosine"  # cosine over max(step, wall-time) progress
+    patience: int = Field(20, ge=0)  # early stopping on `monitor`, best weights restored
+    monitor: str = "val_mae"
     max_seconds: float | None = Field(None, gt=0)  # wall-time cap for fit (best weights restored)
     members: int = Field(1, ge=1, le=16)  # networks (seeds) averaged into one model; share max_seconds
     verbose: int = Field(2, ge=0, le=2)  # Keras progress: 0 silent, 1 bar, 2 one line per epoch
-    balance: float = Field(0.0, ge=0, le=1)  # sample weight ~ n(z)^-balance (high-z emphasis)
+    balance: float = Field(0.5, ge=0, le=1)  # sample weight ~ n(z)^-balance (high-z emphasis)
     balance_max_weight: float = Field(10.0, ge=1)
     calibrate: bool = True  # choose prior_alpha and temperature on the validation split
     prior_alpha: float | None = Field(None, ge=-2, le=1)  # fixed alpha instead of a search
-    alpha_grid: list[float] = [0.0, 0.25, 0.5, 0.75, 1.0]
+    alpha_grid: list[float] = [0.0, 0.25, 0.5]
     shift_z_grid: list[float] = [0.3, 0.35, 0.4]  # point estimate: quantile 0.5 + gain * P(z > shift_z)
-    shift_gain_grid: list[float] = [0.0]  # 0 only: the posterior median
+    shift_gain_grid: list[float] = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]  # 0: the posterior median
     low_z_grid: list[float] = [0.08, 0.1]  # point estimate: ... - low_gain * P(z < low_z) (choose_shift)
-    low_gain_grid: list[float] = [0.0]  # 0 only: no low-z shift
-    low_z_bias_target: float | None = Field(None, gt=0)  # |val mean error at z < 0.10|; None: not a target
-    bias_target: float = Field(0.02, ge=0)  # |worst per-bin bias| on validation to reach ...
+    low_gain_grid: list[float] = [0.0, 0.1, 0.2, 0.3, 0.4]  # 0: no low-z shift
+    low_z_bias_target: float | None = Field(0.004, gt=0)  # |val mean error at z < 0.10|; None: no target
+    bias_target: float = Field(0.015, ge=0)  # |worst per-bin bias| on validation to reach ...
     bias_slack: float = Field(0.005, ge=0)  # ... or, if out of reach, the least bias + this
     interval: float = Field(0.68, gt=0, lt=1)  # target coverage of the central interval
 
@@ -293,6 +298,7 @@ class EvaluateConfig(_Section):
     bias_z_max: float = Field(0.5, gt=0)  # worst per-bin bias over bins ending at or below this
     min_bin_count: int = Field(20, ge=1)  # ... holding at least this many objects
     outlier_threshold: float = Field(0.15, gt=0)
+    low_z_max: float = Field(0.1, gt=0)  # the low-z bias: mean error of galaxies with true z below this
     knn_k: int = Field(10, ge=1)
     baselines: bool = True
     batch_size: int = Field(1024, ge=1)

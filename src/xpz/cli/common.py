@@ -81,7 +81,7 @@ def guarded(*extra: type[BaseException]) -> Callable[[F], F]:
     401/403/connection failure -> one message naming the server and the fix, exit 2; SIGTERM ->
     cleanup as for Ctrl-C, one message, exit 143. MLflow's HTTP retries are bounded meanwhile
     (`xpz.servers.fail_fast_http`)."""
-    kinds = (InputError, ConfigError, *extra)
+    kinds: tuple[type[BaseException], ...] = (InputError, ConfigError, *extra)
 
     def decorate(func: F) -> F:
         @functools.wraps(func)

@@ -175,6 +175,7 @@ def evaluate(
     tr = tracking.configure(cfg.tracking)
     logged = tracking.run_model(tr, run_id) if run_id else None
     uri = logged.model_uri if logged else model
+    assert uri is not None  # exactly one of --run-id / --model (checked above)
     keras_model = tracking.load_keras_model(uri)
     splits = pipeline.load_splits(cfg)
     history = tracking.run_history(tr, run_id) if run_id else None
@@ -183,7 +184,7 @@ def evaluate(
     _print_headline(evaluation.metrics)
     if reports is not None:
         evaluation.write_tables(reports)
-    if run_id and register:
+    if run_id and register and logged is not None:
         reg = pipeline.register_step(tr, run_id, logged, evaluation.metrics)
         typer.echo(f"registered {tr.registered_model} v{reg.version}: {reg.reason}")
         typer.echo(f"champion: v{reg.champion_version}")

@@ -104,7 +104,7 @@ def _first_error(err: Exception) -> str:
     return str(err)
 
 
-def cron_schedule(cron: str, timezone: str):  # type: ignore[no-untyped-def]
+def cron_schedule(cron: str, timezone: str):
     """Prefect's `Cron` schedule for (cron, time zone); `InputError` for an invalid cron or time zone."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -148,7 +148,7 @@ def require_server(timeout_s: float = 10.0) -> str:
     return url
 
 
-def load_flow(project_dir: Path):  # type: ignore[no-untyped-def]
+def load_flow(project_dir: Path):
     from prefect.flows import load_flow_from_entrypoint
 
     return load_flow_from_entrypoint(
@@ -240,7 +240,7 @@ def deploy(
     source = project_dir.resolve()
     _flow_entrypoint(source)
     flow = Flow.from_source(source=str(source), entrypoint=f"{FLOW_FILE.as_posix()}:{FLOW_FUNC}")
-    deployment_id = flow.deploy(
+    deployment_id = flow.deploy(  # type: ignore[union-attr]  # sync context: a Flow, not a coroutine
         name=spec["name"],
         work_pool_name=work_pool,
         schedules=[cron_schedule(spec["cron"], spec["timezone"])],

@@ -61,7 +61,7 @@ def plot_dataset(df: pd.DataFrame, out_dir: Path, n_examples: int = 4, seed: int
     paths = []
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.hist(z, bins=np.arange(0, 0.61, 0.01), color="tab:blue")
+    ax.hist(z, bins=np.arange(0, 0.61, 0.01).tolist(), color="tab:blue")
     ax.set(
         xlabel="redshift z", ylabel="galaxies per 0.01", title=f"Redshift distribution ({len(z):,} galaxies)"
     )

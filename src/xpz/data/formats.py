@@ -15,6 +15,7 @@ import gzip
 import io
 import re
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -87,7 +88,7 @@ def _lower(columns: list[str]) -> list[str]:
     return [c.strip().lower() for c in columns]
 
 
-def product_of(path: Path, columns: list[str], first_values: dict[str, object] | None = None) -> str:
+def product_of(path: Path, columns: list[str], first_values: Mapping[str, object] | None = None) -> str:
     """Classify by column names (any case); raise the refusal for products xpz cannot use."""
     cols = _lower(columns)
     have = [c for c in COEFF_COLUMNS if c in cols]

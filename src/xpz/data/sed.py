@@ -229,7 +229,7 @@ def instrument() -> Instrument:
         sed_to_fine=tuple(sed_to_fine),
         fine_to_flux=tuple(fine_to_flux),
         offset_flux=tuple(offset_flux),
-        gain_shapes=tuple(gain_shapes),
+        gain_shapes=(gain_shapes[0], gain_shapes[1]),
         lf_grid=lf_grid,
         lf_cdf=cdf,
         dm_z=dm_z,

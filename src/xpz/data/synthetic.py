@@ -270,7 +270,7 @@ def _block_noise(cfg: DataConfig, block: int, sed: np.ndarray) -> np.ndarray:
     if cfg.noise <= 0:
         return out
     rng = _rng(cfg.seed, block, 2)
-    n_tr = rng.integers(N_TRANSITS[0], N_TRANSITS[1] + 1, size=n)
+    n_tr = np.asarray(rng.integers(N_TRANSITS[0], N_TRANSITS[1] + 1, size=n))
     du = float(FINE_PWL[1] - FINE_PWL[0])
     cols = (slice(0, N_BP), slice(N_BP, N_FLUX))
     for b in range(2):
@@ -306,7 +306,7 @@ def _generate_block(cfg: DataConfig, block: int) -> pd.DataFrame:
     sed, _ = _block_physics(cfg, block, n, z, family)
     flux = sed @ instrument().sed_to_flux + _block_noise(cfg, block, sed)
     df = pd.DataFrame(flux.astype(FLUX_DTYPE), columns=list(FLUX_COLUMNS))
-    df.insert(0, FAMILY_COLUMN, pd.Categorical.from_codes(family, categories=list(FAMILIES)))
+    df.insert(0, FAMILY_COLUMN, pd.Categorical.from_codes(family, categories=pd.Index(FAMILIES)))
     df.insert(0, TARGET_COLUMN, z.astype(np.float64))
     df.insert(0, ID_COLUMN, _source_ids(cfg, block, n))
     return df

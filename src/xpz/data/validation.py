@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -103,7 +104,7 @@ class _quiet_nan_warnings:
         self._ctx.__enter__()
         warnings.simplefilter("ignore", RuntimeWarning)
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self._ctx.__exit__(*exc)
 
 
@@ -112,7 +113,7 @@ def dataset_expectations(cfg: ValidateConfig, with_family: bool = False) -> list
     `with_family`, the `family` column too (present and one of the generator's families)."""
     import great_expectations.expectations as gxe
 
-    warn = {"severity": "warning"}
+    warn: dict[str, Any] = {"severity": "warning"}
     columns = list(DATASET_COLUMNS)
     family: list = []
     if with_family:
@@ -276,13 +277,13 @@ def validate_frame(
         "dataset": (df, dataset_expectations(cfg, with_family=FAMILY_COLUMN in df.columns)),
         "flux_per_galaxy": (row_summary(df), flux_expectations(cfg)),
     }
-    actions = [gx.checkpoint.UpdateDataDocsAction(name="docs")] if report_dir is not None else []
+    actions: list[Any] = [gx.checkpoint.UpdateDataDocsAction(name="docs")] if report_dir is not None else []
     result_format = {
         "result_format": "SUMMARY",
         "unexpected_index_column_names": [ID_COLUMN],
         "partial_unexpected_count": EXAMPLES,
     }
-    runs = []
+    runs: list[Any] = []
     for name, (frame, expectations) in batches.items():
         batch_def = source_gx.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
         suite = context.suites.add(gx.ExpectationSuite(name=f"xpz_{name}", expectations=expectations))

@@ -128,7 +128,7 @@ def design_matrix(band: str, mode: PixelMode = "integrated") -> np.ndarray:
 
 
 @lru_cache(maxsize=2)
-def _block_design_matrix(mode: str) -> np.ndarray:
+def _block_design_matrix(mode: PixelMode) -> np.ndarray:
     """(110, 186) block-diagonal matrix: [bp_coeffs, rp_coeffs] @ M -> the 186 fluxes."""
     m = np.zeros((2 * N_COEFFS, N_FLUX))
     m[:N_COEFFS, :N_BP] = design_matrix("bp", mode)

@@ -282,7 +282,7 @@ def _iter_astropy(kind: FileKind, chunk_size: int) -> Iterator[XpBlock]:
         if np.ma.getmaskarray(ids).any():
             rows = np.flatnonzero(np.ma.getmaskarray(ids)).tolist()
             raise InputError(f"{kind.path}: column 'source_id' is empty in rows {describe_rows(rows)}")
-        ids = np.asarray(ids.filled(0), dtype=np.int64)  # native byte order (FITS is big-endian)
+        ids = np.asarray(ids.filled(0), dtype=np.int64)  # type: ignore[assignment]  # native byte order (FITS is big-endian)
         bp, rp = list(cols[1]), list(cols[2])
     except InputError:
         raise

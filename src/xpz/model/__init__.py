@@ -1,12 +1,16 @@
-"""The model side: scaling, architectures and the hypermodel, training, tuning, evaluation, posterior -> z.
+"""The model side: scaling, architectures, training, tuning, evaluation, posterior -> z.
 
-Modules: `scaling` (min-max layer fitted on train), `architectures` (seed Table 2, the CPU default,
-the `RedshiftPosterior` head, losses, the keras-tuner hypermodel), `train` and `calibration` (fit,
-ensembles, choosing alpha/temperature/shift on validation), `tune` and `tune_distributed`
-(keras-tuner search), `evaluate` (metrics, per-bin table, baselines, figures), `posterior`
-(network output -> z and its interval: every prediction path goes through it), `inference` (the
-compiled forward pass). Fitted after training and carried by the saved model as `passthrough` layers:
-`ood` (eligibility score), `recalibration` (p(z) per group), `conformal` (the 68% interval);
-`pdf_metrics` and `coverage_report` measure them.
+Modules, from the leaves up (no import cycles, function-level imports included: tests/test_layout.py):
+`head` (the `RedshiftPosterior` softmax head, its loss and metric, the CDF math; imports no xpz
+module), `scaling` (min-max layer fitted on train), `passthrough` (the base of the layers fitted
+after training), `ood` (eligibility score), `recalibration` (p(z) per group), `conformal` (the 68%
+interval), `saving` (registers every custom Keras object; `import xpz` has it imported with Keras), `inference`
+(the compiled forward pass), `posterior` (network output -> z and its interval: every prediction
+path goes through it), `posthoc` (fits recalibration and conformal on validation), `architectures`
+(seed Table 2, the CPU default), `train` and `calibration` (fit, ensembles, choosing
+alpha/temperature/shift on validation), `tune` (the keras-tuner hypermodel and search; the only
+module that imports keras_tuner, with `tune_distributed` above it), `evaluate` (metrics, per-bin
+table, baselines, figures), `pdf_metrics` and `coverage_report` (measure the p(z) and intervals).
+Loading a saved model needs only `saving` and below: nothing that imports keras_tuner.
 May import: xpz core and xpz.data (splits, the flux grid). Knows no MLflow, no Prefect and no CLI.
 """

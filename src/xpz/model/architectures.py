@@ -25,10 +25,15 @@ from collections.abc import Mapping
 from typing import Any
 
 import keras
-import keras_tuner as kt
 import numpy as np
 
 from xpz.config import HyperparametersConfig, ModelConfig
+from xpz.model.head import (  # noqa: F401  (re-exported: the head's home before xpz.model.head)
+    RedshiftMAE,
+    RedshiftPosterior,
+    SmoothedBinCrossentropy,
+    posterior_layer,
+)
 from xpz.model.scaling import Scaler
 from xpz.spectra import N_FLUX
 
@@ -89,126 +94,6 @@ def z_bin_edges(cfg: ModelConfig) -> np.ndarray:
     """Edges of the softmax head's redshift bins."""
     n = int(round(cfg.z_max / cfg.bin_width))
     return np.linspace(0.0, cfg.z_max, n + 1)
-
-
-# ----------------------------------------------------------------------------- custom objects
-@keras.saving.register_keras_serializable(package="xpz")
-class RedshiftPosterior(keras.layers.Layer):
-    """softmax((logits - alpha * log_prior) / temperature) over fixed redshift bins."""
-
-    def __init__(self, edges, **kwargs):
-        super().__init__(**kwargs)
-        self.edges = [float(e) for e in edges]
-        self.n_bins = len(self.edges) - 1
-
-    def build(self, input_shape):
-        self.log_prior = self.add_weight(
-            name="log_prior", shape=(self.n_bins,), initializer="zeros", trainable=False
-        )
-        self.alpha = self.add_weight(name="alpha", shape=(), initializer="zeros", trainable=False)
-        self.temperature = self.add_weight(name="temperature", shape=(), initializer="ones", trainable=False)
-        # the point estimate's quantile shift (xpz.model.posterior): read by predict_redshift, not by call()
-        self.shift_z = self.add_weight(name="shift_z", shape=(), initializer="zeros", trainable=False)
-        self.shift_gain = self.add_weight(name="shift_gain", shape=(), initializer="zeros", trainable=False)
-        self.low_z = self.add_weight(name="low_z", shape=(), initializer="zeros", trainable=False)
-        self.low_gain = self.add_weight(name="low_gain", shape=(), initializer="zeros", trainable=False)
-
-    def call(self, logits):
-        return keras.ops.softmax((logits - self.alpha * self.log_prior) / self.temperature, axis=-1)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def set_calibration(
-        self,
-        log_prior=None,
-        alpha=None,
-        temperature=None,
-        shift_z=None,
-        shift_gain=None,
-        low_z=None,
-        low_gain=None,
-    ) -> None:
-        if log_prior is not None:
-            self.log_prior.assign(np.asarray(log_prior, dtype="float32"))
-        for name, value in (("alpha", alpha), ("temperature", temperature), ("shift_z", shift_z),
-                            ("shift_gain", shift_gain), ("low_z", low_z), ("low_gain", low_gain)):  # fmt: skip
-            if value is not None:
-                getattr(self, name).assign(float(value))
-
-    def load_own_variables(self, store):
-        """Older models hold fewer variables: 3 (before the point-estimate shift) or 5 (before the
-        low-z shift); load what they have, the rest keeps its neutral initial value (no shift)."""
-        n = len(store.keys())
-        if n in (3, 5):
-            for i, variable in enumerate(self.weights[:n]):
-                variable.assign(store[str(i)])
-            return
-        super().load_own_variables(store)
-
-    def point_estimate(self) -> dict[str, float]:
-        """The quantile shifts of the point estimate (`xpz.model.posterior.redshifts_from_output` keywords)."""
-        return {
-            name: float(getattr(self, name).numpy())
-            for name in ("shift_z", "shift_gain", "low_z", "low_gain")
-        }
-
-    def get_config(self):
-        return {**super().get_config(), "edges": self.edges}
-
-
-def _smoothed_targets(z, edges, sigma):
-    ops = keras.ops
-    z = ops.reshape(ops.cast(z, "float32"), (-1, 1))
-    e = ops.convert_to_tensor(np.asarray(edges, dtype="float32"))[None, :]
-    if sigma > 0:
-        cdf = 0.5 * (1.0 + ops.erf((e - z) / (sigma * np.sqrt(2.0))))
-    else:
-        cdf = ops.cast(e > z, "float32")
-    mass = cdf[:, 1:] - cdf[:, :-1]
-    return mass / ops.maximum(ops.sum(mass, axis=-1, keepdims=True), 1e-12)
-
-
-@keras.saving.register_keras_serializable(package="xpz")
-class SmoothedBinCrossentropy(keras.losses.Loss):
-    """Cross-entropy of bin probabilities against a Gaussian (sigma) around the true z."""
-
-    def __init__(self, edges, sigma=0.01, name="smoothed_bin_crossentropy", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.edges = [float(e) for e in edges]
-        self.sigma = float(sigma)
-
-    def call(self, y_true, y_pred):
-        ops = keras.ops
-        target = _smoothed_targets(y_true, self.edges, self.sigma)
-        p = ops.clip(ops.cast(y_pred, "float32"), 1e-7, 1.0)
-        return -ops.sum(target * ops.log(p), axis=-1)
-
-    def get_config(self):
-        return {**super().get_config(), "edges": self.edges, "sigma": self.sigma}
-
-
-def _abs_z_error(y_true, y_pred, centres=None):
-    ops = keras.ops
-    z = ops.reshape(ops.cast(y_true, "float32"), (-1,))
-    if centres is None:
-        pred = ops.reshape(ops.cast(y_pred, "float32"), (-1,))
-    else:
-        c = ops.convert_to_tensor(np.asarray(centres, dtype="float32"))
-        pred = ops.sum(ops.cast(y_pred, "float32") * c[None, :], axis=-1)  # posterior mean
-    return ops.abs(pred - z)
-
-
-@keras.saving.register_keras_serializable(package="xpz")
-class RedshiftMAE(keras.metrics.MeanMetricWrapper):
-    """MAE of z: of the output itself (regression) or of the posterior mean (softmax head)."""
-
-    def __init__(self, centres=None, name="mae", dtype=None):
-        self.centres = None if centres is None else [float(c) for c in centres]
-        super().__init__(fn=_abs_z_error, name=name, dtype=dtype, centres=self.centres)
-
-    def get_config(self):
-        return {"name": self.name, "dtype": self.dtype, "centres": self.centres}
 
 
 # ----------------------------------------------------------------------------- builders
@@ -314,77 +199,3 @@ def build_seed_model(scaler: Scaler, cfg: ModelConfig | None = None, learning_ra
 
 def trainable_params(model: keras.Model) -> int:
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))
-
-
-def posterior_layer(model: keras.Model) -> RedshiftPosterior | None:
-    """The softmax head's last layer, or None for a regression model."""
-    for layer in reversed(model.layers):
-        if isinstance(layer, RedshiftPosterior):
-            return layer
-    return None
-
-
-# ----------------------------------------------------------------------------- keras-tuner
-class RedshiftHyperModel(kt.HyperModel):
-    """The seed's search space with bounds from `ModelConfig.search`."""
-
-    def __init__(self, cfg: ModelConfig, scaler: Scaler, name: str = "xpz", tunable: bool = True):
-        super().__init__(name=name, tunable=tunable)
-        self.cfg = cfg
-        self.scaler = scaler
-
-    def declare(self, hp: kt.HyperParameters) -> dict[str, Any]:
-        """Register the search space on `hp` and return this trial's values. Every default is the
-        CPU default architecture (`ModelConfig.default`) clipped to the bounds, so the first trial
-        of `xpz.model.tune` (which runs the defaults) measures the hand-picked model beside the search."""
-        s, d = self.cfg.search, flat_hyperparameters(self.cfg.default)
-
-        def default(key: str, bounds, fallback):
-            value = d.get(key, fallback)
-            return type(bounds[0])(min(max(value, bounds[0]), bounds[1]))
-
-        def choice(key: str, options: list[str]):
-            return hp.Choice(key, list(options), default=d[key] if d.get(key) in options else options[0])
-
-        values: dict[str, Any] = {}
-        values["conv_layers"] = hp.Int(
-            "conv_layers", *s.conv_layers, default=default("conv_layers", s.conv_layers, 1)
-        )
-        for i in range(values["conv_layers"]):
-            values[f"filters_{i}"] = hp.Int(
-                f"filters_{i}", *s.filters, step=s.filters_step,
-                default=default(f"filters_{i}", s.filters, s.filters[0]),
-            )  # fmt: skip
-            values[f"kernel_{i}"] = hp.Int(
-                f"kernel_{i}", *s.kernel_size, default=default(f"kernel_{i}", s.kernel_size, s.kernel_size[0])
-            )
-        values["dense_layers"] = hp.Int(
-            "dense_layers", *s.dense_layers, default=default("dense_layers", s.dense_layers, 1)
-        )
-        for i in range(values["dense_layers"]):
-            values[f"units_{i}"] = hp.Int(
-                f"units_{i}", *s.units, step=s.units_step, default=default(f"units_{i}", s.units, s.units[0])
-            )
-        values["activation"] = choice("activation", s.activations)
-        values["loss"] = choice("loss", s.losses)
-        values["optimizer"] = choice("optimizer", s.optimizers)
-        lo, hi = s.learning_rate
-        values["learning_rate"] = (
-            hp.Float(
-                "learning_rate", lo, hi, sampling="log", default=default("learning_rate", s.learning_rate, lo)
-            )
-            if hi > lo
-            else hp.Fixed("learning_rate", lo)
-        )
-        if d.get("stem_stride", 1) != 1:  # the default's input stem is kept by every trial
-            values["stem_stride"] = hp.Fixed("stem_stride", int(d["stem_stride"]))
-        return values
-
-    def build(self, hp: kt.HyperParameters) -> keras.Model:
-        return build_model(self.declare(hp), self.cfg, self.scaler)
-
-
-# the pass-through layers that trained models carry (eligibility, coverage recalibration, conformal
-# intervals): importing this module registers every custom object a saved xpz model needs
-from xpz.model import conformal as _conformal  # noqa: E402,F401
-from xpz.model import ood as _ood  # noqa: E402,F401

@@ -87,6 +87,8 @@ def calibrate_posterior(
     from xpz.model.posterior import redshifts_from_output
 
     layer = posterior_layer(model)
+    if layer is None:
+        raise ValueError("calibration needs a softmax-head model (a RedshiftPosterior last layer)")
     edges = np.asarray(layer.edges)
     tcfg = cfg.train
     logits_model = keras.Model(model.inputs, layer.input)
@@ -155,14 +157,16 @@ def choose_shift(
     CDF does not move with the shift). Same grids and rule (`choose_candidate`) as
     `calibrate_posterior`, validation only; sets the shift in the model's `RedshiftPosterior`.
     Returns the choice and its validation point metrics (`val_mae`, `val_worst_bin_bias`, ...)."""
-    from xpz.model.evaluate import LOW_Z_MAX, summary_metrics
+    from xpz.model.evaluate import summary_metrics
     from xpz.model.posterior import _row_quantiles, point_levels, predict_posterior
 
     layer = posterior_layer(model)
+    if layer is None:
+        raise ValueError("calibration needs a softmax-head model (a RedshiftPosterior last layer)")
     tcfg = cfg.train
     _, edges, cdf = predict_posterior(model, val_fluxes)
 
-    low = val_z < LOW_Z_MAX
+    low = val_z < cfg.evaluate.low_z_max
     scale = tcfg.bias_target / tcfg.low_z_bias_target if tcfg.low_z_bias_target else 0.0
 
     def assess(shift_z: float, gain: float, low_z: float = 0.0, low_gain: float = 0.0) -> Candidate:

@@ -34,23 +34,13 @@ interval of p(z).
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import keras
 import numpy as np
 
-from xpz.model.passthrough import PassThrough, attach_layer
+from xpz.model.head import cdf_at  # noqa: F401  (re-exported: it lived here)
+from xpz.model.passthrough import PassThrough
 from xpz.model.recalibration import log_total_flux
-
-
-def cdf_at(cdf: np.ndarray, edges: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """F(z[i]) of row i of a CDF tabulated at `edges` (linear between edges, clipped to the ends)."""
-    edges = np.asarray(edges, dtype=np.float64)
-    z = np.clip(np.asarray(z, dtype=np.float64), edges[0], edges[-1])
-    j = np.clip(np.searchsorted(edges, z, side="right") - 1, 0, len(edges) - 2)
-    rows = np.arange(len(cdf))
-    t = (z - edges[j]) / (edges[j + 1] - edges[j])
-    return cdf[rows, j] + t * (cdf[rows, j + 1] - cdf[rows, j])
 
 
 def category_edges(z_true: np.ndarray, width: float, z_max: float, min_count: int, grid=None) -> np.ndarray:
@@ -168,35 +158,3 @@ def conformal_layer(model: keras.Model) -> ConformalIntervals | None:
         if isinstance(layer, ConformalIntervals):
             return layer
     return None
-
-
-def fit_conformal(
-    model: keras.Model,
-    val_fluxes,
-    val_z,
-    cfg: Any,
-    bin_width: float = 0.05,
-    z_max: float = 0.6,
-    level: float = 0.68,
-) -> tuple[keras.Model, dict[str, float]]:
-    """Fit the thresholds of a softmax-head model on the validation split only (`cfg`: a
-    `CoverageConfig`: `snr_groups`, `min_count`) and return the model carrying a
-    `ConformalIntervals` layer, with a summary (cells, fallbacks, validation coverage)."""
-    from xpz.model.architectures import posterior_layer
-    from xpz.model.posterior import point_levels, predict_posterior
-
-    head = posterior_layer(model)
-    if head is None:
-        return model, {}
-    x = np.asarray(val_fluxes, np.float32)
-    z_true = np.asarray(val_z, float)
-    _, edges, cdf = predict_posterior(model, x)
-    q = point_levels(cdf, edges, **head.point_estimate())
-    z_edges = category_edges(z_true, bin_width, z_max, cfg.min_count, grid=edges)
-    layer = ConformalIntervals(z_edges, cfg.snr_groups, level, name="conformal")
-    summary = layer.fit(cdf, edges, q, z_true, x, cfg.min_count)
-    wrapped = attach_layer(model, layer)
-    after, _, _ = predict_posterior(wrapped, x)
-    inside = (z_true >= after["z_lower"].to_numpy()) & (z_true <= after["z_upper"].to_numpy())
-    summary["val_coverage_68_conformal"] = float(inside.mean())
-    return wrapped, summary

@@ -17,8 +17,6 @@ from xpz.model.recalibration import log_total_flux
 
 SNR_METRICS = ("mean_error", "mae", "count", "coverage_68")
 SNR_COLUMNS = ("group", "log_flux_lo", "log_flux_hi", *SNR_METRICS)
-COVERAGE_Z_MAX = 0.45  # issue 12: every 0.05 bin of true z up to here ...
-COVERAGE_MIN_COUNT = 50  # ... holding at least this many objects
 
 
 def snr_table(z_true, z_pred, z_lower, z_upper, fluxes, groups: int = 4) -> pd.DataFrame:
@@ -59,8 +57,8 @@ def snr_metrics(table: pd.DataFrame) -> dict[str, float]:
 def coverage_spread(
     bin_table: pd.DataFrame,
     snr: pd.DataFrame,
-    z_max: float = COVERAGE_Z_MAX,
-    min_count: int = COVERAGE_MIN_COUNT,
+    z_max: float,
+    min_count: int,
 ) -> dict[str, float]:
     """The least and largest 68% coverage over the bins of true z ending at or below `z_max` with at
     least `min_count` objects (`coverage_68_bin_min` / `_max`) and over the S/N groups

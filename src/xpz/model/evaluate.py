@@ -32,18 +32,13 @@ if TYPE_CHECKING:
     from xpz.config import Config, EvaluateConfig
 
 NMAD_SCALE = 1.4826
-OUTLIER_THRESHOLD = 0.15
-BIN_WIDTH = 0.05
-BIN_Z_MAX = 0.6
-BIAS_Z_MAX = 0.5
-MIN_BIN_COUNT = 20
-LOW_Z_MAX = 0.10  # the low-z bias is the mean error below this true z (issue 18's target: |bias| <= 0.01)
 BIN_METRICS = ("mean_error", "mean_error_se", "std", "mae", "count", "share", "coverage_68")
 BIN_COLUMNS = ("bin", "z_lo", "z_hi", *BIN_METRICS)
 
 
 # ----------------------------------------------------------------------------- pure metrics
-def bin_edges(width: float = BIN_WIDTH, z_max: float = BIN_Z_MAX) -> np.ndarray:
+def bin_edges(width: float, z_max: float) -> np.ndarray:
+    """Edges [0, width, ..., z_max] of the evaluation bins (params `evaluate.bin_width`, `evaluate.z_max`)."""
     n = int(round(z_max / width))
     return np.round(np.linspace(0.0, n * width, n + 1), 10)
 
@@ -59,7 +54,7 @@ def sigma_nmad(z_true, z_pred) -> float:
     return float(NMAD_SCALE * np.median(np.abs(dz - np.median(dz)) / (1.0 + z_true)))
 
 
-def outlier_fraction(z_true, z_pred, threshold: float = OUTLIER_THRESHOLD) -> float:
+def outlier_fraction(z_true, z_pred, threshold: float) -> float:
     z_true, dz = np.asarray(z_true, float), np.asarray(z_pred, float) - np.asarray(z_true, float)
     if len(dz) == 0:
         return float("nan")
@@ -74,7 +69,7 @@ def coverage(z_true, z_lower, z_upper) -> float:
     return float(np.mean((z_true >= lo) & (z_true <= hi)))
 
 
-def point_metrics(z_true, z_pred, outlier_threshold: float = OUTLIER_THRESHOLD) -> dict[str, float]:
+def point_metrics(z_true, z_pred, outlier_threshold: float) -> dict[str, float]:
     z_true, z_pred = np.asarray(z_true, float), np.asarray(z_pred, float)
     dz = z_pred - z_true
     return {
@@ -86,9 +81,9 @@ def point_metrics(z_true, z_pred, outlier_threshold: float = OUTLIER_THRESHOLD) 
     }
 
 
-def bin_table(z_true, z_pred, z_lower=None, z_upper=None, edges=None) -> pd.DataFrame:
-    """The seed's Table 3 per z_true bin, plus MAE, count and 68%-interval coverage."""
-    edges = bin_edges() if edges is None else np.asarray(edges, float)
+def bin_table(z_true, z_pred, z_lower=None, z_upper=None, *, edges) -> pd.DataFrame:
+    """The seed's Table 3 per z_true bin (`edges`: `bin_edges(...)`), plus MAE, count and 68%-interval coverage."""
+    edges = np.asarray(edges, float)
     z_true, z_pred = np.asarray(z_true, float), np.asarray(z_pred, float)
     nan = np.full_like(z_true, np.nan)
     lo = nan if z_lower is None else np.asarray(z_lower, float)
@@ -119,15 +114,13 @@ def bin_table(z_true, z_pred, z_lower=None, z_upper=None, edges=None) -> pd.Data
     return pd.DataFrame(rows, columns=list(BIN_COLUMNS))
 
 
-def worst_bin_bias(
-    table: pd.DataFrame, z_max: float = BIAS_Z_MAX, min_count: int = MIN_BIN_COUNT
-) -> tuple[float, float]:
+def worst_bin_bias(table: pd.DataFrame, z_max: float, min_count: int) -> tuple[float, float]:
     """(mean error of largest |.|, lower edge of its bin) over populated bins ending <= z_max."""
     sel = table[(table["z_hi"] <= z_max + 1e-9) & (table["count"] >= min_count)]
     sel = sel[sel["mean_error"].notna()]
     if sel.empty:
         return float("nan"), float("nan")
-    row = sel.loc[sel["mean_error"].abs().idxmax()]
+    row = sel.iloc[int(np.argmax(sel["mean_error"].abs().to_numpy()))]
     return float(row["mean_error"]), float(row["z_lo"])
 
 
@@ -170,7 +163,7 @@ def summary_metrics(
     from xpz.config import EvaluateConfig
 
     cfg = cfg or EvaluateConfig()
-    table = bin_table(z_true, z_pred, z_lower, z_upper, bin_edges(cfg.bin_width, cfg.z_max))
+    table = bin_table(z_true, z_pred, z_lower, z_upper, edges=bin_edges(cfg.bin_width, cfg.z_max))
     metrics = point_metrics(z_true, z_pred, cfg.outlier_threshold)
     if z_lower is not None:
         metrics["coverage_68"] = coverage(z_true, z_lower, z_upper)
@@ -262,13 +255,13 @@ def bin_bias_figure(table: pd.DataFrame) -> Figure:
     return fig
 
 
-def z_histogram_figure(z_true, z_pred, bins: int = 60) -> Figure:
+def z_histogram_figure(z_true, z_pred, z_max: float, bins: int = 60) -> Figure:
     fig = _figure(figsize=(7, 4), layout="constrained")
     ax = fig.add_subplot()
-    hi = max(float(np.max(z_true)), float(np.max(z_pred)), BIN_Z_MAX)
+    hi = max(float(np.max(z_true)), float(np.max(z_pred)), z_max)
     b = np.linspace(min(0.0, float(np.min(z_pred))), hi, bins + 1)
-    ax.hist(z_true, bins=b, alpha=0.6, label="true z")
-    ax.hist(z_pred, bins=b, alpha=0.6, label="predicted z")
+    ax.hist(z_true, bins=b.tolist(), alpha=0.6, label="true z")
+    ax.hist(z_pred, bins=b.tolist(), alpha=0.6, label="predicted z")
     ax.set_xlabel("redshift")
     ax.set_ylabel("galaxies")
     ax.legend()
@@ -276,13 +269,13 @@ def z_histogram_figure(z_true, z_pred, bins: int = 60) -> Figure:
     return fig
 
 
-def pred_vs_true_figure(z_true, z_pred, bins: int = 120) -> Figure:
+def pred_vs_true_figure(z_true, z_pred, z_max: float, bins: int = 120) -> Figure:
     """2-D histogram of predicted vs true z, log colour scale, the diagonal."""
     from matplotlib.colors import LogNorm
 
     fig = _figure(figsize=(6, 5.4), layout="constrained")
     ax = fig.add_subplot()
-    hi = max(float(np.max(z_true)), float(np.max(z_pred)), BIN_Z_MAX)
+    hi = max(float(np.max(z_true)), float(np.max(z_pred)), z_max)
     lo = min(0.0, float(np.min(z_pred)))
     _, _, _, image = ax.hist2d(z_true, z_pred, bins=bins, range=[[lo, hi], [lo, hi]], norm=LogNorm(), cmin=1)
     ax.plot([lo, hi], [lo, hi], "r-", lw=0.8)
@@ -346,7 +339,15 @@ def evaluate(model, splits, cfg: Config, history: dict[str, list[float]] | None 
     metrics, table = summary_metrics("test_", z_true, pred["z"], pred["z_lower"], pred["z_upper"], ecfg)
     metrics.update(bin_metrics(table))
     snr = snr_table(z_true, pred["z"], pred["z_lower"], pred["z_upper"], x_test)
-    metrics.update({**snr_metrics(snr), **{f"test_{k}": v for k, v in coverage_spread(table, snr).items()}})
+    metrics.update(
+        {
+            **snr_metrics(snr),
+            **{
+                f"test_{k}": v
+                for k, v in coverage_spread(table, snr, cfg.coverage.z_max, cfg.coverage.min_count).items()
+            },
+        }
+    )
     extra_figures, pdfs = _reliability(model, test, pred, edges, cdf, cfg, metrics)
     if pdfs is not None:
         table = pdfs[1]
@@ -377,8 +378,8 @@ def evaluate(model, splits, cfg: Config, history: dict[str, list[float]] | None 
             predictions[f"z_{name}"] = zb
     figures = {
         "bin_bias": bin_bias_figure(table),
-        "z_histogram": z_histogram_figure(z_true, predictions["z"]),
-        "pred_vs_true": pred_vs_true_figure(z_true, predictions["z"]),
+        "z_histogram": z_histogram_figure(z_true, predictions["z"], ecfg.z_max),
+        "pred_vs_true": pred_vs_true_figure(z_true, predictions["z"], ecfg.z_max),
     }
     if history:
         figures["loss_curves"] = loss_curves_figure(history)
@@ -401,7 +402,7 @@ def per_family(
     """Every summary metric and the per-bin table per galaxy family (`family` column of the test
     split; none for data without it): `test_mae_bagpipes`, `test_coverage_68_kcorrect`, ... plus
     `test_flagged_<family>` (share not eligible) and `test_low_z_bias_<family>` (mean error of the
-    galaxies with true z < LOW_Z_MAX)."""
+    galaxies with true z < `evaluate.low_z_max`)."""
     if FAMILY_COLUMN not in test.columns:
         return {}, {}
     metrics: dict[str, float] = {}
@@ -413,7 +414,7 @@ def per_family(
         m, tables[name] = summary_metrics("test_", p["z_true"], p["z"], p["z_lower"], p["z_upper"], cfg)
         metrics.update({f"{k}_{name}": v for k, v in m.items()})
         metrics[f"test_flagged_{name}"] = float(1.0 - p["eligible"].to_numpy(bool).mean())
-        low = p["z_true"].to_numpy() < LOW_Z_MAX
+        low = p["z_true"].to_numpy() < cfg.low_z_max
         if low.any():
             metrics[f"test_low_z_bias_{name}"] = float((p["z"] - p["z_true"]).to_numpy()[low].mean())
         metrics[f"test_n_{name}"] = float(rows.sum())
@@ -432,7 +433,7 @@ def _reliability(model, test, pred, edges, cdf, cfg: Config, metrics: dict[str, 
         from xpz.model.pdf_metrics import assess_pdfs
 
         table = bin_table(z_true, pred["z"], pred["z_lower"], pred["z_upper"],
-                          bin_edges(cfg.evaluate.bin_width, cfg.evaluate.z_max))  # fmt: skip
+                          edges=bin_edges(cfg.evaluate.bin_width, cfg.evaluate.z_max))  # fmt: skip
         m, table, figures["pit"], ens = assess_pdfs(
             z_true, pred, edges, cdf, table, test[ID_COLUMN].to_numpy()
         )

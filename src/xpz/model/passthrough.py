@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import keras
 
+from xpz.model.head import RedshiftMAE, posterior_layer
+
 
 class PassThrough(keras.layers.Layer):
     """A layer that returns its input unchanged (subclasses hold non-trainable fitted weights)."""
@@ -26,8 +28,6 @@ class PassThrough(keras.layers.Layer):
 def attach_layer(model: keras.Model, layer: keras.layers.Layer, name: str | None = None) -> keras.Model:
     """A model computing the same output with `layer` applied last as a pass-through (so the layer
     and its weights are saved with the model); compiled like `model` when it was compiled."""
-    from xpz.model.architectures import RedshiftMAE, posterior_layer
-
     wrapped = keras.Model(model.inputs, layer(model.outputs[0]), name=name or model.name)
     loss = getattr(model, "loss", None)
     if loss is not None:

@@ -25,12 +25,10 @@ Only validation data reaches `fit_recalibration`.
 
 from __future__ import annotations
 
-from typing import Any
-
 import keras
 import numpy as np
 
-from xpz.model.passthrough import PassThrough, attach_layer
+from xpz.model.passthrough import PassThrough
 
 LEVELS = np.linspace(0.0, 1.0, 101)
 
@@ -125,29 +123,3 @@ def recalibration_layer(model: keras.Model) -> CoverageRecalibration | None:
         if isinstance(layer, CoverageRecalibration):
             return layer
     return None
-
-
-def fit_recalibration(
-    model: keras.Model, val_fluxes, val_z, cfg: Any
-) -> tuple[keras.Model, dict[str, float]]:
-    """Recalibrate a softmax-head model on the validation split only (`cfg`: a `CoverageConfig`);
-    returns the model carrying a `CoverageRecalibration` layer and a summary (validation coverage)."""
-    from xpz.model.architectures import posterior_layer
-    from xpz.model.conformal import cdf_at
-    from xpz.model.posterior import _row_quantiles, predict_posterior
-
-    if posterior_layer(model) is None:
-        return model, {}
-    x = np.asarray(val_fluxes, np.float32)
-    z_true = np.asarray(val_z, float)
-    _, edges, cdf = predict_posterior(model, x)
-    pit = cdf_at(cdf, edges, z_true)
-    n = int(round(cfg.z_max / cfg.z_step))
-    layer = CoverageRecalibration(np.round(np.arange(1, n + 1) * cfg.z_step, 10), cfg.snr_groups,
-                                  group_by="median", name="recalibration")  # fmt: skip
-    summary = layer.fit(pit, _row_quantiles(cdf, edges, 0.5), x, cfg.min_count)
-    wrapped = attach_layer(model, layer)
-    after, _, _ = predict_posterior(wrapped, x)
-    inside = (z_true >= after["z_lower"].to_numpy()) & (z_true <= after["z_upper"].to_numpy())
-    summary["val_coverage_68_recalibrated"] = float(inside.mean())
-    return wrapped, summary

@@ -62,7 +62,7 @@ def make_dataset(x, z, weights=None, batch_size: int = 256, shuffle: bool = Fals
     """A batched, prefetched tf.data.Dataset of (fluxes, z[, weight])."""
     import tensorflow as tf
 
-    tensors = (np.asarray(x, np.float32), np.asarray(z, np.float32))
+    tensors: tuple[np.ndarray, ...] = (np.asarray(x, np.float32), np.asarray(z, np.float32))
     if weights is not None:
         tensors = (*tensors, np.asarray(weights, np.float32))
     ds = tf.data.Dataset.from_tensor_slices(tensors)
@@ -265,9 +265,8 @@ def _fit_reliability(model, x_train, x_val, z_val, cfg: Config) -> tuple[keras.M
     CDF (`xpz.model.calibration.choose_shift`), then the conformal intervals (`xpz.model.conformal`)
     for that point estimate, and the eligibility threshold (`xpz.model.ood`), stored in the model."""
     from xpz.model.calibration import choose_shift
-    from xpz.model.conformal import fit_conformal
     from xpz.model.ood import fit_eligibility
-    from xpz.model.recalibration import fit_recalibration
+    from xpz.model.posthoc import fit_conformal, fit_recalibration
 
     summary: dict[str, float] = {}
     if cfg.coverage.enabled and posterior_layer(model) is not None:

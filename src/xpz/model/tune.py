@@ -26,14 +26,74 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
+from xpz.config import ModelConfig
 from xpz.files import json_digest
-from xpz.model.architectures import RedshiftHyperModel, prune_hyperparameters
-from xpz.model.scaling import fit_scaler
+from xpz.model.architectures import build_model, flat_hyperparameters, prune_hyperparameters
+from xpz.model.scaling import Scaler, fit_scaler
 from xpz.model.train import make_dataset
 from xpz.spectra import TARGET_COLUMN, flux_matrix
 
 if TYPE_CHECKING:
     from xpz.config import Config
+
+
+class RedshiftHyperModel(kt.HyperModel):
+    """The seed's search space with bounds from `ModelConfig.search`."""
+
+    def __init__(self, cfg: ModelConfig, scaler: Scaler, name: str = "xpz", tunable: bool = True):
+        super().__init__(name=name, tunable=tunable)
+        self.cfg = cfg
+        self.scaler = scaler
+
+    def declare(self, hp: kt.HyperParameters) -> dict[str, Any]:
+        """Register the search space on `hp` and return this trial's values. Every default is the
+        CPU default architecture (`ModelConfig.default`) clipped to the bounds, so the first trial
+        of `xpz.model.tune` (which runs the defaults) measures the hand-picked model beside the search."""
+        s, d = self.cfg.search, flat_hyperparameters(self.cfg.default)
+
+        def default(key: str, bounds, fallback):
+            value = d.get(key, fallback)
+            return type(bounds[0])(min(max(value, bounds[0]), bounds[1]))
+
+        def choice(key: str, options: list[str]):
+            return hp.Choice(key, list(options), default=d[key] if d.get(key) in options else options[0])
+
+        values: dict[str, Any] = {}
+        values["conv_layers"] = hp.Int(
+            "conv_layers", *s.conv_layers, default=default("conv_layers", s.conv_layers, 1)
+        )
+        for i in range(values["conv_layers"]):
+            values[f"filters_{i}"] = hp.Int(
+                f"filters_{i}", *s.filters, step=s.filters_step,
+                default=default(f"filters_{i}", s.filters, s.filters[0]),
+            )  # fmt: skip
+            values[f"kernel_{i}"] = hp.Int(
+                f"kernel_{i}", *s.kernel_size, default=default(f"kernel_{i}", s.kernel_size, s.kernel_size[0])
+            )
+        values["dense_layers"] = hp.Int(
+            "dense_layers", *s.dense_layers, default=default("dense_layers", s.dense_layers, 1)
+        )
+        for i in range(values["dense_layers"]):
+            values[f"units_{i}"] = hp.Int(
+                f"units_{i}", *s.units, step=s.units_step, default=default(f"units_{i}", s.units, s.units[0])
+            )
+        values["activation"] = choice("activation", s.activations)
+        values["loss"] = choice("loss", s.losses)
+        values["optimizer"] = choice("optimizer", s.optimizers)
+        lo, hi = s.learning_rate
+        values["learning_rate"] = (
+            hp.Float(
+                "learning_rate", lo, hi, sampling="log", default=default("learning_rate", s.learning_rate, lo)
+            )
+            if hi > lo
+            else hp.Fixed("learning_rate", lo)
+        )
+        if d.get("stem_stride", 1) != 1:  # the default's input stem is kept by every trial
+            values["stem_stride"] = hp.Fixed("stem_stride", int(d["stem_stride"]))
+        return values
+
+    def build(self, hp: kt.HyperParameters) -> keras.Model:
+        return build_model(self.declare(hp), self.cfg, self.scaler)
 
 
 @dataclass
@@ -188,7 +248,6 @@ def tune(
 def _confirm(trials, best_id, defaults, cfg: Config, scaler, train, val_ds, project_dir: Path):
     """The search's best trial against the default: paired training over `tune.confirm_seeds` seeds
     at equal budget (`xpz.model.selection.decide`); returns (chosen trial, Decision or None)."""
-    from xpz.model.architectures import build_model
     from xpz.model.selection import decide, paired_scores
 
     tcfg = cfg.tune
@@ -202,7 +261,7 @@ def _confirm(trials, best_id, defaults, cfg: Config, scaler, train, val_ds, proj
     def fit_score(hp: dict[str, Any], seed: int) -> float:
         keras.utils.set_random_seed(seed)
         model = build_model(hp, cfg.model, scaler)
-        ds = make_dataset(*train, batch_size=cfg.train.batch_size, shuffle=True, seed=seed)
+        ds = make_dataset(train[0], train[1], batch_size=cfg.train.batch_size, shuffle=True, seed=seed)
         history = model.fit(ds, validation_data=val_ds, epochs=epochs, verbose=0).history
         return float(pick(history[tcfg.objective]))
 

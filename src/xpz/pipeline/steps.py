@@ -201,7 +201,7 @@ def train_step(
         tracking.set_tags(tr, run_id, tags)
         tracking.log_params(tr, run_id, dict(result.hyperparameters), prefix="hp.")
         tracking.log_history(tr, run_id, result.history)
-        summary = {
+        summary: dict[str, Any] = {
             "train_seconds": result.seconds,
             "train_samples_per_s": result.samples_per_s,
             "train_epochs": result.epochs,
@@ -265,12 +265,17 @@ def register_step(
     metrics: Mapping[str, float] | None = None,
     reuse: bool = False,
 ) -> tracking.Registration:
-    """New registry version (alias challenger), promoted to champion only if it wins.
+    """New registry version (alias challenger), promoted to champion only if it wins; its description
+    is the model card (`xpz.tracking.cards.model_card`).
 
     `reuse`: when this run already registered a decided version (a retry after a lost response),
     return that one instead of registering a second version."""
     existing = tracking.existing_registration(tr, run_id) if reuse else None
-    return existing or tracking.register(tr, run_id, logged, metrics)
+    registration = existing or tracking.register(tr, run_id, logged, metrics)
+    tracking.describe_registration(
+        tr, run_id, registration.version, f"{registration.decision} ({registration.reason})"
+    )
+    return registration
 
 
 # ------------------------------------------------------------------------------------- pipeline

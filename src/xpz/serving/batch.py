@@ -30,7 +30,7 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,7 +83,7 @@ OUTPUT_SCHEMA = pa.schema(
 # ------------------------------------------------------------------------------ streaming
 
 
-def _prefetch(chunks: Iterator[SpectraChunk], depth: int = PREFETCH) -> Iterator[SpectraChunk]:
+def _prefetch(chunks: Iterator[SpectraChunk], depth: int = PREFETCH) -> Generator[SpectraChunk, None, None]:
     """Read (and parse) the next chunks in a thread while the model works on the current one."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -272,7 +272,7 @@ def _predict_files(
         raise
     start = time.perf_counter()
     totals = [count_rows(f, fmt) for f in files]
-    total = None if any(t is None for t in totals) else sum(totals)
+    total = None if any(t is None for t in totals) else sum(t for t in totals if t is not None)
     pdf_writer = None
     if pdf is not None:
         from xpz.model.pdf_metrics import PdfWriter

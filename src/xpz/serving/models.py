@@ -258,7 +258,7 @@ def use_tracking_uri(uri: str | None) -> Iterator[None]:
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(saved_uri)
+        mlflow.set_tracking_uri(saved_uri)  # type: ignore[arg-type]  # None: back to unset
         if saved_env is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:

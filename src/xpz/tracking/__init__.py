@@ -34,6 +34,11 @@ Names written by this module (the contract with the UI, `xpz models` and the flo
 
 from __future__ import annotations
 
+from xpz.tracking.cards import (  # noqa: F401
+    describe_registration,
+    describe_run,
+    run_description,
+)
 from xpz.tracking.lineage import (  # noqa: F401
     dvc_md5,
     git_commit,
@@ -78,6 +83,7 @@ from xpz.tracking.runs import (  # noqa: F401
     run,
     run_history,
     set_tags,
+    split_baselines,
     start_run,
     trial_logger,
 )
@@ -121,6 +127,8 @@ __all__ = [
     'close_orphaned_runs',
     'config_params',
     'configure',
+    'describe_registration',
+    'describe_run',
     'dvc_md5',
     'end_run',
     'flatten',
@@ -147,9 +155,11 @@ __all__ = [
     'register',
     'resolve_uri',
     'run',
+    'run_description',
     'run_history',
     'run_model',
     'set_tags',
+    'split_baselines',
     'start_run',
     'trial_logger',
 ]

@@ -94,7 +94,7 @@ def log_lineage(
         full = digests.get(split)
         with warnings.catch_warnings():  # int64 source_id hint; ambiguous local-path source
             warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_pandas(
+            dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]  # lazily loaded submodule
                 light,
                 source=str(source) if source is not None else None,
                 targets=TARGET_COLUMN,

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -23,9 +23,6 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from xpz.errors import InputError, describe_rows
 from xpz.spectra import FLUX_COLUMNS, FLUX_DTYPE, N_FLUX
-
-if TYPE_CHECKING:
-    pass
 from xpz.tracking.runs import flatten
 from xpz.tracking.store import KERAS_ARTIFACT, MODEL_NAME, Tracking
 
@@ -70,7 +67,7 @@ def as_flux_array(model_input: Any) -> np.ndarray:
     """
     data = _flux_frame(model_input)
     if isinstance(data, pd.DataFrame):
-        named = list(FLUX_COLUMNS)
+        named: list[Any] = list(FLUX_COLUMNS)
         if list(data.columns) == list(range(N_FLUX)):
             named = list(range(N_FLUX))  # an unnamed table, e.g. JSON "inputs" as lists
         missing = [c for c in named if c not in data.columns]
@@ -114,7 +111,14 @@ def as_flux_array(model_input: Any) -> np.ndarray:
 
 
 def _import_custom_objects() -> None:
-    """Import the modules that register xpz's custom Keras layers (absent ones are skipped)."""
+    """Register xpz's custom Keras objects: `xpz.model.saving` (the one place that does it), or, in
+    the code bundled with models logged before it existed, the modules that registered them then."""
+    try:
+        importlib.import_module("xpz.model.saving")
+        return
+    except ModuleNotFoundError as err:
+        if err.name != "xpz.model.saving":
+            raise
     for module in ("xpz.model.scaling", "xpz.model.architectures"):
         try:
             importlib.import_module(module)
@@ -123,7 +127,7 @@ def _import_custom_objects() -> None:
                 raise
 
 
-class XpzRedshiftModel(mlflow.pyfunc.PythonModel):
+class XpzRedshiftModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]  # lazily loaded submodule
     """Raw Gaia XP fluxes -> DataFrame[z, z_lower, z_upper, ood_score, eligible], via
     `xpz.model.posterior.predict_redshift` (`eligible` False: not like the training galaxies).
 

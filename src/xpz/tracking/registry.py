@@ -7,7 +7,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import pandas as pd
@@ -187,13 +187,13 @@ def verify_champion(tr: Tracking, version: str, previous: str | None) -> str:
         client.set_registered_model_alias(name, CHAMPION, winner)
     for mv, _ in scored:
         if str(mv.version) != winner:
-            for key, value in {
+            for key, tag in {
                 "xpz.decision": "challenger",
                 "xpz.decision_reason": f"superseded: v{winner} was promoted against the same champion "
                 f"v{previous or '-'} and is better",
                 "xpz.champion_guard": "verify-superseded",
             }.items():
-                client.set_model_version_tag(name, str(mv.version), key, value)
+                client.set_model_version_tag(name, str(mv.version), key, tag)
     return winner
 
 
@@ -357,7 +357,7 @@ def models_table(infos: Sequence[VersionInfo]) -> pd.DataFrame:
     """`list_models` output as a table (one row per version)."""
     rows = []
     for info in infos:
-        row = {
+        row: dict[str, Any] = {
             "version": info.version,
             "aliases": ",".join(info.aliases),
             "decision": info.decision or "",

@@ -19,6 +19,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 if TYPE_CHECKING:
     pass
+from xpz.tracking.cards import describe_run, run_description
 from xpz.tracking.store import HISTORY_TAG, Tracking
 
 # ----------------------------------------------------------------------------------------- runs
@@ -237,15 +238,45 @@ def log_frame(tr: Tracking, run_id: str, frame: pd.DataFrame, artifact_file: str
         tr.client.log_artifact(run_id, str(path), None if parent == "." else parent)
 
 
+BASELINE_PREFIX = "baseline_"  # evaluation metrics `baseline_<name>/<metric>` belong to a baseline
+
+
+def split_baselines(metrics: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(the model's own metrics, {baseline name: {metric: value}}) from an evaluation's flat metrics."""
+    own: dict[str, Any] = {}
+    baselines: dict[str, dict[str, Any]] = {}
+    for key, value in metrics.items():
+        name, sep, metric = key.partition("/")
+        if sep and name.startswith(BASELINE_PREFIX):
+            baselines.setdefault(name, {})[metric] = value
+        else:
+            own[key] = value
+    return own, baselines
+
+
 def log_evaluation(tr: Tracking, run_id: str, evaluation: Any, close_figures: bool = True) -> None:
-    """Metrics, per-bin table (CSV + Markdown), test predictions, test p(z) (qp) and figures of an `Evaluation`."""
-    log_metrics(tr, run_id, evaluation.metrics)
+    """Metrics, per-bin table (CSV + Markdown), test predictions, test p(z) (qp) and figures of an `Evaluation`.
+
+    The run's charts hold the model's own metrics only; each baseline (`baseline_mean`, `baseline_knn`)
+    is a nested run of that name (tag `xpz.kind=baseline`) with the same metric names (`test_mae`, ...)
+    and its per-bin table, so the experiment's chart view compares them with the model side by side.
+    The run's description (`mlflow.note.content`) is set from the same values (`xpz.tracking.cards`)."""
+    own, baselines = split_baselines(evaluation.metrics)
+    log_metrics(tr, run_id, own)
+    to_md = getattr(evaluation, "table_markdown", None)
+    if callable(to_md):  # the run's description: headline (+ per-family) metrics, baselines, per-bin table
+        base_mae = {name: values["test_mae"] for name, values in baselines.items() if "test_mae" in values}
+        describe_run(tr, run_id, run_description(own, to_md(), base_mae))
+    tables = getattr(evaluation, "baseline_tables", None) or {}
+    for name, values in baselines.items():
+        with run(tr, name, tags={"xpz.kind": "baseline"}, parent_run_id=run_id) as child:
+            log_metrics(tr, child, values)
+            if name in tables:
+                log_bin_table(tr, child, tables[name], name="per_bin")
     bin_table = getattr(evaluation, "bin_table", None)
     if bin_table is not None:
         to_md = getattr(evaluation, "table_markdown", None)
         log_bin_table(tr, run_id, bin_table, markdown=to_md() if callable(to_md) else None)
-    for name, table in (getattr(evaluation, "baseline_tables", None) or {}).items():
-        log_bin_table(tr, run_id, table, name=f"per_bin_{name}")
     if getattr(evaluation, "snr_table", None) is not None:  # per S/N quartile (xpz.model.coverage_report)
         log_bin_table(tr, run_id, evaluation.snr_table, name="per_snr")
     for family, table in (getattr(evaluation, "family_tables", None) or {}).items():  # per galaxy family

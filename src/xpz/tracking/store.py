@@ -109,7 +109,9 @@ def configure(cfg: TrackingConfig, tracking_uri: str | None = None) -> Tracking:
         except MlflowException as err:  # another process created it first
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-            experiment_id = client.get_experiment_by_name(cfg.experiment).experiment_id
+            existing = client.get_experiment_by_name(cfg.experiment)
+            assert existing is not None  # it exists: creating it just failed for that reason
+            experiment_id = existing.experiment_id
     else:
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
