@@ -111,6 +111,7 @@ KINDS = {
         "test_gaia_formats",
         "test_data_cli",
         "test_reproducible",
+        "test_families",
     ),  # fmt: skip
     "model": (
         "test_model",
@@ -133,6 +134,8 @@ KINDS = {
         "test_predict",
         "test_serving",
         "test_relocate",
+        "test_safety",
+        "test_team",
     ),  # fmt: skip
 }
 KIND_OF = {name: kind for kind, names in KINDS.items() for name in names}

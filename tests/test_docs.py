@@ -72,7 +72,8 @@ def _is_group(command) -> bool:
 def _click_command(path: list[str]):
     command = typer.main.get_command(app)
     for name in path:
-        assert _is_group(command), f"{' '.join(path)}: {command.name} has no subcommands"
+        if not _is_group(command):  # the rest are the command's arguments (`xpz promote 1`)
+            break
         sub = command.commands.get(name)
         assert sub is not None, f"no command `xpz {' '.join(path)}` ({name!r} unknown)"
         command = sub

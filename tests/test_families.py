@@ -40,6 +40,7 @@ def test_library_is_complete_and_physical():
     assert np.median(red[lib.quiescent]) > np.median(red[~lib.quiescent]) + 0.2
 
 
+@pytest.mark.slow
 def test_library_rebuild_reproduces_the_committed_file():
     """The committed .npz is what `python -m xpz.data.sps` computes (first entries, one per SFH kind)."""
     pytest.importorskip("bagpipes")
@@ -122,6 +123,7 @@ def test_family_survives_parquet_and_bad_values_are_named(mixture, tmp_path):
     assert not (tmp_path / "bad.parquet").exists()
 
 
+@pytest.mark.slow
 def test_validation_rejects_an_unknown_family(mixture):
     from xpz.config import ValidateConfig
     from xpz.data.validation import validate_frame

@@ -306,7 +306,7 @@ def _generate_block(cfg: DataConfig, block: int) -> pd.DataFrame:
     sed, _ = _block_physics(cfg, block, n, z, family)
     flux = sed @ instrument().sed_to_flux + _block_noise(cfg, block, sed)
     df = pd.DataFrame(flux.astype(FLUX_DTYPE), columns=list(FLUX_COLUMNS))
-    df.insert(0, FAMILY_COLUMN, pd.Categorical.from_codes(family, categories=pd.Index(FAMILIES)))
+    df.insert(0, FAMILY_COLUMN, np.asarray(FAMILIES, dtype=object)[family])
     df.insert(0, TARGET_COLUMN, z.astype(np.float64))
     df.insert(0, ID_COLUMN, _source_ids(cfg, block, n))
     return df
