@@ -13,7 +13,8 @@ off-diagonal rows (trained on one family, tested on the other) are the physics g
 rows show what training on both buys. Nothing here is used to choose a parameter.
 
     python benchmarks/bench_families.py                      # 60,000 galaxies, params.yaml's model
-    python benchmarks/bench_families.py --n 200000 --json reports/families.json --docs docs/families.md
+    python benchmarks/bench_families.py --n 100000 --json benchmarks/results/families.json \
+        --doc docs/families.md --figure docs/figures/families.png
 
 Figures depend on the data and the parameters only (work is budgeted in epochs); the host line is
 printed as by every benchmark.
@@ -22,7 +23,6 @@ printed as by every benchmark.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -35,8 +35,10 @@ import pandas as pd  # noqa: E402
 
 from xpz.env import quiet_telemetry  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _report import render, save  # noqa: E402
+
 REGIMES = ("kcorrect", "bagpipes", "mixture")
-BEGIN, END = "<!-- bench_families:begin -->", "<!-- bench_families:end -->"
 COVERAGE_Z_MAX = 0.45  # worst-bin coverage over true-z bins below this (issue 18's target)
 
 
@@ -75,24 +77,31 @@ def score(test: pd.DataFrame, pred: pd.DataFrame, ecfg) -> dict[str, float]:
     }
 
 
-def markdown(results: dict, header: str) -> str:
-    lines = [
-        header,
-        "",
-        "| trained on | tested on | MAE | sigma_NMAD | coverage 68 | worst bin coverage (z < 0.45) "
-        "| mean error z < 0.10 | flagged |",
-        "|---|---|---|---|---|---|---|---|",
+def table(results: dict) -> dict:
+    """The benchmark's `_report` results: one row per (trained on, tested on) pair."""
+    rows = [
+        [
+            regime,
+            family,
+            f"{sc['mae']:.4f}",
+            f"{sc['sigma_nmad']:.4f}",
+            f"{sc['coverage_68']:.3f}",
+            f"{sc['worst_bin_coverage']:.3f}",
+            f"{sc['low_z_bias']:+.4f}",
+            f"{sc['flagged']:.1%}",
+        ]  # fmt: skip
+        for regime, by_family in results["scores"].items()
+        for family, sc in by_family.items()
     ]
-    for regime, by_family in results["scores"].items():
-        for family, s in by_family.items():
-            lines.append(
-                f"| {regime} | {family} | {s['mae']:.4f} | {s['sigma_nmad']:.4f} | {s['coverage_68']:.3f} "
-                f"| {s['worst_bin_coverage']:.3f} | {s['low_z_bias']:+.4f} | {s['flagged']:.1%} |"
-            )
-    gap = results.get("gap")
-    if gap:
-        lines += ["", gap]
-    return "\n".join(lines) + "\n"
+    columns = ["trained on", "tested on", "MAE", "sigma_NMAD", "coverage 68",
+               "worst bin coverage (z < 0.45)", "mean error z < 0.10", "flagged"]  # fmt: skip
+    return {
+        "name": "families",
+        "columns": columns,
+        "rows": rows,
+        "run": {k: v for k, v in results.items() if k != "scores"},
+        "scores": results["scores"],
+    }
 
 
 def figure(results: dict, path: Path) -> Path:
@@ -124,17 +133,6 @@ def figure(results: dict, path: Path) -> Path:
     return path
 
 
-def write_docs(path: Path, text: str) -> None:
-    """Replace the block between the markers in `path` (appended when the markers are absent)."""
-    old = path.read_text() if path.exists() else ""
-    block = f"{BEGIN}\n{text}{END}"
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END) :]
-    else:
-        new = old + ("\n" if old and not old.endswith("\n") else "") + block + "\n"
-    path.write_text(new)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python benchmarks/bench_families.py",
@@ -150,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     ap.add_argument("--members", type=int, default=None, help="override train.members")
     ap.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
-    ap.add_argument("--docs", type=Path, default=None, help="write the table into this Markdown file")
+    ap.add_argument("--doc", type=Path, default=None, help="write the table between its markers in this file")
     ap.add_argument("--figure", type=Path, default=None, help="write the per-bin bias/coverage figure (PNG)")
     args = ap.parse_args(argv)
     if args.n < 2000:
@@ -189,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     n_train = min((splits.train[FAMILY_COLUMN].astype(str) == f).sum() for f in families)
     n_val = min((splits.val[FAMILY_COLUMN].astype(str) == f).sum() for f in families)
     results: dict = {"n": args.n, "seed": args.seed, "epochs": cfg.train.epochs, "members": cfg.train.members,
-                     "host": host, "scores": {}}  # fmt: skip
+                     "n_train_per_regime": int(n_train), "host": host, "scores": {}}  # fmt: skip
     for regime in REGIMES:
         part = Splits(
             train=_subset(splits.train, regime, n_train, 1),
@@ -212,22 +210,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{s['kcorrect']['bagpipes']['mae'] / s['bagpipes']['bagpipes']['mae']:.2f}x, bagpipes -> kcorrect "
             f"{s['bagpipes']['kcorrect']['mae'] / s['kcorrect']['kcorrect']['mae']:.2f}x."
         )
-    header = (
+    print(
         f"{args.n:,} galaxies (seed {args.seed}), {cfg.train.members} member(s) x {cfg.train.epochs} epochs, "
-        f"{n_train:,} training galaxies per regime; host: {host.get('cpu', '?')}, "
-        f"sgemm {host.get('sgemm_gflops', float('nan')):.0f} GFLOP/s. "
-        f"Command: `python benchmarks/bench_families.py --n {args.n} --seed {args.seed}`."
+        f"{n_train:,} training galaxies per regime"
     )
-    text = markdown(results, header)
-    print("\n" + text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    report = table(results)
+    print("\n" + render(report))
+    if results.get("gap"):
+        print("\n" + results["gap"])
     if args.figure:
         figure(results, args.figure)
-        text += f"\n![bias and coverage per bin]({os.path.relpath(args.figure, (args.docs or args.figure).parent)})\n"
-    if args.docs:
-        write_docs(args.docs, text)
+    save(report, args.json, args.doc)
     return 0
 
 

@@ -23,12 +23,28 @@ ROWS = (
     ("outlier fraction (|dz|/(1+z) > 0.15)", "test_outlier_fraction", "{:.4f}"),
     ("worst per-bin mean error (z <= 0.5)", "test_worst_bin_bias", "{:+.3f}"),
     ("68% interval coverage", "test_coverage_68", "{:.3f}"),
+    ("test MAE, kcorrect / bagpipes galaxies", ("test_mae_kcorrect", "test_mae_bagpipes"), "{:.4f}"),
+    (
+        "68% coverage, kcorrect / bagpipes",
+        ("test_coverage_68_kcorrect", "test_coverage_68_bagpipes"),
+        "{:.3f}",
+    ),
+    (
+        "mean error at z < 0.10, kcorrect / bagpipes",
+        ("test_low_z_bias_kcorrect", "test_low_z_bias_bagpipes"),
+        "{:+.4f}",
+    ),
+    ("flagged ineligible, kcorrect / bagpipes", ("test_flagged_kcorrect", "test_flagged_bagpipes"), "{:.3f}"),
 )
 
 
 def results(metrics: dict[str, float], wall_seconds: float | None = None) -> dict:
     """The headline results (name "headline") from a run's flat metrics."""
-    rows = [[label, fmt.format(metrics[key])] for label, key, fmt in ROWS if key in metrics]
+    rows = []
+    for label, keys, fmt in ROWS:
+        keys = (keys,) if isinstance(keys, str) else keys
+        if all(k in metrics for k in keys):
+            rows.append([label, " / ".join(fmt.format(metrics[k]) for k in keys)])
     if wall_seconds:
         rows.append(["`make run` wall time, install included", f"{wall_seconds:.0f} s"])
     return {"name": "headline", "columns": ["measure", "value"], "rows": rows}
