@@ -51,8 +51,9 @@ import numpy as np
 from xpz.model.passthrough import PassThrough, attach_layer
 from xpz.spectra import N_FLUX
 
-TERMS = ("residual", "density", "template")
+TERMS = ("residual", "density", "template", "star")
 _LEGACY_WEIGHTS = 10  # weights of the two-term layer (models saved before the template term)
+_THREE_TERM_WEIGHTS = 13  # weights of the three-term layer (models saved before the star term)
 _TEMPLATE_BLOCK = 4096  # rows per block of the template fit (bounds the (rows, templates) temporaries)
 
 
@@ -95,11 +96,13 @@ class OodDensity(PassThrough):
     `eligible(scores)` the flag, `terms(fluxes)` the three terms. `call` returns its input unchanged."""
 
     def __init__(self, components: int = 8, mixture: int = 8, templates: int = 256,
-                 template_components: int = 15, **kwargs):  # fmt: skip
+                 template_components: int = 15, star_components: int = 0, star_hidden=(), **kwargs):  # fmt: skip
         super().__init__(**kwargs)
         self.components, self.mixture = int(components), int(mixture)
         self.n_templates, self.template_components = int(templates), int(template_components)
+        self.star_components, self.star_hidden = int(star_components), tuple(int(h) for h in star_hidden)
         self.legacy = False
+        self.has_star = self.star_components > 0  # False: the three-term score (or no star term fitted)
 
     def build(self, input_shape):
         k, m, d = self.components, self.mixture, N_FLUX
@@ -118,19 +121,38 @@ class OodDensity(PassThrough):
         self.keep = weight("keep", ())
         self.fitted = weight("fitted", ())
         self.templates = weight("templates", (self.n_templates, d), dtype="float32")
-        self.term_cuts = weight("term_cuts", (len(TERMS),))
-        self.term_scales = weight("term_scales", (len(TERMS),), "ones")
+        self.term_cuts = weight("term_cuts", (3,))  # residual, density, template
+        self.term_scales = weight("term_scales", (3,), "ones")
+        # the star term (after the 13 weights of the three-term layer, so that those still load):
+        # features (unit-sum fluxes, clipped log10 total flux) -> principal axes -> standardised ->
+        # ReLU layers -> one logit (log odds of "star or impostor" over "galaxy")
+        q = self.star_components
+        if q > 0:
+            self.star_mean = weight("star_mean", (N_FLUX + 1,))
+            self.star_axes = weight("star_axes", (q, N_FLUX + 1))
+            self.star_shift = weight("star_shift", (q,))
+            self.star_scale = weight("star_scale", (q,), "ones")
+            self.star_log_s_range = weight("star_log_s_range", (2,))
+            sizes = (q, *self.star_hidden, 1)
+            self.star_kernels = [weight(f"star_kernel_{i}", (a, b)) for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True))]  # fmt: skip
+            self.star_biases = [weight(f"star_bias_{i}", (b,)) for i, b in enumerate(sizes[1:])]
+            self.star_cut = weight("star_cut", (1,))
+            self.star_cut_scale = weight("star_cut_scale", (1,), "ones")
 
     def get_config(self):
         return {**super().get_config(), "components": self.components, "mixture": self.mixture,
-                "templates": self.n_templates, "template_components": self.template_components}  # fmt: skip
+                "templates": self.n_templates, "template_components": self.template_components,
+                "star_components": self.star_components, "star_hidden": list(self.star_hidden)}  # fmt: skip
 
     def load_own_variables(self, store):
-        """A layer saved before the template term holds 10 variables: load them; score as then."""
-        if len(store.keys()) == _LEGACY_WEIGHTS:
-            for i, variable in enumerate(self.weights[:_LEGACY_WEIGHTS]):
+        """A layer saved before the template term holds 10 variables, one saved before the star term
+        13: load them and score as then (`legacy`: residual + density; else the three terms)."""
+        n = len(store.keys())
+        if n in (_LEGACY_WEIGHTS, _THREE_TERM_WEIGHTS) and n < len(self.weights):
+            for i, variable in enumerate(self.weights[:n]):
                 variable.assign(store[str(i)])
-            self.legacy = True
+            self.legacy = n == _LEGACY_WEIGHTS
+            self.has_star = False
             return
         super().load_own_variables(store)
 
@@ -160,14 +182,35 @@ class OodDensity(PassThrough):
         return -(top + np.log(np.exp(stacked - top).sum(axis=1, keepdims=True)))[:, 0]
 
     def terms(self, fluxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """((n, 3) terms residual, density, template per degree of freedom (see module doc), valid)."""
+        """((n, 4) terms residual, density, template per degree of freedom and the star logit (see
+        module doc; NaN for a term the layer lacks), valid)."""
         u, r, var, log_s, valid, x = self._terms(fluxes)
         k = self.components
-        out = np.empty((len(x), len(TERMS)))
+        out = np.full((len(x), len(TERMS)), np.nan)
         out[:, 0] = np.sum(r**2 / var, axis=1) / (N_FLUX - k)
         out[:, 1] = self._mixture_nll(np.concatenate([u, log_s[:, None]], axis=1)) / (k + 1)
-        out[:, 2] = np.nan if self.legacy else template_chi2(x, var, self._v("templates")) / (N_FLUX - 1)
+        if not self.legacy:
+            out[:, 2] = template_chi2(x, var, self._v("templates")) / (N_FLUX - 1)
+        if self.has_star:
+            out[:, 3] = star_logit(self.star_parameters(), x, np.where(valid, x.sum(axis=1), 1.0))
         return out, valid
+
+    def star_parameters(self) -> dict[str, Any]:
+        """The star term's weights as float64 arrays (see `star_logit`)."""
+        return {
+            "mean": self._v("star_mean"), "axes": self._v("star_axes"), "shift": self._v("star_shift"),
+            "scale": self._v("star_scale"), "log_s_range": self._v("star_log_s_range"),
+            "kernels": [np.asarray(w.numpy(), np.float64) for w in self.star_kernels],
+            "biases": [np.asarray(b.numpy(), np.float64) for b in self.star_biases],
+        }  # fmt: skip
+
+    def cuts_and_scales(self) -> tuple[np.ndarray, np.ndarray]:
+        """(cuts, scales) of the terms the layer has (3, or 4 with the star term)."""
+        cuts, scales = self._v("term_cuts"), self._v("term_scales")
+        if self.has_star:
+            cuts = np.concatenate([cuts, self._v("star_cut")])
+            scales = np.concatenate([scales, self._v("star_cut_scale")])
+        return cuts, scales
 
     def score(self, fluxes: np.ndarray) -> np.ndarray:
         """(n,) out-of-distribution scores of raw (n, 186) fluxes (+inf for unusable spectra): the
@@ -175,11 +218,13 @@ class OodDensity(PassThrough):
         return self.combine(*self.terms(fluxes))
 
     def combine(self, terms: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """(n,) scores from (n, 3) terms: max_k (term_k - cut_k) / scale_k (+inf where not valid)."""
+        """(n,) scores from (n, 4) terms: max_k (term_k - cut_k) / scale_k over the terms the layer
+        has (+inf where not valid)."""
         if self.legacy:  # the two-term score of models saved before the template term
             out = terms[:, 0] + terms[:, 1]
         else:
-            out = np.max((terms - self._v("term_cuts")) / self._v("term_scales"), axis=1)
+            cuts, scales = self.cuts_and_scales()
+            out = np.max((terms[:, : len(cuts)] - cuts) / scales, axis=1)
         out[~valid | ~np.isfinite(out)] = np.inf
         return out
 
@@ -191,14 +236,26 @@ class OodDensity(PassThrough):
     def summary(self) -> dict[str, float]:
         out = {"ood_threshold": float(self.threshold.numpy()), "ood_keep": float(self.keep.numpy())}
         if not self.legacy:
-            out.update({f"ood_cut_{name}": float(c) for name, c in zip(TERMS, self._v("term_cuts"))})
+            cuts = self.cuts_and_scales()[0]
+            out.update({f"ood_cut_{name}": float(c) for name, c in zip(TERMS, cuts, strict=False)})
         return out
 
     def fit(
-        self, train_fluxes: np.ndarray, val_fluxes: np.ndarray, keep: float, seed: int = 0
+        self,
+        train_fluxes: np.ndarray,
+        val_fluxes: np.ndarray,
+        keep: float,
+        seed: int = 0,
+        nongalaxy_fluxes: np.ndarray | None = None,
+        star_alpha: float = 1e-4,
+        star_max_iter: int = 40,
+        star_max_samples: int | None = None,
     ) -> dict[str, float]:
-        """Fit the three models on training fluxes and the cuts on validation fluxes (the union of
-        the per-term cuts keeps the `keep` share of them). Returns the cuts and the validation share."""
+        """Fit the three models on training fluxes, the star classifier (if the layer has the star
+        term) on training fluxes against `nongalaxy_fluxes` (stars and impostors), and the cuts on
+        validation fluxes (the union of the per-term cuts keeps the `keep` share of them). The
+        classifier sees at most `star_max_samples` of the training galaxies (a seeded subsample).
+        Returns the cuts and the validation share."""
         from sklearn.cluster import MiniBatchKMeans
         from sklearn.decomposition import PCA
         from sklearn.mixture import GaussianMixture
@@ -236,14 +293,88 @@ class OodDensity(PassThrough):
         shapes = denoiser.inverse_transform(denoiser.transform(f))
         kmeans = MiniBatchKMeans(self.n_templates, random_state=seed, n_init=1, batch_size=4096).fit(shapes)
         self.templates.assign(kmeans.cluster_centers_.astype(np.float32))
+        if self.has_star:
+            if nongalaxy_fluxes is None:
+                raise ValueError("OodDensity.fit: the star term needs nongalaxy_fluxes (stars, impostors)")
+            galaxies = x
+            if star_max_samples and len(galaxies) > star_max_samples:
+                pick = np.random.default_rng(seed + 2).choice(len(galaxies), star_max_samples, replace=False)
+                galaxies = galaxies[np.sort(pick)]
+            self._fit_star(galaxies, np.asarray(nongalaxy_fluxes), star_alpha, star_max_iter, seed)
         val_terms, val_valid = self.terms(val_fluxes)
-        cuts = union_cuts(val_terms[val_valid], keep)
-        self.term_cuts.assign(cuts)
-        self.term_scales.assign(np.maximum(cuts - np.median(val_terms[val_valid], axis=0), 1e-12))
+        val_terms = val_terms[val_valid][:, : 4 if self.has_star else 3]
+        cuts = union_cuts(val_terms, keep)
+        scales = np.maximum(cuts - np.median(val_terms, axis=0), 1e-12)
+        self.term_cuts.assign(cuts[:3])
+        self.term_scales.assign(scales[:3])
+        if self.has_star:
+            self.star_cut.assign(cuts[3:])
+            self.star_cut_scale.assign(scales[3:])
         self.threshold.assign(0.0)
         self.keep.assign(float(keep))
         self.fitted.assign(1.0)
         return {**self.summary(), "ood_val_eligible": float(np.mean(self.eligible(self.score(val_fluxes))))}
+
+    def _fit_star(self, galaxies: np.ndarray, others: np.ndarray, alpha: float, max_iter: int, seed: int):
+        """The star classifier: principal axes of the features of galaxies and non-galaxies together,
+        standardised, then an MLP (scikit-learn's MLPClassifier: ReLU, Adam, L2 `alpha`, early stopping
+        on 10% of the rows, batches of 1,024; a logistic regression when there are no hidden layers), its logit kept."""
+        import warnings
+
+        from sklearn.decomposition import PCA
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.neural_network import MLPClassifier
+
+        xo, _, so, valid = flux_features(others)
+        xo, so = xo[valid], so[valid]
+        if len(xo) < 20:
+            raise ValueError(
+                f"OodDensity.fit: {len(xo)} usable non-galaxy spectra are too few for the star term"
+            )
+        sg = galaxies.sum(axis=1)
+        log_s = np.log10(np.concatenate([sg, so]))
+        self.star_log_s_range.assign([log_s.min(), log_s.max()])
+        features = np.concatenate([np.concatenate([galaxies, xo]) / np.concatenate([sg, so])[:, None],
+                                   log_s[:, None]], axis=1)  # fmt: skip
+        labels = np.concatenate([np.zeros(len(galaxies)), np.ones(len(xo))])
+        pca = PCA(n_components=self.star_components, random_state=seed).fit(features)
+        z = pca.transform(features)
+        shift, scale = z.mean(axis=0), np.maximum(z.std(axis=0), 1e-12)
+        z = (z - shift) / scale
+        self.star_mean.assign(pca.mean_)
+        self.star_axes.assign(pca.components_)
+        self.star_shift.assign(shift)
+        self.star_scale.assign(scale)
+        if self.star_hidden:
+            clf = MLPClassifier(self.star_hidden, alpha=alpha, batch_size=min(1024, len(z)), max_iter=max_iter,
+                                early_stopping=True, n_iter_no_change=8, random_state=seed)  # fmt: skip
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                clf.fit(z, labels)
+            kernels, biases = clf.coefs_, clf.intercepts_
+        else:
+            clf = LogisticRegression(C=1.0 / max(alpha * len(z), 1e-12), max_iter=1000).fit(z, labels)
+            kernels, biases = [clf.coef_.T], [clf.intercept_]
+        for variable, value in zip(
+            self.star_kernels + self.star_biases, list(kernels) + list(biases), strict=True
+        ):
+            variable.assign(np.asarray(value, np.float64).reshape(variable.shape))
+
+
+def star_logit(params: dict[str, Any], x: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """(n,) the star term: the classifier's logit for fluxes x (n, 186) with total fluxes s (n,) > 0:
+    features [x / s, log10 s clipped to the fitted range] -> principal axes -> standardised -> ReLU
+    layers -> logit. Shared by `OodDensity.terms` and `fast_score`."""
+    lo, hi = params["log_s_range"]
+    axes = params["axes"]
+    z = (x / s[:, None]) @ axes[:, :-1].T + np.clip(np.log10(s), lo, hi)[:, None] * axes[:, -1]
+    z -= params["mean"] @ axes.T
+    z = (z - params["shift"]) / params["scale"]
+    kernels, biases = params["kernels"], params["biases"]
+    for w, b in zip(kernels[:-1], biases[:-1], strict=True):
+        z = np.maximum(z @ w + b, 0.0)
+    return (z @ kernels[-1] + biases[-1])[:, 0]
 
 
 def union_cuts(terms: np.ndarray, keep: float, iterations: int = 50) -> np.ndarray:
@@ -279,11 +410,12 @@ def fast_score(layer: OodDensity, fluxes: np.ndarray, block: int = 2048) -> np.n
 
 
 def _fast_terms(layer: OodDensity, x_all: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """(n, 3) terms and validity as `OodDensity.terms`, blockwise (see `fast_score`)."""
+    """(n, 4) terms and validity as `OodDensity.terms`, blockwise (see `fast_score`)."""
     mean, axes = layer._v("mean"), layer._v("axes")
     noise_a, noise_b = layer._v("noise_a"), layer._v("noise_b")
     log_w, mix_means, chols = layer._v("mix_log_weights"), layer._v("mix_means"), layer._v("mix_prec_chol")
     templates = None if layer.legacy else layer._v("templates")
+    star = layer.star_parameters() if layer.has_star else None
     k, (m, d) = layer.components, mix_means.shape
     mean_u = mean @ axes.T
     chol_cols = chols.transpose(1, 0, 2).reshape(d, m * d)  # y @ chol_j for every j at once
@@ -317,6 +449,8 @@ def _fast_terms(layer: OodDensity, x_all: np.ndarray, block: int) -> tuple[np.nd
         out[rows, 1] = -(top + np.log(np.exp(logs - top[:, None]).sum(axis=1))) / (k + 1)
         if templates is not None:
             out[rows, 2] = template_chi2(x, var, templates) / (N_FLUX - 1)
+        if star is not None:
+            out[rows, 3] = star_logit(star, x, s)
         valid_all[rows] = valid
     return out, valid_all
 
@@ -330,19 +464,53 @@ def ood_layer(model: keras.Model) -> OodDensity | None:
 
 
 def fit_eligibility(
-    model: keras.Model, train_fluxes, val_fluxes, cfg: Any
+    model: keras.Model, train_fluxes, val_fluxes, cfg: Any, data: Any = None
 ) -> tuple[keras.Model, dict[str, float]]:
-    """Fit an `OodDensity` (settings `cfg`: an `EligibilityConfig`) on a subsample of the training
-    fluxes and its threshold on validation, and return the model carrying it with the fit summary."""
+    """Fit an `OodDensity` (`fit_ood_layer`) and return the model carrying it with the fit summary."""
+    layer, summary = fit_ood_layer(train_fluxes, val_fluxes, cfg, data)
+    return attach_layer(model, layer), summary
+
+
+def fit_ood_layer(
+    train_fluxes, val_fluxes, cfg: Any, data: Any = None
+) -> tuple[OodDensity, dict[str, float]]:
+    """An `OodDensity` (settings `cfg`: an `EligibilityConfig`) fitted on a subsample of the training
+    fluxes, its cuts on validation, and the fit summary. With `cfg.stars`,
+    the star term is fitted on the same galaxies against library stars and impostors at the
+    magnitudes and noise of `data` (a `DataConfig`; default `DataConfig()`): `nongalaxy_fluxes`."""
     rng = np.random.default_rng(cfg.seed)
     x = np.asarray(train_fluxes)
     if cfg.max_fit_samples and len(x) > cfg.max_fit_samples:
         x = x[np.sort(rng.choice(len(x), cfg.max_fit_samples, replace=False))]
-    layer = OodDensity(
-        cfg.components, cfg.mixture, cfg.templates, cfg.template_components, name="eligibility"
-    )
-    summary = layer.fit(x, val_fluxes, cfg.keep, seed=cfg.seed)
-    return attach_layer(model, layer), summary
+    stars = cfg.stars
+    layer = OodDensity(cfg.components, cfg.mixture, cfg.templates, cfg.template_components,
+                       star_components=cfg.star_components if stars else 0,
+                       star_hidden=cfg.star_hidden if stars else (), name="eligibility")  # fmt: skip
+    others = nongalaxy_fluxes(cfg, data) if stars else None
+    summary = layer.fit(x, val_fluxes, cfg.keep, seed=cfg.seed, nongalaxy_fluxes=others, star_alpha=cfg.star_alpha,
+                        star_max_iter=cfg.star_max_iter, star_max_samples=cfg.star_max_samples)  # fmt: skip
+    return layer, summary
+
+
+def nongalaxy_fluxes(cfg: Any, data: Any = None) -> np.ndarray:
+    """The star term's positives for `cfg` (an `EligibilityConfig`) and `data` (a `DataConfig`: the
+    galaxies' magnitudes and noise; default `DataConfig()`): the fit part of the APOGEE star library
+    (`xpz.data.stars`, at most `star_max_samples`, a fixed subsample) through the instrument, and
+    `star_impostors_per_kind` impostors of each kind (`xpz.data.impostors`)."""
+    from xpz.config import DataConfig
+    from xpz.data.impostors import generate_impostors
+    from xpz.data.stars import read_library, star_fluxes
+    from xpz.spectra import flux_matrix
+
+    data = data or DataConfig()
+    library = read_library().part("fit", cfg.star_held_out)
+    if len(library) > cfg.star_max_samples:
+        pick = np.random.default_rng(cfg.seed + 1).choice(len(library), cfg.star_max_samples, replace=False)
+        library = library.subset(np.sort(pick))
+    parts = [star_fluxes(library, data, seed=cfg.seed + 11)]
+    if cfg.star_impostors_per_kind:
+        parts.append(flux_matrix(generate_impostors(cfg.star_impostors_per_kind, data, seed=cfg.seed + 13)))
+    return np.concatenate(parts).astype(np.float64)
 
 
 def ood_report(layer: OodDensity, galaxy_fluxes, impostors) -> tuple[dict[str, float], Any]:

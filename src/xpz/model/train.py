@@ -280,7 +280,7 @@ def _fit_reliability(model, x_train, x_val, z_val, cfg: Config) -> tuple[keras.M
             summary.update(fitted)
             summary["val_coverage_68"] = fitted["val_coverage_68_conformal"]
     if cfg.eligibility.enabled:
-        model, fitted = fit_eligibility(model, x_train, x_val, cfg.eligibility)
+        model, fitted = fit_eligibility(model, x_train, x_val, cfg.eligibility, cfg.data)
         summary.update(fitted)
     return model, summary
 
