@@ -36,7 +36,8 @@ def fitted(dataset):
 
     x = flux_matrix(dataset)
     model = tiny_keras_model(x[:1000])
-    cfg = EligibilityConfig(components=8, mixture=2, max_fit_samples=None, keep=0.99)
+    cfg = EligibilityConfig(components=8, mixture=2, max_fit_samples=None, keep=0.99, star_components=20,
+                            star_hidden=(32,), star_max_samples=3000, star_impostors_per_kind=50)  # fmt: skip
     wrapped, summary = fit_eligibility(model, x[:1000], x[1000:], cfg)
     return model, wrapped, summary, x
 

@@ -250,11 +250,13 @@ class OodDensity(PassThrough):
         star_alpha: float = 1e-4,
         star_max_iter: int = 40,
         star_max_samples: int | None = None,
+        star_weight: float = 1.0,
     ) -> dict[str, float]:
         """Fit the three models on training fluxes, the star classifier (if the layer has the star
         term) on training fluxes against `nongalaxy_fluxes` (stars and impostors), and the cuts on
         validation fluxes (the union of the per-term cuts keeps the `keep` share of them). The
-        classifier sees at most `star_max_samples` of the training galaxies (a seeded subsample).
+        classifier sees at most `star_max_samples` of the training galaxies (a seeded subsample); its
+        cut takes `star_weight` times the share of validation galaxies each other cut takes.
         Returns the cuts and the validation share."""
         from sklearn.cluster import MiniBatchKMeans
         from sklearn.decomposition import PCA
@@ -303,7 +305,8 @@ class OodDensity(PassThrough):
             self._fit_star(galaxies, np.asarray(nongalaxy_fluxes), star_alpha, star_max_iter, seed)
         val_terms, val_valid = self.terms(val_fluxes)
         val_terms = val_terms[val_valid][:, : 4 if self.has_star else 3]
-        cuts = union_cuts(val_terms, keep)
+        weights = [1.0, 1.0, 1.0, star_weight] if self.has_star else None
+        cuts = union_cuts(val_terms, keep, weights=weights)
         scales = np.maximum(cuts - np.median(val_terms, axis=0), 1e-12)
         self.term_cuts.assign(cuts[:3])
         self.term_scales.assign(scales[:3])
@@ -377,18 +380,26 @@ def star_logit(params: dict[str, Any], x: np.ndarray, s: np.ndarray) -> np.ndarr
     return (z @ kernels[-1] + biases[-1])[:, 0]
 
 
-def union_cuts(terms: np.ndarray, keep: float, iterations: int = 50) -> np.ndarray:
-    """Per-column cuts theta_k = the (1 - eps) quantile of each column of `terms` (n, K), with eps
+def union_cuts(terms: np.ndarray, keep: float, iterations: int = 50, weights=None) -> np.ndarray:
+    """Per-column cuts theta_k = the (1 - eps w_k) quantile of each column of `terms` (n, K), with eps
     found by bisection so that the share of rows under every cut is `keep` (as close as the data
-    allow from above). Raises ValueError for an empty `terms`."""
+    allow from above); `weights` w_k (default all 1, scaled to a largest of 1) give a term a larger
+    share of the rows cut. Raises ValueError for an empty `terms`."""
     if len(terms) == 0:
         raise ValueError("union_cuts: no finite validation terms to fit the cuts on")
+    w = np.ones(terms.shape[1]) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = w / w.max()
+    ordered = np.sort(terms, axis=0)
+
+    def quantiles(eps: float) -> np.ndarray:
+        return np.array([np.quantile(ordered[:, k], 1.0 - eps * w[k]) for k in range(len(w))])
+
     lo, hi = 0.0, 1.0 - keep
     for _ in range(iterations):
         eps = 0.5 * (lo + hi)
-        inside = np.mean((terms <= np.quantile(terms, 1.0 - eps, axis=0)).all(axis=1))
+        inside = np.mean((terms <= quantiles(eps)).all(axis=1))
         lo, hi = (eps, hi) if inside >= keep else (lo, eps)
-    return np.quantile(terms, 1.0 - lo, axis=0)
+    return quantiles(lo)
 
 
 # ---------------------------------------------------------------- fast evaluation of OodDensity.score
@@ -488,7 +499,8 @@ def fit_ood_layer(
                        star_hidden=cfg.star_hidden if stars else (), name="eligibility")  # fmt: skip
     others = nongalaxy_fluxes(cfg, data) if stars else None
     summary = layer.fit(x, val_fluxes, cfg.keep, seed=cfg.seed, nongalaxy_fluxes=others, star_alpha=cfg.star_alpha,
-                        star_max_iter=cfg.star_max_iter, star_max_samples=cfg.star_max_samples)  # fmt: skip
+                        star_max_iter=cfg.star_max_iter, star_max_samples=cfg.star_max_samples,
+                        star_weight=cfg.star_weight)  # fmt: skip
     return layer, summary
 
 
