@@ -69,10 +69,13 @@ def test_flag_keeps_galaxies_and_rejects_non_galaxies(fitted, impostors):
 
 
 def test_fast_score_equals_the_reference_score(fitted, impostors):
-    """`fast_score` (the prediction paths' evaluation) gives `OodDensity.score` to 1e-10 relative,
-    +inf at the same rows (non-finite, all-zero, negative total), whatever the row blocks, for
-    float32 and float64 input; `predict_redshift`'s ood_score and eligible are the reference's."""
-    from xpz.model.ood import fast_score
+    """`fast_score` (the prediction paths' evaluation) gives `OodDensity.score`, +inf at the same rows
+    (non-finite, all-zero, negative total), whatever the row blocks, for float32 and float64 input;
+    `predict_redshift`'s ood_score and eligible are the reference's. The residual, density and star
+    terms agree to 1e-10 relative; the template term to the float32 rounding of its matrix products,
+    which BLAS rounds differently for another row block or thread count (fast_score runs on one):
+    up to ~2e-3 relative measured, as its chi^2 is a difference of two large sums."""
+    from xpz.model.ood import _fast_terms, fast_score
     from xpz.model.posterior import predict_redshift
 
     _, wrapped, _, x = fitted
@@ -83,18 +86,24 @@ def test_fast_score_equals_the_reference_score(fitted, impostors):
     reference = layer.score(fluxes)
     finite = np.isfinite(reference)
     assert finite.sum() > 500 and (~finite).sum() >= 5 and np.ptp(reference[finite]) > 10
+    terms, valid = layer.terms(fluxes)
     for block, data in ((2048, fluxes), (7, fluxes), (100, fluxes.astype(np.float64))):
         fast = fast_score(layer, data, block=block)
         assert fast.shape == reference.shape
         np.testing.assert_array_equal(np.isinf(fast), ~finite)
-        np.testing.assert_allclose(fast[finite], reference[finite], rtol=1e-10, atol=1e-12)  # scores cross 0
+        np.testing.assert_allclose(fast[finite], reference[finite], rtol=2e-3, atol=2e-3)  # scores cross 0
+        fast_terms, _ = _fast_terms(layer, data, block)
+        np.testing.assert_allclose(
+            fast_terms[valid][:, [0, 1, 3]], terms[valid][:, [0, 1, 3]], rtol=1e-10, atol=1e-12
+        )
+        np.testing.assert_allclose(fast_terms[valid, 2], terms[valid, 2], rtol=5e-3)
     pred = predict_redshift(wrapped, x[1000:])
-    np.testing.assert_allclose(pred["ood_score"], layer.score(x[1000:]), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(pred["ood_score"], layer.score(x[1000:]), rtol=2e-3, atol=2e-3)
     # the cuts are order statistics of these very validation rows: a row sitting on a cut scores 0 to
     # rounding in either evaluation, so compare the flag away from it
     ref = layer.score(x[1000:])
-    away = np.abs(ref) > 1e-9
-    assert away.mean() > 0.98
+    away = np.abs(ref) > 1e-2
+    assert away.mean() > 0.95
     np.testing.assert_array_equal(pred["eligible"].to_numpy()[away], layer.eligible(ref)[away])
 
 
