@@ -112,7 +112,7 @@ def test_training_regression_head_with_balance_and_time_cap(splits):
     result = train_model(splits, cfg)
     # no posterior to calibrate or recalibrate; the eligibility threshold is still fitted on validation
     assert set(result.calibration) == {"ood_threshold", "ood_keep", "ood_val_eligible", "ood_cut_residual",
-                                       "ood_cut_density", "ood_cut_template"}  # fmt: skip
+                                       "ood_cut_density", "ood_cut_template", "ood_cut_star"}  # fmt: skip
     assert (
         result.epochs < 1000 and result.seconds < 30 and result.stopped_by_time_limit
     )  # the opt-in cap stopped it

