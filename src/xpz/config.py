@@ -210,12 +210,10 @@ class EligibilityConfig(_Section):
     seed: int = 0
     # the star term: a classifier of galaxies vs real stars (xpz.data.stars) and impostors
     stars: bool = True  # fit the star term (False: the three-term score)
-    star_components: int = Field(40, ge=1, le=186)  # principal axes of (unit-sum fluxes, log total flux)
-    star_hidden: tuple[int, ...] = (128, 64)  # hidden ReLU layers of the classifier (empty: logistic)
+    star_components: int = Field(90, ge=1, le=186)  # principal axes of (unit-sum fluxes, log total flux)
+    star_hidden: tuple[int, ...] = (256, 128)  # hidden ReLU layers of the classifier (empty: logistic)
     star_alpha: float = Field(1e-4, ge=0)  # L2 penalty of the classifier's weights
-    star_weight: float = Field(
-        3.0, gt=0
-    )  # the star cut flags this many times the validation share of each other
+    star_weight: float = Field(6.0, gt=0)  # the star cut's share of validation galaxies / each other cut's
     star_max_iter: int = Field(40, ge=1)  # Adam epochs at most (early stopping on a 10% hold-out)
     star_max_samples: int = Field(30000, ge=100)  # library stars (fit part) and galaxies, each, at most
     star_impostors_per_kind: int = Field(500, ge=0)  # xpz.data.impostors of each kind among the stars
