@@ -115,7 +115,7 @@ def test_star_term_flags_held_out_stars_and_keeps_galaxies(star_layer, library):
     flagged = ~layer.eligible(layer.score(stars))
     # measured here (small sizes) 0.43 overall, 0.71 at G < 17.5; the default sizes do better
     # (benchmarks/bench_stars.py). The galaxies' noise at G 17-19.75 hides many stars that are plain
-    # noise-free; bright ones are caught. The issue's >= 98% is not reached: see the report.
+    # noise-free; bright ones are caught (docs/method.md: the issue's >= 98% is not reached).
     assert flagged.mean() >= 0.35
     assert flagged[g < 17.5].mean() >= 0.6
     # the star term is what catches them: the three other terms alone flag few
