@@ -9,7 +9,7 @@
    spectra already in memory, in the same process; each as a ratio (> 1: xpz predict is faster).
    With `--breakdown`, also the parts of xpz predict's work on the same spectra: the compiled network
    call (`xpz.model.inference.predict_array`), the p(z) post-processing, the eligibility score
-   (`xpz.model.ood.fast_score`, and the reference `OodDensity.score`), reading the fluxes from Parquet.
+   (`xpz.model.ood_fast.fast_score`, and the reference `OodDensity.score`), reading the fluxes from Parquet.
 2. Peak memory (max RSS of the whole process, from wait4) of `xpz predict` on a 2,000,000-row
    Parquet input, run as a subprocess (target: < 2 GiB).
 3. Dask speed-up: the same partitioned catalogue predicted by one process and by a local Dask
@@ -150,7 +150,8 @@ def breakdown(args, model, x: np.ndarray, source: Path) -> None:
     from xpz.model import posterior
     from xpz.model.architectures import posterior_layer
     from xpz.model.inference import predict_array
-    from xpz.model.ood import fast_score, ood_layer
+    from xpz.model.ood import ood_layer
+    from xpz.model.ood_fast import fast_score
 
     out = predict_array(model, x)
     head, ood = posterior_layer(model), ood_layer(model)

@@ -75,7 +75,7 @@ def test_fast_score_equals_the_reference_score(fitted, impostors):
     terms agree to 1e-10 relative; the template term to the float32 rounding of its matrix products,
     which BLAS rounds differently for another row block or thread count (fast_score runs on one):
     up to ~2e-3 relative measured, as its chi^2 is a difference of two large sums."""
-    from xpz.model.ood import _fast_terms, fast_score
+    from xpz.model.ood_fast import _fast_terms, fast_score
     from xpz.model.posterior import predict_redshift
 
     _, wrapped, _, x = fitted

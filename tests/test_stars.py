@@ -142,7 +142,8 @@ def test_real_dr3_fixture_stars_are_flagged(star_layer):
 @pytest.mark.slow  # the star layer: > 5 s to fit
 def test_fast_score_and_saved_model_carry_the_star_term(star_layer, tmp_path):
 
-    from xpz.model.ood import _fast_terms, fast_score, ood_layer
+    from xpz.model.ood import ood_layer
+    from xpz.model.ood_fast import _fast_terms, fast_score
     from xpz.model.passthrough import attach_layer
     from xpz_models import tiny_keras_model
 

@@ -346,7 +346,8 @@ def per_family(
 def _reliability(model, test, pred, edges, cdf, cfg: Config, metrics: dict[str, float]):
     """PDF metrics (`xpz.model.pdf_metrics`) and the eligibility report (`xpz.model.ood`) into
     `metrics`; returns (figures, (qp Ensemble, bin table with PDF columns) or None)."""
-    from xpz.model.ood import ood_layer, ood_report
+    from xpz.model.figures import ood_report
+    from xpz.model.ood import ood_layer
 
     figures: dict[str, Any] = {}
     pdfs = None

@@ -3,13 +3,15 @@ predicted against true z. Logged to MLflow and written to reports/figures by the
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from xpz.model.ood import OodDensity
 
 
 def _figure(**kw) -> Figure:
@@ -91,3 +93,51 @@ def pred_vs_true_figure(z_true, z_pred, z_max: float, bins: int = 120) -> Figure
     ax.set_ylabel("predicted z")
     ax.set_title("Predicted vs true redshift")
     return fig
+
+
+def ood_report(layer: OodDensity, galaxy_fluxes, impostors) -> tuple[dict[str, float], Any]:
+    """Flag rates of test galaxies and of non-galaxies (`xpz.data.impostors`: DataFrame with `kind`
+    and the flux columns), and the purity/completeness curve over thresholds (figure).
+
+    Metrics: `ood/galaxies_flagged`, `ood/<kind>_flagged`, `ood/nongalaxies_flagged`, and at the
+    stored threshold the purity of the eligible set (equal numbers of galaxies and non-galaxies)."""
+    from matplotlib.figure import Figure
+
+    from xpz.spectra import flux_matrix
+
+    s_gal = layer.score(galaxy_fluxes)
+    s_imp = layer.score(flux_matrix(impostors))
+    kinds = impostors["kind"].to_numpy()
+    flag_gal, flag_imp = ~layer.eligible(s_gal), ~layer.eligible(s_imp)
+    metrics = {
+        "ood/galaxies_flagged": float(flag_gal.mean()),
+        "ood/nongalaxies_flagged": float(flag_imp.mean()),
+    }
+    for kind in dict.fromkeys(kinds):
+        metrics[f"ood/{kind}_flagged"] = float(flag_imp[kinds == kind].mean())
+    # purity / completeness of the eligible set as the threshold moves (non-galaxies reweighted to
+    # as many as the galaxies)
+    finite = np.concatenate([s_gal, s_imp])
+    grid = np.quantile(finite[np.isfinite(finite)], np.linspace(0.0, 1.0, 201))
+    w = len(s_gal) / max(len(s_imp), 1)
+    completeness = np.array([np.mean(s_gal <= t) for t in grid])
+    contamination = np.array([w * np.sum(s_imp <= t) for t in grid])
+    kept = completeness * len(s_gal)
+    purity = np.where(kept + contamination > 0, kept / np.maximum(kept + contamination, 1e-12), 1.0)
+    threshold = float(layer.threshold.numpy())
+    at = (
+        float(np.mean(~flag_gal)),
+        float((~flag_gal).sum() / max((~flag_gal).sum() + w * (~flag_imp).sum(), 1e-12)),
+    )
+    metrics["ood/completeness"], metrics["ood/purity"] = at
+    fig = Figure(figsize=(6, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(completeness, purity, "-", label="threshold scan")
+    ax.plot(
+        *at, "o", color="C3", label=f"stored threshold {threshold:.3g} (keep {float(layer.keep.numpy()):.0%})"
+    )
+    ax.set_xlabel("completeness: share of test galaxies eligible")
+    ax.set_ylabel("purity: galaxies among the eligible (1:1 mix)")
+    ax.set_title("Eligibility flag: purity vs completeness")
+    ax.legend()
+    return metrics, fig

@@ -45,7 +45,8 @@ from xpz.model.head import (  # noqa: F401  (re-exported: the CDF math lived her
     redshifts_from_output,
 )
 from xpz.model.inference import predict_array
-from xpz.model.ood import fast_score, ood_layer
+from xpz.model.ood import ood_layer
+from xpz.model.ood_fast import fast_score
 from xpz.model.recalibration import recalibration_layer
 from xpz.spectra import N_FLUX
 
@@ -62,7 +63,7 @@ def predict_posterior(model, fluxes: np.ndarray, batch_size: int = 1024):
     per-group coverage recalibration (`xpz.model.recalibration`), and z is read off it; the interval
     is the model's conformal set (`xpz.model.conformal`), or, for a model without one, the central
     68% of that CDF around z; edges and cdf are None for a regression model. `ood_score` /
-    `eligible` come from the model's `xpz.model.ood.OodDensity` layer (its score evaluated by `xpz.model.ood.fast_score`, in a thread
+    `eligible` come from the model's `xpz.model.ood.OodDensity` layer (its score evaluated by `xpz.model.ood_fast.fast_score`, in a thread
     while TensorFlow runs the network); a model saved without one gives NaN and True (not assessed).
     The network runs through its cached compiled function (`xpz.model.inference.predict_array`),
     which gives `model.predict`'s output without its per-call overhead."""

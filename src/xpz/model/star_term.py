@@ -8,7 +8,7 @@ unit-sum fluxes and log10 of the total flux (clipped to the fitted range when sc
 brighter sources look like the brightest fitted ones), their principal axes (of galaxies and
 non-galaxies together), standardised, then ReLU layers and one logit. Fitted by scikit-learn
 (`fit_star_classifier`), scored in numpy (`star_logit`, shared by `OodDensity.terms` and
-`xpz.model.ood.fast_score`); the parameters are weights of the `OodDensity` layer.
+`xpz.model.ood_fast.fast_score`); the parameters are weights of the `OodDensity` layer.
 """
 
 from __future__ import annotations
