@@ -99,3 +99,20 @@ def test_logged_model_loads_and_predicts_without_training_only_packages(tmp_path
     assert done.stdout.splitlines()[-1] == "LOADED []"
     names = {r.split("==")[0] for r in pip_requirements()}
     assert not names & {"keras-tuner", "prefect", "dvc", "great-expectations"}
+
+
+@pytest.mark.parametrize(
+    "module", ["xpz.model.ood", "xpz.model.conformal", "xpz.model.head", "xpz.model.ood_fast"]
+)
+def test_any_model_module_imports_first(tmp_path, module):
+    """Importing a model module before Keras works (the registration on Keras's import must not meet
+    that module half-initialised) and leaves every custom object registered."""
+    script = (
+        f"import {module}\nimport keras\n"
+        "from xpz.model.saving import CUSTOM_OBJECTS\n"
+        "missing = [n for n in CUSTOM_OBJECTS if keras.saving.get_registered_object('xpz>' + n) is None]\n"
+        "assert not missing, missing\nprint('ok')\n"
+    )
+    result = _run(script, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("ok")

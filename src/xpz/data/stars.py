@@ -80,8 +80,11 @@ class StarLibrary:
 
     def subset(self, rows: np.ndarray) -> StarLibrary:
         """The rows selected by a boolean mask or an index array."""
-        return StarLibrary(*(getattr(self, f)[rows] for f in ("source_id", "apogee_id", "teff", "logg",
-                             "fe_h", "g_mag")), self.wavelength, self.flux[rows])  # fmt: skip
+        return StarLibrary(
+            source_id=self.source_id[rows], apogee_id=self.apogee_id[rows], teff=self.teff[rows],
+            logg=self.logg[rows], fe_h=self.fe_h[rows], g_mag=self.g_mag[rows],
+            wavelength=self.wavelength, flux=self.flux[rows],
+        )  # fmt: skip
 
     def part(self, which: str, held_out: float = HELD_OUT) -> StarLibrary:
         """'fit' or 'held_out': the stars on either side of `held_out_mask` (rows in library order)."""

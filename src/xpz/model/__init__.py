@@ -15,3 +15,8 @@ table, baselines, figures), `pdf_metrics` and `coverage_report` (measure the p(z
 Loading a saved model needs only `saving` and below: nothing that imports keras_tuner.
 May import: xpz core and xpz.data (splits, the flux grid). Knows no MLflow, no Prefect and no CLI.
 """
+
+# Keras first, before any submodule: `import xpz` registers the custom Keras objects (xpz.model.saving)
+# as soon as Keras is imported; were Keras first imported by a submodule (say `import xpz.model.ood`),
+# that registration would meet the submodule half-initialised and fail.
+import keras  # noqa: E402, F401
