@@ -43,7 +43,12 @@ def stamp() -> dict[str, str]:
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
     if git("status", "--porcelain", "--untracked-files=no"):
         commit += "-dirty"
-    return {"commit": commit, "host": f"{cpu_model()} x {cpu_count()} cores"}
+    from xpz.hostinfo import sgemm_gflops
+
+    return {
+        "commit": commit,
+        "host": f"{cpu_model()} x {cpu_count()} cores, numpy sgemm {sgemm_gflops():.0f} GFLOP/s",
+    }
 
 
 def _cell(value: Any) -> str:

@@ -35,6 +35,11 @@ ROWS = (
         "{:+.4f}",
     ),
     ("flagged ineligible, kcorrect / bagpipes", ("test_flagged_kcorrect", "test_flagged_bagpipes"), "{:.3f}"),
+    (
+        "baselines: training mean / kNN (k = 10) MAE",
+        ("baseline_mean/test_mae", "baseline_knn/test_mae"),
+        "{:.4f}",
+    ),
 )
 
 

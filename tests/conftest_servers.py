@@ -125,12 +125,10 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start_mlflow_server(home: Path, wait: bool = True) -> ServerProcess:
-    """`mlflow server` with a sqlite backend store and served artifacts (`--artifacts-destination`)."""
-    home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    cmd = [
-        str(BIN / "mlflow"), "server",
+def mlflow_server_command(home: Path, port: int, *extra: str) -> list[str]:
+    """`mlflow server` on 127.0.0.1:port, one worker, a sqlite store and served artifacts under `home`."""
+    return [
+        str(BIN / "mlflow"), "server", *extra,
         "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
         "--artifacts-destination", str(home / "artifacts"),
         "--serve-artifacts",
@@ -138,6 +136,13 @@ def start_mlflow_server(home: Path, wait: bool = True) -> ServerProcess:
         "--port", str(port),
         "--workers", "1",
     ]  # fmt: skip
+
+
+def start_mlflow_server(home: Path, wait: bool = True) -> ServerProcess:
+    """`mlflow server` with a sqlite backend store and served artifacts (`--artifacts-destination`)."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cmd = mlflow_server_command(home, port)
     proc, log = _spawn("mlflow", cmd, home, base_env())
     server = ServerProcess("mlflow server", f"http://127.0.0.1:{port}", proc, log, home, "/health")
     if wait:
@@ -165,15 +170,7 @@ def start_mlflow_auth_server(
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         "auth_cache_ttl_seconds = 300\n"  # one PBKDF2 check per user, not per request (seconds each here)
     )
-    cmd = [
-        str(BIN / "mlflow"), "server", "--app-name", "basic-auth",
-        "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-        "--artifacts-destination", str(home / "artifacts"),
-        "--serve-artifacts",
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--workers", "1",
-    ]  # fmt: skip
+    cmd = mlflow_server_command(home, port, "--app-name", "basic-auth")
     env = base_env(MLFLOW_AUTH_CONFIG_PATH=str(config), MLFLOW_FLASK_SERVER_SECRET_KEY="xpz-test-secret")
     for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"):
         env.pop(key, None)
