@@ -208,3 +208,11 @@ def test_posterior_layers_of_older_models_load_without_a_low_z_shift():
         {"shift_z": 0.35, "shift_gain": 0.6, "low_z": 0.0, "low_gain": 0.0}
     )
     assert float(layer.temperature.numpy()) == pytest.approx(0.7)
+
+
+def test_library_builder_refuses_bad_arguments_before_any_work(tmp_path, capsys):
+    assert sps.main(["--n", "0"]) == 2
+    assert sps.main(["--n", "1", "--out", str(tmp_path / "missing" / "lib.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "--n must be positive" in err and "does not exist" in err
+    assert not (tmp_path / "missing").exists()

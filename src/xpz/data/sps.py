@@ -218,7 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.n <= 0:
         print("--n must be positive", file=sys.stderr)
         return 2
-    lib = build_library(args.n, args.seed)
+    if not args.out.parent.is_dir():
+        print(f"{args.out}: the folder {args.out.parent} does not exist", file=sys.stderr)
+        return 2
+    try:
+        lib = build_library(args.n, args.seed)
+    except ImportError as err:
+        print(
+            f"bagpipes is needed to rebuild the library ({err}); `make install` installs it", file=sys.stderr
+        )
+        return 2
     save_library(lib, args.out)
     q = lib.quiescent.mean()
     print(f"wrote {args.out}: {args.n} SEDs x {lib.stellar.shape[1]} wavelengths, {q:.0%} quiescent")
