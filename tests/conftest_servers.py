@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from xpz.env import environ
+
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S = float(os.environ.get("XPZ_TEST_SERVER_START_TIMEOUT", "180"))
 
@@ -264,24 +266,15 @@ def use_servers(pair: Servers) -> Iterator[Servers]:
         "PREFECT_API_URL": pair.prefect.url,
         "PREFECT_HOME": str(pair.client_home),
     }
-    saved = {k: os.environ.get(k) for k in [*env, "MLFLOW_REGISTRY_URI"]}
-    os.environ.update(env)
-    os.environ.pop("MLFLOW_REGISTRY_URI", None)
+    settings = {
+        PREFECT_API_URL: pair.prefect.url,
+        PREFECT_HOME: pair.client_home,
+        PREFECT_LOGGING_LEVEL: "WARNING",
+    }
     try:
-        with temporary_settings(
-            updates={
-                PREFECT_API_URL: pair.prefect.url,
-                PREFECT_HOME: pair.client_home,
-                PREFECT_LOGGING_LEVEL: "WARNING",
-            }
-        ):
+        with environ(set_=env, unset=["MLFLOW_REGISTRY_URI"]), temporary_settings(updates=settings):
             yield pair
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         import mlflow
 
         mlflow.set_tracking_uri(None)

@@ -129,3 +129,22 @@ def test_no_module_constant_repeats_a_config_value():
     ):
         present = [n for n in names if hasattr(module, n)]
         assert not present, f"{module.__name__} still defines {present}"
+
+
+def test_environ_changes_variables_for_a_block_and_restores_them(monkeypatch):
+    import os
+
+    from xpz.env import environ
+
+    monkeypatch.setenv("XPZ_T_SET", "old")
+    monkeypatch.setenv("XPZ_T_DEFAULT", "kept")
+    monkeypatch.delenv("XPZ_T_NEW", raising=False)
+    with environ(
+        set_={"XPZ_T_SET": "new", "XPZ_T_NEW": "1"}, unset=["XPZ_T_DEFAULT"], defaults={"XPZ_T_D2": "d"}
+    ):
+        assert os.environ["XPZ_T_SET"] == "new" and os.environ["XPZ_T_NEW"] == "1"
+        assert "XPZ_T_DEFAULT" not in os.environ and os.environ["XPZ_T_D2"] == "d"
+    with environ(defaults={"XPZ_T_DEFAULT": "other"}):
+        assert os.environ["XPZ_T_DEFAULT"] == "kept"  # a default never overrides
+    assert os.environ["XPZ_T_SET"] == "old" and os.environ["XPZ_T_DEFAULT"] == "kept"
+    assert "XPZ_T_NEW" not in os.environ and "XPZ_T_D2" not in os.environ

@@ -32,6 +32,7 @@ from conftest_servers import (
     start_prefect_server,
 )
 from xpz.data.io import write_dataset
+from xpz.env import environ
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -54,19 +55,8 @@ class Team:
 def as_user(user: tuple[str, str] | None) -> Iterator[None]:
     """MLFLOW_TRACKING_USERNAME/_PASSWORD set to `user` (or unset) for a block, then restored."""
     keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-    saved = {k: os.environ.get(k) for k in keys}
-    for key in keys:
-        os.environ.pop(key, None)
-    if user:
-        os.environ.update(dict(zip(keys, user, strict=True)))
-    try:
+    with environ(set_=dict(zip(keys, user, strict=True)) if user else None, unset=keys):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture(scope="module")

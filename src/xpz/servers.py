@@ -24,6 +24,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
+from xpz.env import environ
 from xpz.errors import InputError
 
 T = TypeVar("T")
@@ -259,17 +260,8 @@ def _describe(endpoint: str) -> str:
 def fail_fast_http() -> Iterator[None]:
     """MLflow's HTTP retries/timeouts bounded (FAIL_FAST_HTTP; variables already set win) for a block,
     then restored: an interactive command fails in seconds, not after minutes of retries."""
-    saved = {k: os.environ.get(k) for k in FAIL_FAST_HTTP}
-    for key, value in FAIL_FAST_HTTP.items():
-        os.environ.setdefault(key, value)
-    try:
+    with environ(defaults=FAIL_FAST_HTTP):
         yield
-    finally:
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
 
 
 def retrying(
