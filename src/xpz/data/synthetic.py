@@ -225,14 +225,9 @@ def _block_physics(
         bp = family == 1
         # bagpipes: the continuum is the stellar SED plus the nebular continuum and lines; the
         # nebular light is attenuated eta times more (birth clouds, Calzetti 2000's 0.44 inverted)
-        stellar = (1.0 - frac) * lib.stellar[entry[:, None], idx] + frac * lib.stellar[
-            entry[:, None], idx + 1
-        ]
-        nebular = (1.0 - frac) * lib.nebular[entry[:, None], idx] + frac * lib.nebular[
-            entry[:, None], idx + 1
-        ]
-        continuum[bp] = stellar[bp]
-        lines[bp] = nebular[bp]
+        rows, cols, f = entry[bp, None], idx[bp], frac[bp]  # only the bagpipes galaxies' pixels
+        continuum[bp] = (1.0 - f) * lib.stellar[rows, cols] + f * lib.stellar[rows, cols + 1]
+        lines[bp] = (1.0 - f) * lib.nebular[rows, cols] + f * lib.nebular[rows, cols + 1]
         ebv[bp] = np.minimum(rng_var.exponential(np.where(red, SPS_EBV_MEAN_RED, SPS_EBV_MEAN_BLUE))[bp], 0.8)
         nebular_extra[bp] = np.exp(-0.4 * np.log(10.0) * ((eta - 1.0) * ebv)[bp, None] * k_lam[bp])
     # kcorrect templates already contain their lines: only the scatter about them is added
