@@ -1,5 +1,5 @@
-"""Two independent galaxy families (issue 18): the bagpipes SED library, the mixture, the family column
-through io / validation / split, and the per-family evaluation."""
+"""Independent galaxy families (issue 18): the bagpipes SED library, the COSMOS and CWW template sets,
+the mixture, the family column through io / validation / split, and the per-family evaluation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from xpz.config import DataConfig, SplitConfig
-from xpz.data import sps, synthetic
+from xpz.data import empirical, sps, synthetic
 from xpz.data.io import read_dataset, write_dataset
 from xpz.data.split import split_dataset
 from xpz.errors import InputError
@@ -38,6 +38,61 @@ def test_library_is_complete_and_physical():
         1
     )
     assert np.median(red[lib.quiescent]) > np.median(red[~lib.quiescent]) + 0.2
+
+
+def test_empirical_templates_are_the_rail_sets_on_the_rest_grid():
+    sets = empirical.load_templates()
+    lam = sps.rest_wavelengths()
+    opt = (lam > 400) & (lam < 700)
+    for family, names in empirical.SEQUENCES.items():
+        s = sets[family]
+        assert s.names == names and s.flux.shape == (len(names), lam.size)
+        assert np.isfinite(s.flux).all() and (s.flux >= 0).all()
+        np.testing.assert_allclose(s.flux[:, opt].mean(axis=1), 1.0, rtol=1e-4)
+    assert (len(sets["cosmos"].names), len(sets["cww"].names)) == (31, 6)
+    with np.load(empirical.TEMPLATES_PATH) as f:  # provenance: the source and a sha256 per file
+        assert "pz-rail-base" in str(f["source"]) and len(f["sha256"]) == 37
+    # red galaxies take the old end of the sequence: a deeper 400 nm break than the young end's
+    brk = lambda t: t[:, (lam > 405) & (lam < 425)].mean(1) / t[:, (lam > 375) & (lam < 395)].mean(1)  # noqa: E731
+    for family in empirical.SEQUENCES:
+        b = brk(sets[family].flux)
+        red_end = b[: int(np.ceil(empirical.RED_RANGE[family][1])) + 1]
+        assert red_end.max() > 1.6 and b[-1] < 1.0 and np.median(red_end) > np.median(b) + 0.2, family
+
+
+def test_template_rebuild_from_sed_files_and_its_errors(tmp_path, capsys):
+    """`python -m xpz.data.empirical` reads RAIL .sed files (Angstrom, f_lambda) onto the rest grid;
+    a missing file is one message and exit 2."""
+    wave = np.linspace(500.0, 30000.0, 3000)
+    for k, name in enumerate(n for names in empirical.SEQUENCES.values() for n in names):
+        np.savetxt(tmp_path / f"{name}.sed", np.c_[wave, (wave / 5500.0) ** (-(k % 5) / 2.0)])
+    out = tmp_path / "t.npz"
+    assert empirical.main(["--sed-dir", str(tmp_path), "--out", str(out)]) == 0
+    sets = empirical.load_templates.__wrapped__(out)
+    lam = sps.rest_wavelengths()
+    opt = (lam > 400) & (lam < 700)
+    power = (lam / 550.0) ** -1.0  # k = 2: a power law of index -1, normalised as the module does
+    np.testing.assert_allclose(sets["cosmos"].flux[2], power / power[opt].mean(), rtol=2e-3)
+    (tmp_path / "SB2_B2004a.sed").unlink()
+    assert empirical.main(["--sed-dir", str(tmp_path), "--out", str(tmp_path / "u.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "SB2_B2004a.sed: missing" in err and "Traceback" not in err
+    assert not (tmp_path / "u.npz").exists()
+
+
+def test_template_galaxies_interpolate_along_the_sequence():
+    s = empirical.load_templates()["cww"]
+    cols = np.tile(np.arange(100, 110), (3, 1))
+    got = s.at(np.array([1.0, 1.5, 5.0]), np.ones(3, bool), cols, np.zeros((3, 1)))
+    np.testing.assert_allclose(got[0], s.flux[1, 100:110], rtol=1e-6)
+    np.testing.assert_allclose(got[1], 0.5 * (s.flux[1, 100:110] + s.flux[2, 100:110]), rtol=1e-6)
+    np.testing.assert_allclose(got[2], s.flux[5, 100:110], rtol=1e-6)
+    u = np.linspace(0, 0.999, 50)
+    red = empirical.draw_positions("cosmos", np.ones(50, bool), u)
+    blue = empirical.draw_positions("cosmos", np.zeros(50, bool), u)
+    assert red.min() >= 0 and red.max() <= 8 and blue.min() >= 8 and blue.max() <= 30
+    held = synthetic.generate(DataConfig(n_galaxies=1000, seed=5, families={"cww": 1.0}))
+    assert set(held[FAMILY_COLUMN].astype(str)) == {"cww"} and np.isfinite(flux_matrix(held)).all()
 
 
 @pytest.mark.slow
@@ -76,10 +131,11 @@ def test_entries_fit_in_the_age_of_the_universe():
     assert lib.age_gyr[entry[z < 0.05]].max() > 12.0
 
 
-def test_mixture_has_both_families_in_their_shares(mixture):
+def test_mixture_has_the_training_families_in_their_shares(mixture):
     family = mixture[FAMILY_COLUMN].astype(str)
-    assert set(family) == {"kcorrect", "bagpipes"}
-    assert abs((family == "bagpipes").mean() - 0.5) < 0.03
+    assert set(family) == {"kcorrect", "bagpipes", "cosmos"}  # cww is held out: never in the default
+    for name in ("kcorrect", "bagpipes", "cosmos"):
+        assert abs((family == name).mean() - 1 / 3) < 0.03, name
     only = synthetic.generate(DataConfig(n_galaxies=1000, seed=11, families={"kcorrect": 1.0}))
     assert set(only[FAMILY_COLUMN].astype(str)) == {"kcorrect"}
     # a kcorrect galaxy is the same whatever the shares: row i depends on (seed, i) only
@@ -98,6 +154,7 @@ def test_families_are_different_galaxies(mixture):
     fam = mixture[FAMILY_COLUMN].astype(str).to_numpy()
     a, b = blue_red[low & (fam == "kcorrect")], blue_red[low & (fam == "bagpipes")]
     assert stats.ks_2samp(a, b).pvalue < 1e-3
+    assert stats.ks_2samp(a, blue_red[low & (fam == "cosmos")]).pvalue < 1e-3
     # ... but brightness and redshift are drawn alike
     assert stats.ks_2samp(s[fam == "kcorrect"], s[fam == "bagpipes"]).pvalue > 1e-4
     assert stats.ks_2samp(mixture["z"][fam == "kcorrect"], mixture["z"][fam == "bagpipes"]).pvalue > 1e-3
@@ -106,8 +163,10 @@ def test_families_are_different_galaxies(mixture):
 def test_families_config_is_validated():
     with pytest.raises(ValueError, match="unknown or no family"):
         DataConfig(families={"sdss": 1.0})
-    with pytest.raises(ValueError, match="sum to 1"):
-        DataConfig(families={"kcorrect": 0.5, "bagpipes": 0.6})
+    with pytest.raises(ValueError, match="positive sum"):
+        DataConfig(families={"kcorrect": 0.0, "bagpipes": 0.0})
+    with pytest.raises(ValueError, match=">= 0"):
+        DataConfig(families={"kcorrect": -1.0, "bagpipes": 2.0})
 
 
 def test_family_survives_parquet_and_bad_values_are_named(mixture, tmp_path):
@@ -146,7 +205,7 @@ def test_split_is_stratified_on_family_and_z(mixture):
         whole = (mixture[FAMILY_COLUMN].astype(str) == "bagpipes").mean()
         assert abs(share - whole) < 0.01, name
     # within a family, each split keeps its z distribution
-    for fam in ("kcorrect", "bagpipes"):
+    for fam in ("kcorrect", "bagpipes", "cosmos"):
         z_all = mixture.loc[mixture[FAMILY_COLUMN].astype(str) == fam, "z"]
         z_test = splits.test.loc[splits.test[FAMILY_COLUMN].astype(str) == fam, "z"]
         assert abs(np.median(z_test) - np.median(z_all)) < 0.01
@@ -173,11 +232,12 @@ def test_per_family_metrics_are_those_of_each_family(mixture):
     metrics, tables = per_family(test, predictions, EvaluateConfig())
     bp = fam == "bagpipes"
     assert metrics["test_mae_bagpipes"] == pytest.approx(np.abs(pred_z - z)[bp].mean())
-    assert metrics["test_mae_kcorrect"] == pytest.approx(np.abs(pred_z - z)[~bp].mean())
+    kc = fam == "kcorrect"
+    assert metrics["test_mae_kcorrect"] == pytest.approx(np.abs(pred_z - z)[kc].mean())
     assert metrics["test_flagged_bagpipes"] == 1.0 and metrics["test_flagged_kcorrect"] == 0.0
     assert metrics["test_low_z_bias_bagpipes"] == pytest.approx(0.05, abs=0.002)
     assert metrics["test_n_bagpipes"] == bp.sum()
-    assert set(tables) == {"kcorrect", "bagpipes"}
+    assert set(tables) == {"kcorrect", "bagpipes", "cosmos"}
     assert int(tables["bagpipes"]["count"].sum()) == bp.sum()
     assert per_family(test.drop(columns=FAMILY_COLUMN), predictions, EvaluateConfig()) == ({}, {})
 

@@ -42,7 +42,7 @@ def test_draw_redshifts_matches_generate(dataset):
 def test_schema(dataset):
     assert tuple(dataset.columns) == synthetic.SYNTHETIC_COLUMNS
     assert tuple(c for c in dataset.columns if c != "family") == DATASET_COLUMNS
-    assert set(dataset["family"].astype(str)) == {"kcorrect", "bagpipes"}
+    assert set(dataset["family"].astype(str)) == {"kcorrect", "bagpipes", "cosmos"}
     assert len(dataset) == 4000
     assert dataset["source_id"].dtype == np.int64 and dataset["source_id"].is_unique
     assert (dataset["source_id"] > 0).all()
@@ -106,7 +106,10 @@ def test_noise_parameter_increases_scatter():
     s1, s2 = np.std(one - clean), np.std(two - clean)
     assert 0 < s1 < s2
     assert s2 == pytest.approx(2 * s1, rel=1e-3)  # same noise realisation, scaled
-    assert (clean > -0.05).all()  # noiseless spectra are (numerically) non-negative
+    # noiseless spectra are non-negative but for the ringing of the XP bases next to the strongest
+    # emission lines (a few galaxies in 10,000 dip below -5% of their peak; real XP spectra ring too)
+    assert (clean.min(axis=1) > -0.1 * clean.max(axis=1)).all()
+    assert np.mean(clean.min(axis=1) < -0.05) < 0.005
 
 
 def test_noise_sets_task_difficulty():

@@ -33,7 +33,7 @@ DATASET_COLUMNS: tuple[str, ...] = (ID_COLUMN, TARGET_COLUMN, *FLUX_COLUMNS)
 # Optional: the galaxy physics a synthetic spectrum was made with (`xpz.data.synthetic`); real data
 # has none. When present it sits after the target: source_id, z, family, flux_000..flux_185.
 FAMILY_COLUMN = "family"
-FAMILIES: tuple[str, ...] = ("kcorrect", "bagpipes")
+FAMILIES: tuple[str, ...] = ("kcorrect", "bagpipes", "cosmos", "cww")  # cww: held out (xpz.data.empirical)
 FLUX_DTYPE = np.float32
 
 assert N_BP == 80 and N_RP == 106 and N_FLUX == 186

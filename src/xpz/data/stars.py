@@ -22,7 +22,8 @@ are stars as Gaia sees them) on the instrument's grid (`xpz.data.impostors.obser
 
 Window means below 1e-3 of the spectrum's median are floored there (noisy blue ends of cool stars).
 The SEDs are then treated exactly as the generated galaxies: scaled to a Gaia G drawn uniformly in
-[g_min, g_max] of the `DataConfig` (so brightness does not tell them apart), mapped to the 186 fluxes
+[g_min, g_max] of the `DataConfig` (the star term passes the archive's bright end, G 15, as g_min:
+`xpz.model.star_term`), mapped to the 186 fluxes
 by the instrument's `sed_to_flux` and given the galaxies' noise (`xpz.data.synthetic._block_noise`,
 Poisson + background per transit, offsets, gains; `cfg.noise` scales it). The library's own noise
 (APOGEE stars are G 6-15, S/N ~100) is small beside it. Our instrument model inverts the same

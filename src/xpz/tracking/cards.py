@@ -13,12 +13,10 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from xpz.spectra import FAMILIES  # an evaluation with a `family` column logs `test_<metric>_<family>`
 from xpz.tracking.store import Tracking
 
 NOTE_TAG = "mlflow.note.content"
-# The generator's galaxy families (xpz.data); an evaluation with a `family` column reports
-# `test_<metric>_<family>` for each.
-FAMILIES = ("kcorrect", "bagpipes")
 HEADLINE = (
     ("test MAE", "test_mae"), ("sigma_NMAD", "test_sigma_nmad"), ("outlier fraction", "test_outlier_fraction"),
     ("bias", "test_bias"), ("worst per-bin bias (z <= 0.5)", "test_worst_bin_bias"),
