@@ -1,4 +1,4 @@
-"""Conformal intervals per bin of true z x S/N (`xpz.model.conformal`), median-grouped recalibration,
+"""Conformal intervals per bin of true z x S/N or p(z) width (`xpz.model.conformal`), median-grouped recalibration,
 the shift chosen on the served CDF, and coverage per S/N quartile (`xpz.model.coverage_report`)."""
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def test_conformal_covers_every_true_z_bin_and_snr_quartile_where_predicted_z_gr
     recal = rec.apply(cdf, z, fluxes)
     central = (_row_quantiles(recal, EDGES, 0.5 - LEVEL / 2), _row_quantiles(recal, EDGES, 0.5 + LEVEL / 2))
     cat = layer.category(z_true)
-    snr = layer.snr_group(fluxes)
+    snr = layer.group(layer.feature(cdf, EDGES, fluxes))
     worst = {}
     for name, (a, b) in (("conformal", (lo, hi)), ("grouped", central)):
         inside = (z_true >= a) & (z_true <= b)
@@ -119,13 +119,48 @@ def test_interval_is_the_hull_of_the_conformal_set():
     lo, hi = layer.interval(cdf, EDGES, q, z, fluxes)
     assert np.all((lo <= z) & (z <= hi))
     grid = np.linspace(0.0, 0.6, 24001)
-    t = layer.thresholds.numpy()[layer.category(grid)][:, layer.snr_group(fluxes)].T  # (n, grid)
+    t = layer.thresholds.numpy()[layer.category(grid)][:, layer.group(layer.feature(cdf, EDGES, fluxes))].T
     f = np.stack([cdf_at(cdf, EDGES, np.full(n, g)) for g in grid], axis=1)
     member = np.abs(f - q[:, None]) <= t + 1e-12
     brute_lo = grid[member.argmax(1)]
     brute_hi = grid[len(grid) - 1 - member[:, ::-1].argmax(1)]
     np.testing.assert_allclose(lo, np.minimum(brute_lo, z), atol=3e-5)
     np.testing.assert_allclose(hi, np.maximum(brute_hi, z), atol=3e-5)
+
+
+def test_width_groups_hold_coverage_for_galaxies_the_posterior_is_over_confident_about():
+    """Two kinds of galaxies at the same S/N: calibrated ones (p(z) width 0.01) and over-confident ones
+    (p(z) width 0.025, true errors 0.05), as a galaxy physics the network knows less well. Grouped by
+    S/N the shared threshold leaves the second kind under-covered; grouped by the posterior's width
+    each kind gets its own threshold and covers 68%."""
+    from xpz.model.conformal import ConformalIntervals, category_edges
+
+    def sample(n, seed):
+        rng = np.random.default_rng(seed)
+        hard = rng.uniform(size=n) < 0.5
+        mu = rng.uniform(0.05, 0.35, n)
+        width = np.where(hard, 0.025, 0.01)
+        centres = 0.5 * (EDGES[1:] + EDGES[:-1])
+        p = np.exp(-0.5 * ((centres[None] - mu[:, None]) / width[:, None]) ** 2)
+        cdf = np.concatenate([np.zeros((n, 1)), np.cumsum(p / p.sum(1, keepdims=True), 1)], 1)
+        z_true = np.clip(mu + rng.normal(0.0, np.where(hard, 0.05, 0.01)), 0.001, 0.599)
+        return cdf, z_true, np.ones((n, 186)), hard, mu
+
+    val, test = sample(20000, 3), sample(20000, 4)
+    cover = {}
+    for group_by in ("snr", "width"):
+        layer = ConformalIntervals(
+            category_edges(val[1], 0.05, 0.6, 100, grid=EDGES), 4, LEVEL, group_by=group_by
+        )
+        layer.fit(val[0], EDGES, np.full(len(val[1]), 0.5), val[1], val[2], min_count=100)
+        lo, hi = layer.interval(test[0], EDGES, np.full(len(test[1]), 0.5), test[4], test[2])
+        inside = (test[1] >= lo) & (test[1] <= hi)
+        cover[group_by] = (inside[test[3]].mean(), inside[~test[3]].mean())
+    assert cover["snr"][0] < LEVEL - 0.05 and cover["snr"][1] > LEVEL + 0.05  # one threshold for both kinds
+    for share in cover["width"]:  # at least the level (less sampling noise); the set's hull adds a little
+        assert LEVEL - 0.025 < share < LEVEL + 0.04
+    with pytest.raises(ValueError, match="group_by must be one of"):
+        ConformalIntervals([0.0, 0.6], 2, LEVEL, group_by="colour")
 
 
 def test_conformal_thresholds_survive_save_and_load(dataset, tmp_path):
@@ -145,7 +180,7 @@ def test_conformal_thresholds_survive_save_and_load(dataset, tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path, compile=False)
     a, b = conformal_layer(model), conformal_layer(loaded)
-    assert b.z_edges == a.z_edges and b.level == a.level
+    assert b.z_edges == a.z_edges and b.level == a.level and b.group_by == a.group_by == "width"
     np.testing.assert_array_equal(b.thresholds.numpy(), a.thresholds.numpy())
     np.testing.assert_array_equal(b.snr_edges.numpy(), a.snr_edges.numpy())
     before, after = predict_redshift(model, x[:300]), predict_redshift(loaded, x[:300])

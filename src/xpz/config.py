@@ -232,8 +232,9 @@ class CoverageConfig(_Section):
     snr_groups: int = Field(4, ge=1)  # quantiles of total flux (S/N)
     min_count: int = Field(50, ge=1)  # smaller groups fall back to their z group, then to all
     conformal: bool = (
-        True  # 68% intervals: Mondrian conformal sets per true-z bin x S/N (xpz.model.conformal)
+        True  # 68% intervals: Mondrian conformal sets per true-z bin x group (xpz.model.conformal)
     )
+    conformal_groups: Literal["width", "snr"] = "width"  # ... groups: quartiles of p(z)'s width, or of S/N
 
 
 class Config(_Section):

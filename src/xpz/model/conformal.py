@@ -1,5 +1,5 @@
-"""68% intervals that cover in every bin of true z and every S/N quartile: label-conditional
-(Mondrian) split-conformal prediction sets on the recalibrated p(z).
+"""68% intervals that cover in every bin of true z and every quartile of the posterior's width:
+label-conditional (Mondrian) split-conformal prediction sets on the recalibrated p(z).
 
 Nonconformity of a candidate redshift z for a galaxy x (Vovk, Gammerman & Shafer 2005,
 "Algorithmic Learning in a Random World", ch. 4, Mondrian conformal predictors):
@@ -10,8 +10,15 @@ with F' the model's (recalibrated, `xpz.model.recalibration`) posterior CDF and 
 level of the served point estimate (`xpz.model.posterior.point_levels`), so s = 0 at the point
 estimate and grows with the posterior mass between it and z. Categories: bins of the *true* z of
 width `bin_width` (the evaluation's bins; the sparse top bins merged until each holds `min_count`
-validation galaxies) x quartiles of the log total flux (S/N, as the recalibration's groups). On the
-validation split (never test) each cell (b, s) gets the threshold
+validation galaxies) x quartiles of a group feature g(x), `group_by`:
+
+    width   the width of the recalibrated posterior's central 68% (z at CDF 0.84 - z at 0.16): the
+            model's own uncertainty. Galaxies it is over-confident about share a group and get a
+            wider set; this holds coverage for each galaxy family (docs/families.md: grouped by S/N
+            instead, the cosmos family covered 0.647 and its worst bin 0.597, by width 0.673 / 0.648)
+    snr     the log total flux (S/N, as the recalibration's groups): models saved before `group_by`.
+
+On the validation split (never test) each cell (b, s) gets the threshold
 
     t[b, s] = the ceil((n + 1) * level)-th smallest score of its n galaxies   (1 where that is > n)
 
@@ -19,9 +26,9 @@ validation split (never test) each cell (b, s) gets the threshold
 
     C(x) = {z : s(x, z) <= t[bin(z), snr(x)]}.
 
-For exchangeable data P(z_true in C(x) | bin(z_true) = b, snr(x) = s) >= level in every cell
+For exchangeable data P(z_true in C(x) | bin(z_true) = b, g-group(x) = s) >= level in every cell
 (the class-conditional guarantee of Sadinle, Lei & Wasserman 2019, JASA 114, 223), hence also in
-every bin and every S/N quartile. F' is linear within each model bin, so C(x) is exact: per model
+every bin and every group. F' is linear within each model bin, so C(x) is exact: per model
 bin j (inside category b) it is {z in bin j : q - t_b <= F'(z) <= q + t_b}. The served interval
 [z_lower, z_upper] is the hull of C(x); it always contains the point estimate (s = 0 there).
 
@@ -38,7 +45,7 @@ import math
 import keras
 import numpy as np
 
-from xpz.model.head import cdf_at  # noqa: F401  (re-exported: it lived here)
+from xpz.model.head import _row_quantiles, cdf_at  # cdf_at re-exported: it lived here
 from xpz.model.passthrough import PassThrough
 from xpz.model.recalibration import log_total_flux
 
@@ -76,11 +83,16 @@ def threshold(scores: np.ndarray, level: float) -> float:
 class ConformalIntervals(PassThrough):
     """Pass-through layer holding the per-cell thresholds t[b, s] (see module doc)."""
 
-    def __init__(self, z_edges, snr_groups: int = 4, level: float = 0.68, **kwargs):
+    GROUP_BY = ("snr", "width")
+
+    def __init__(self, z_edges, snr_groups: int = 4, level: float = 0.68, group_by: str = "snr", **kwargs):
         super().__init__(**kwargs)
+        if group_by not in self.GROUP_BY:
+            raise ValueError(f"ConformalIntervals: group_by must be one of {self.GROUP_BY}, not {group_by!r}")
         self.z_edges = [float(e) for e in z_edges]  # all edges of the true-z categories
-        self.snr_groups = int(snr_groups)
+        self.snr_groups = int(snr_groups)  # groups of the feature (named when S/N was the only one)
         self.level = float(level)
+        self.group_by = group_by  # "snr" in models saved before it existed
 
     def build(self, input_shape):
         nb, ns = len(self.z_edges) - 1, self.snr_groups
@@ -95,11 +107,21 @@ class ConformalIntervals(PassThrough):
             "z_edges": self.z_edges,
             "snr_groups": self.snr_groups,
             "level": self.level,
+            "group_by": self.group_by,
         }
 
-    def snr_group(self, fluxes: np.ndarray) -> np.ndarray:
+    def feature(self, cdf: np.ndarray, edges: np.ndarray, fluxes: np.ndarray) -> np.ndarray:
+        """(n,) the group feature (module doc): the posterior's central-68% width from CDF rows
+        (n, bins + 1) at `edges`, or the log total flux of `fluxes` (n, 186)."""
+        if self.group_by == "width":
+            n = len(cdf)
+            return _row_quantiles(cdf, edges, np.full(n, 0.84)) - _row_quantiles(cdf, edges, np.full(n, 0.16))
+        return log_total_flux(fluxes)
+
+    def group(self, values: np.ndarray) -> np.ndarray:
+        """(n,) group index of feature values (n,): their quantile group on validation."""
         edges = np.asarray(self.snr_edges.numpy())[: self.snr_groups - 1]
-        return np.searchsorted(edges, log_total_flux(fluxes), side="right")
+        return np.searchsorted(edges, values, side="right")
 
     def category(self, z: np.ndarray) -> np.ndarray:
         inner = np.asarray(self.z_edges[1:-1])
@@ -110,11 +132,11 @@ class ConformalIntervals(PassThrough):
         true z (n,), fluxes (n, 186). Returns the number of cells and of pooled (fallback) cells."""
         if not self.built:
             self.build((None, 1))
-        lt = log_total_flux(fluxes)
+        g = self.feature(cdf, np.asarray(edges, dtype=np.float64), fluxes)
         if self.snr_groups > 1:
-            self.snr_edges.assign(np.quantile(lt, np.linspace(0, 1, self.snr_groups + 1)[1:-1]))
+            self.snr_edges.assign(np.quantile(g, np.linspace(0, 1, self.snr_groups + 1)[1:-1]))
         scores = np.abs(cdf_at(cdf, edges, z_true) - np.asarray(q, dtype=np.float64))
-        cat, sg = self.category(z_true), self.snr_group(fluxes)
+        cat, sg = self.category(z_true), self.group(g)
         table = np.ones((len(self.z_edges) - 1, self.snr_groups))
         fallbacks = 0
         for b in range(table.shape[0]):
@@ -133,7 +155,7 @@ class ConformalIntervals(PassThrough):
         edges = np.asarray(edges, dtype=np.float64)
         mids = 0.5 * (edges[:-1] + edges[1:])
         per_bin = np.asarray(self.thresholds.numpy())[self.category(mids)]  # (bins, snr groups)
-        t = per_bin.T[self.snr_group(fluxes)]  # (n, bins)
+        t = per_bin.T[self.group(self.feature(cdf, edges, fluxes))]  # (n, bins)
         q = np.asarray(q, dtype=np.float64)[:, None]
         lo_level, hi_level = q - t, q + t
         c0, c1 = cdf[:, :-1], cdf[:, 1:]

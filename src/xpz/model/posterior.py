@@ -20,7 +20,7 @@ z < 0.1 is pulled up: a positive low-z bias, the larger the further the galaxy's
 training set's) gives the second term: `low_gain` lowers the quantile in proportion to the mass
 below `low_z` (issue 18: |mean error| <= 0.01 at z < 0.10, on galaxies of unseen physics too).
 The interval: a model carrying `xpz.model.conformal.ConformalIntervals` (every model trained now)
-gives the hull of its conformal set, which covers 68% in every bin of true z and S/N quartile on
+gives the hull of its conformal set, which covers 68% in every bin of true z and quartile of p(z)'s width on
 validation; an older model gives the central `interval` probability around q: [q - 0.34, q + 0.34],
 moved inside [0, 1] when q is near an end. Both always contain z.
 """

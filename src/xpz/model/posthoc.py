@@ -52,7 +52,7 @@ def fit_conformal(
     level: float = 0.68,
 ) -> tuple[keras.Model, dict[str, float]]:
     """Fit the thresholds of a softmax-head model on the validation split only (`cfg`: a
-    `CoverageConfig`: `snr_groups`, `min_count`) and return the model carrying a
+    `CoverageConfig`: `snr_groups` groups of `conformal_groups`, `min_count`) and return the model carrying a
     `ConformalIntervals` layer, with a summary (cells, fallbacks, validation coverage)."""
     head = posterior_layer(model)
     if head is None:
@@ -62,7 +62,9 @@ def fit_conformal(
     _, edges, cdf = predict_posterior(model, x)
     q = point_levels(cdf, edges, **head.point_estimate())
     z_edges = category_edges(z_true, bin_width, z_max, cfg.min_count, grid=edges)
-    layer = ConformalIntervals(z_edges, cfg.snr_groups, level, name="conformal")
+    layer = ConformalIntervals(
+        z_edges, cfg.snr_groups, level, group_by=cfg.conformal_groups, name="conformal"
+    )
     summary = layer.fit(cdf, edges, q, z_true, x, cfg.min_count)
     wrapped = attach_layer(model, layer)
     after, _, _ = predict_posterior(wrapped, x)

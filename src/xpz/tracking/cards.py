@@ -117,7 +117,7 @@ def model_card(
         "  not on observed Gaia galaxies: accuracy on real spectra is unmeasured.",
         "- Outside 0 < z <= 0.6, for stars, quasars or spectra unlike the training set the output is not",
         "  meaningful; the eligibility flag catches most such inputs, not all.",
-        "- The 68% interval covers 68% per bin of true z and S/N quartile on validation data drawn like",
+        "- The 68% interval covers 68% per bin of true z and quartile of p(z) width on validation data drawn like",
         "  the training data; under a different population the coverage can differ.",
     ]
     return "\n".join(lines)
