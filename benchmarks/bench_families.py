@@ -126,7 +126,7 @@ def figure(results: dict, path: Path) -> Path:
     colours = {"kcorrect": "tab:blue", "bagpipes": "tab:red", "cosmos": "tab:green", HELD_OUT: "black"}
     for regime, by_family in results["scores"].items():
         for family, s in by_family.items():
-            if s["seen"] == (regime != "all"):  # unseen rows of the leave-one-out models, all of "all"
+            if regime != "all" and (s["seen"] or family == HELD_OUT):  # left-out rows, and all of "all"
                 continue
             b = s["bins"]
             kw = {

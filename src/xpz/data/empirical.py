@@ -37,6 +37,7 @@ import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -137,7 +138,8 @@ def build_templates(sed_dir: Path) -> tuple[dict[str, TemplateSet], dict[str, st
 def save_templates(
     sets: dict[str, TemplateSet], digests: dict[str, str], path: Path = TEMPLATES_PATH
 ) -> Path:
-    arrays = {f"{family}_flux": s.flux for family, s in sets.items()}
+    """Write the template sets and their provenance (source, sha256 per file) as compressed .npz."""
+    arrays: dict[str, Any] = {f"{family}_flux": s.flux for family, s in sets.items()}
     arrays.update({f"{family}_names": np.asarray(s.names) for family, s in sets.items()})
     arrays["source"] = np.asarray(SOURCE)
     arrays["sha256"] = np.asarray([f"{k} {v}" for k, v in sorted(digests.items())])
