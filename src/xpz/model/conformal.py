@@ -14,7 +14,7 @@ validation galaxies) x quartiles of a group feature g(x), `group_by`:
 
     width   the width of the recalibrated posterior's central 68% (z at CDF 0.84 - z at 0.16): the
             model's own uncertainty. Galaxies it is over-confident about share a group and get a
-            wider set; this holds coverage for each galaxy family (docs/families.md: grouped by S/N
+            wider set; this holds coverage for each galaxy family (docs/method.md: grouped by S/N
             instead, the cosmos family covered 0.647 and its worst bin 0.597, by width 0.673 / 0.648)
     snr     the log total flux (S/N, as the recalibration's groups): models saved before `group_by`.
 
