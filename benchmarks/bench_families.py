@@ -78,7 +78,6 @@ def score(test: pd.DataFrame, pred: pd.DataFrame, ecfg) -> dict[str, float]:
             "coverage_68": rows["coverage_68"].tolist(),
         },
         "n": float(len(z)),
-        "seen": True,
         "mae": m["mae"],
         "sigma_nmad": m["sigma_nmad"],
         "coverage_68": m["coverage_68"],

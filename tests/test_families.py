@@ -73,6 +73,9 @@ def test_template_rebuild_from_sed_files_and_its_errors(tmp_path, capsys):
     opt = (lam > 400) & (lam < 700)
     power = (lam / 550.0) ** -1.0  # k = 2: a power law of index -1, normalised as the module does
     np.testing.assert_allclose(sets["cosmos"].flux[2], power / power[opt].mean(), rtol=2e-3)
+    (tmp_path / "Ell1_A_0.sed").write_text("wavelength flux\n")
+    assert empirical.main(["--sed-dir", str(tmp_path), "--out", str(tmp_path / "u.npz")]) == 2
+    assert "Ell1_A_0.sed: not two numeric columns" in capsys.readouterr().err
     (tmp_path / "SB2_B2004a.sed").unlink()
     assert empirical.main(["--sed-dir", str(tmp_path), "--out", str(tmp_path / "u.npz")]) == 2
     err = capsys.readouterr().err
@@ -83,7 +86,7 @@ def test_template_rebuild_from_sed_files_and_its_errors(tmp_path, capsys):
 def test_template_galaxies_interpolate_along_the_sequence():
     s = empirical.load_templates()["cww"]
     cols = np.tile(np.arange(100, 110), (3, 1))
-    got = s.at(np.array([1.0, 1.5, 5.0]), np.ones(3, bool), cols, np.zeros((3, 1)))
+    got = s.at(np.array([1.0, 1.5, 5.0]), cols, np.zeros((3, 1)))
     np.testing.assert_allclose(got[0], s.flux[1, 100:110], rtol=1e-6)
     np.testing.assert_allclose(got[1], 0.5 * (s.flux[1, 100:110] + s.flux[2, 100:110]), rtol=1e-6)
     np.testing.assert_allclose(got[2], s.flux[5, 100:110], rtol=1e-6)

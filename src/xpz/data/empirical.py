@@ -70,11 +70,9 @@ class TemplateSet:
     names: tuple[str, ...]
     flux: np.ndarray
 
-    def at(self, position: np.ndarray, rows: np.ndarray, cols: np.ndarray, frac: np.ndarray) -> np.ndarray:
+    def at(self, position: np.ndarray, cols: np.ndarray, frac: np.ndarray) -> np.ndarray:
         """(n, k) SED values of galaxies at sequence `position` (n,), read at rest-grid columns
-        `cols` (n, k) and `cols + 1` with weights 1 - `frac`, `frac` (n, 1) (the redshift shift);
-        `rows` is unused (the signature of the other families' readers)."""
-        del rows
+        `cols` (n, k) and `cols + 1` with weights 1 - `frac`, `frac` (n, 1) (the redshift shift)."""
         lo = np.clip(np.floor(position).astype(np.int64), 0, len(self.names) - 2)
         t = np.clip(position - lo, 0.0, 1.0)[:, None]
         out = np.zeros(cols.shape)
@@ -97,7 +95,10 @@ def draw_positions(family: str, red: np.ndarray, u: np.ndarray) -> np.ndarray:
 def read_sed(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(wavelength nm, f_lambda) of one RAIL/LePhare ``.sed`` file (two columns: Angstrom, f_lambda);
     rows with wavelength <= 0 dropped. Raises ValueError naming the file if it has no usable rows."""
-    data = np.loadtxt(path, usecols=(0, 1))
+    try:
+        data = np.atleast_2d(np.loadtxt(path, usecols=(0, 1)))
+    except ValueError as err:
+        raise ValueError(f"{path}: not two numeric columns (Angstrom, f_lambda): {err}") from None
     ok = np.isfinite(data).all(axis=1) & (data[:, 0] > 0)
     if ok.sum() < 10:
         raise ValueError(f"{path}: fewer than 10 usable (wavelength, flux) rows")

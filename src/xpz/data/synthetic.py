@@ -240,7 +240,7 @@ def _block_physics(
         sel = family == code if family is not None else np.zeros(n, bool)
         if sel.any():  # observed templates, lines included: interpolated along the type sequence
             position = empirical.draw_positions(name, red[sel], u_entry[sel])
-            continuum[sel] = empirical.load_templates()[name].at(position, sel, idx[sel], frac[sel])
+            continuum[sel] = empirical.load_templates()[name].at(position, idx[sel], frac[sel])
             lines[sel] = 0.0
             mean = np.where(red, EMPIRICAL_EBV_MEAN_RED, EMPIRICAL_EBV_MEAN_BLUE)
             ebv[sel] = np.minimum(rng_var.exponential(mean)[sel], 0.8)
