@@ -76,6 +76,7 @@ def test_template_rebuild_from_sed_files_and_its_errors(tmp_path, capsys):
     (tmp_path / "Ell1_A_0.sed").write_text("wavelength flux\n")
     assert empirical.main(["--sed-dir", str(tmp_path), "--out", str(tmp_path / "u.npz")]) == 2
     assert "Ell1_A_0.sed: not two numeric columns" in capsys.readouterr().err
+    np.savetxt(tmp_path / "Ell1_A_0.sed", np.c_[wave, np.ones_like(wave)])
     (tmp_path / "SB2_B2004a.sed").unlink()
     assert empirical.main(["--sed-dir", str(tmp_path), "--out", str(tmp_path / "u.npz")]) == 2
     err = capsys.readouterr().err
