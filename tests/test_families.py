@@ -280,3 +280,20 @@ def test_library_builder_refuses_bad_arguments_before_any_work(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "--n must be positive" in err and "does not exist" in err
     assert not (tmp_path / "missing").exists()
+
+
+def test_low_z_bias_counted_is_the_worst_familys():
+    """choose_shift weighs the low-z mean error of the worst family, not the mixture's (+0.01 on one
+    family, -0.002 on two others: +0.01 is counted, sign kept); families with < 20 low-z galaxies are
+    left out."""
+    from xpz.model.calibration import low_z_bias
+
+    fam = np.repeat(["kcorrect", "bagpipes", "cosmos", "rare"], [100, 100, 100, 10])
+    error = np.select([fam == "cosmos", fam == "rare"], [0.01, -0.5], -0.002)
+    low = np.ones(fam.size, bool)
+    low[:50] = False  # kcorrect keeps 50 low-z galaxies
+    assert low_z_bias(error, low) == pytest.approx(error[low].mean())
+    assert low_z_bias(error, low, fam) == pytest.approx(0.01)  # "rare" (10 galaxies) does not count
+    assert low_z_bias(-error, low, fam) == pytest.approx(-0.01)  # the sign is kept
+    assert np.isnan(low_z_bias(error, np.zeros(fam.size, bool), fam))
+    assert np.isnan(low_z_bias(error, np.zeros(fam.size, bool)))

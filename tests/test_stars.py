@@ -94,7 +94,7 @@ def test_star_term_positives_reach_the_archives_bright_end():
     from xpz.model.star_term import nongalaxy_fluxes
 
     data = DataConfig()
-    kw = {"star_max_samples": 2000, "star_impostors_per_kind": 0}
+    kw = {"star_max_samples": 2000, "star_impostors_per_kind": 0, "star_draws": 1}
     wide = np.asarray(nongalaxy_fluxes(EligibilityConfig(star_g_min=15.0, **kw), data))
     narrow = np.asarray(nongalaxy_fluxes(EligibilityConfig(star_g_min=None, **kw), data))
     assert wide.shape == narrow.shape == (2000, 186)
@@ -102,6 +102,73 @@ def test_star_term_positives_reach_the_archives_bright_end():
     # the same stars, each at a G drawn in [15, 19.75] instead of [17, 19.75]: 2 mag brighter at the bright end
     assert np.quantile(mag(narrow), 0.01) - np.quantile(mag(wide), 0.01) == pytest.approx(2.0, abs=0.4)
     assert np.quantile(mag(narrow), 0.99) - np.quantile(mag(wide), 0.99) == pytest.approx(0.0, abs=0.3)
+
+
+def test_star_draws_add_independent_magnitudes_and_noise_of_the_same_stars():
+    from xpz.config import DataConfig, EligibilityConfig
+    from xpz.model.star_term import nongalaxy_fluxes
+
+    kw = {"star_max_samples": 500, "star_impostors_per_kind": 0}
+    one = np.asarray(nongalaxy_fluxes(EligibilityConfig(star_draws=1, **kw), DataConfig()))
+    two = np.asarray(nongalaxy_fluxes(EligibilityConfig(star_draws=2, **kw), DataConfig()))
+    assert one.shape == (500, 186) and two.shape == (1000, 186)
+    np.testing.assert_array_equal(two[:500], one)  # the first draw is the single draw
+    assert not np.allclose(two[500:], one)
+    # the same star twice: its shape agrees across draws far better than two different stars' shapes
+    unit = lambda x: x / x.sum(axis=1, keepdims=True)  # noqa: E731
+    same = np.abs(unit(two[500:]) - unit(one)).sum(axis=1)
+    other = np.abs(unit(two[500:]) - unit(np.roll(one, 1, axis=0))).sum(axis=1)
+    assert np.median(same) < 0.5 * np.median(other)
+
+
+def test_tilt_is_a_power_law_of_wavelength_and_half_the_galaxies_get_one():
+    from xpz.config import EligibilityConfig
+    from xpz.model.star_term import star_galaxies, tilt_galaxies
+    from xpz.spectra import wavelengths_nm
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(1.0, 2.0, (400, 186))
+    t = tilt_galaxies(x, 0.3, seed=1)
+    np.testing.assert_array_equal(t, tilt_galaxies(x, 0.3, seed=1))
+    # log ratio is linear in log wavelength: the slope beta per row, N(0, 0.3), zero at 604 nm
+    lam = np.log(wavelengths_nm() / 604.0)
+    ratio = np.log(t / x)
+    beta = np.polyfit(lam, ratio.T, 1)[0]
+    np.testing.assert_allclose(ratio, beta[:, None] * lam[None, :], atol=1e-9)
+    assert abs(beta.mean()) < 0.05 and beta.std() == pytest.approx(0.3, rel=0.15)
+    x[3, 5] = np.nan  # an invalid row is dropped
+    x[7] = -1.0  # so is one with non-positive total flux
+    cfg = EligibilityConfig(star_max_samples=300, star_tilt=0.3)
+    g = star_galaxies(x, cfg)
+    assert g.shape == (300, 186) and np.isfinite(g).all()
+    kept = {tuple(r) for r in x}
+    assert all(tuple(r) in kept for r in g[:150]) and not any(tuple(r) in kept for r in g[150:])
+    assert star_galaxies(x[:100], EligibilityConfig(star_tilt=0.0)).shape == (98, 186)
+
+
+def test_merged_members_score_the_mean_of_their_logits():
+    """`merge_members` stores an ensemble as one wider MLP: its logit is the members' mean logit."""
+    from xpz.model.star_term import fit_star_classifier, merge_members, star_logit
+
+    rng = np.random.default_rng(2)
+    gal = rng.uniform(1.0, 1.2, (600, 186)) * np.linspace(1.0, 3.0, 186)
+    oth = rng.uniform(1.0, 1.2, (600, 186)) * np.linspace(3.0, 1.0, 186)
+    merged = fit_star_classifier(gal, oth, 10, (8, 4), 1e-4, 30, seed=0, members=3)
+    assert [k.shape for k in merged["kernels"]] == [(10, 24), (24, 12), (12, 1)]
+    x = np.concatenate([gal[:50], oth[:50]])
+    assert star_logit(merged, x[50:], x[50:].sum(1)).mean() > star_logit(merged, x[:50], x[:50].sum(1)).mean()
+    # three networks of random weights on the fitted axes: the merged network's logit is their mean
+    nets = [
+        ([rng.normal(size=(10, 8)), rng.normal(size=(8, 4)), rng.normal(size=(4, 1))],
+         [rng.normal(size=8), rng.normal(size=4), rng.normal(size=1)])
+        for _ in range(3)
+    ]  # fmt: skip
+    one = lambda k, b: star_logit({**merged, "kernels": k, "biases": b}, x, x.sum(1))  # noqa: E731
+    mean = np.mean([one(k, b) for k, b in nets], axis=0)
+    np.testing.assert_allclose(one(*merge_members(nets)), mean, rtol=1e-9, atol=1e-9)
+    w = [rng.normal(size=(10, 1)) for _ in range(2)]  # logistic members: the mean of linear logits
+    k, b = merge_members([([w[0]], [np.ones(1)]), ([w[1]], [np.zeros(1)])])
+    np.testing.assert_allclose(k[0], (w[0] + w[1]) / 2) and np.testing.assert_allclose(b[0], [0.5])
 
 
 @pytest.fixture(scope="module")

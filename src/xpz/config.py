@@ -215,7 +215,10 @@ class EligibilityConfig(_Section):
     star_alpha: float = Field(1e-4, ge=0)  # L2 penalty of the classifier's weights
     star_weight: float = Field(6.0, gt=0)  # the star cut's share of validation galaxies / each other cut's
     star_max_iter: int = Field(40, ge=1)  # Adam epochs at most (early stopping on a 10% hold-out)
-    star_max_samples: int = Field(30000, ge=100)  # library stars (fit part) and galaxies, each, at most
+    star_max_samples: int = Field(60000, ge=100)  # library stars (fit part) and galaxies, each, at most
+    star_draws: int = Field(2, ge=1)  # each library star drawn this many times (independent G and noise)
+    star_tilt: float = Field(0.3, ge=0)  # half of the galaxies tilted by (lambda/604 nm)^N(0, this) (0: none)
+    star_members: int = Field(3, ge=1)  # classifiers (seeds seed, seed+1, ...) whose logits are averaged
     star_impostors_per_kind: int = Field(500, ge=0)  # xpz.data.impostors of each kind among the stars
     star_held_out: float = Field(0.2, gt=0, lt=1)  # share of library stars held out (by star), never fitted
     star_g_min: float | None = Field(

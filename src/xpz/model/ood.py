@@ -56,7 +56,7 @@ import keras
 import numpy as np
 
 from xpz.model.passthrough import PassThrough, attach_layer
-from xpz.model.star_term import nongalaxy_fluxes, star_logit
+from xpz.model.star_term import nongalaxy_fluxes, star_galaxies, star_logit
 from xpz.spectra import N_FLUX
 
 TERMS = ("residual", "density", "template", "star")
@@ -259,12 +259,16 @@ class OodDensity(PassThrough):
         star_max_iter: int = 40,
         star_max_samples: int | None = None,
         star_weight: float = 1.0,
+        star_galaxies: np.ndarray | None = None,
+        star_members: int = 1,
     ) -> dict[str, float]:
         """Fit the three models on training fluxes, the star classifier (if the layer has the star
         term) on training fluxes against `nongalaxy_fluxes` (stars and impostors), and the cuts on
         validation fluxes (the union of the per-term cuts keeps the `keep` share of them). The
-        classifier sees at most `star_max_samples` of the training galaxies (a seeded subsample); its
-        cut takes `star_weight` times the share of validation galaxies each other cut takes.
+        classifier sees `star_galaxies` if given (`fit_ood_layer`: a larger sample, half of it tilted),
+        else at most `star_max_samples` of the training galaxies (a seeded subsample), and is the mean
+        of `star_members` networks (the layer's `star_hidden` = members x each network's); its cut
+        takes `star_weight` times the share of validation galaxies each other cut takes.
         Returns the cuts and the validation share."""
         from sklearn.cluster import MiniBatchKMeans
         from sklearn.decomposition import PCA
@@ -306,11 +310,13 @@ class OodDensity(PassThrough):
         if self.has_star:
             if nongalaxy_fluxes is None:
                 raise ValueError("OodDensity.fit: the star term needs nongalaxy_fluxes (stars, impostors)")
-            galaxies = x
-            if star_max_samples and len(galaxies) > star_max_samples:
+            galaxies = x if star_galaxies is None else np.asarray(star_galaxies, np.float64)
+            if star_galaxies is None and star_max_samples and len(galaxies) > star_max_samples:
                 pick = np.random.default_rng(seed + 2).choice(len(galaxies), star_max_samples, replace=False)
                 galaxies = galaxies[np.sort(pick)]
-            self._fit_star(galaxies, np.asarray(nongalaxy_fluxes), star_alpha, star_max_iter, seed)
+            self._fit_star(
+                galaxies, np.asarray(nongalaxy_fluxes), star_alpha, star_max_iter, seed, star_members
+            )
         val_terms, val_valid = self.terms(val_fluxes)
         val_terms = val_terms[val_valid][:, : 4 if self.has_star else 3]
         weights = [1.0, 1.0, 1.0, star_weight] if self.has_star else None
@@ -326,12 +332,16 @@ class OodDensity(PassThrough):
         self.fitted.assign(1.0)
         return {**self.summary(), "ood_val_eligible": float(np.mean(self.eligible(self.score(val_fluxes))))}
 
-    def _fit_star(self, galaxies: np.ndarray, others: np.ndarray, alpha: float, max_iter: int, seed: int):
+    def _fit_star(self, galaxies: np.ndarray, others: np.ndarray, alpha: float, max_iter: int, seed: int,
+                  members: int = 1):  # fmt: skip
         """Fit the star classifier (`xpz.model.star_term.fit_star_classifier`) into the layer's weights."""
         from xpz.model.star_term import fit_star_classifier
 
+        if any(h % members for h in self.star_hidden):
+            raise ValueError(f"star_hidden {self.star_hidden} is not {members} members' widths")
+        hidden = tuple(h // members for h in self.star_hidden)
         fitted = fit_star_classifier(
-            galaxies, others, self.star_components, self.star_hidden, alpha, max_iter, seed
+            galaxies, others, self.star_components, hidden, alpha, max_iter, seed, members
         )
         for name in ("mean", "axes", "shift", "scale", "log_s_range"):
             getattr(self, f"star_{name}").assign(fitted[name])
@@ -387,15 +397,19 @@ def fit_ood_layer(
     the star term is fitted on the same galaxies against library stars and impostors at the
     magnitudes and noise of `data` (a `DataConfig`; default `DataConfig()`): `nongalaxy_fluxes`."""
     rng = np.random.default_rng(cfg.seed)
-    x = np.asarray(train_fluxes)
+    everything = np.asarray(train_fluxes)
+    x = everything
     if cfg.max_fit_samples and len(x) > cfg.max_fit_samples:
         x = x[np.sort(rng.choice(len(x), cfg.max_fit_samples, replace=False))]
     stars = cfg.stars
+    members = cfg.star_members if stars and cfg.star_hidden else 1
     layer = OodDensity(cfg.components, cfg.mixture, cfg.templates, cfg.template_components,
                        star_components=cfg.star_components if stars else 0,
-                       star_hidden=cfg.star_hidden if stars else (), name="eligibility")  # fmt: skip
+                       star_hidden=tuple(h * members for h in cfg.star_hidden) if stars else (),
+                       name="eligibility")  # fmt: skip
     others = nongalaxy_fluxes(cfg, data) if stars else None
+    galaxies = star_galaxies(everything, cfg) if stars else None
     summary = layer.fit(x, val_fluxes, cfg.keep, seed=cfg.seed, nongalaxy_fluxes=others, star_alpha=cfg.star_alpha,
                         star_max_iter=cfg.star_max_iter, star_max_samples=cfg.star_max_samples,
-                        star_weight=cfg.star_weight)  # fmt: skip
+                        star_weight=cfg.star_weight, star_galaxies=galaxies, star_members=members)  # fmt: skip
     return layer, summary

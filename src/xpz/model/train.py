@@ -37,7 +37,7 @@ from xpz.model.architectures import (
 )
 from xpz.model.calibration import calibrate_posterior
 from xpz.model.scaling import Scaler, fit_scaler
-from xpz.spectra import TARGET_COLUMN, flux_matrix
+from xpz.spectra import FAMILY_COLUMN, TARGET_COLUMN, flux_matrix
 
 if TYPE_CHECKING:
     from xpz.config import Config, ModelConfig, TrainConfig
@@ -259,7 +259,9 @@ def ensemble_model(members: Sequence[keras.Model], name: str = "xpz_ensemble") -
     return model
 
 
-def _fit_reliability(model, x_train, x_val, z_val, cfg: Config) -> tuple[keras.Model, dict[str, float]]:
+def _fit_reliability(
+    model, x_train, x_val, z_val, cfg: Config, val_groups: np.ndarray | None = None
+) -> tuple[keras.Model, dict[str, float]]:
     """After calibration, on validation only: the per-group coverage recalibration
     (`xpz.model.recalibration`), then the point estimate's shift chosen again on the recalibrated
     CDF (`xpz.model.calibration.choose_shift`), then the conformal intervals (`xpz.model.conformal`)
@@ -273,7 +275,7 @@ def _fit_reliability(model, x_train, x_val, z_val, cfg: Config) -> tuple[keras.M
         model, fitted = fit_recalibration(model, x_val, z_val, cfg.coverage)
         summary.update(fitted)
         if cfg.train.calibrate:
-            summary.update(choose_shift(model, x_val, z_val, cfg))
+            summary.update(choose_shift(model, x_val, z_val, cfg, val_groups))
         if cfg.coverage.conformal:
             model, fitted = fit_conformal(model, x_val, z_val, cfg.coverage, cfg.evaluate.bin_width,
                                           cfg.evaluate.z_max, cfg.train.interval)  # fmt: skip
@@ -338,7 +340,8 @@ def train_model(
         else:
             layer.set_calibration(log_prior=log_prior, alpha=tcfg.prior_alpha or 0.0, temperature=1.0)
             calibration = {"prior_alpha": float(tcfg.prior_alpha or 0.0), "temperature": 1.0}
-    model, reliability = _fit_reliability(model, x_train, x_val, z_val, cfg)
+    families = splits.val[FAMILY_COLUMN].astype(str).to_numpy() if FAMILY_COLUMN in splits.val else None
+    model, reliability = _fit_reliability(model, x_train, x_val, z_val, cfg, families)
     calibration.update(reliability)
     return TrainResult(
         model=model,
