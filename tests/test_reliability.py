@@ -305,7 +305,7 @@ def test_template_chi2_equals_the_brute_force_fit():
 
 
 def test_union_cuts_keep_the_share_and_cut_each_term():
-    from xpz.model.ood import union_cuts
+    from xpz.model.cuts import union_cuts
 
     rng = np.random.default_rng(2)
     terms = rng.normal(size=(20000, 3))

@@ -208,6 +208,15 @@ def test_star_term_flags_held_out_stars_and_keeps_galaxies(star_layer, library):
     # the same stars at the archive's magnitudes (XP spectra are published for G < 17.65)
     archive = star_fluxes(held, DataConfig(g_min=15.0, g_max=17.65), seed=98)
     assert np.mean(~layer.eligible(layer.score(archive))) >= ARCHIVE_FLAGGED
+    # sources brighter than G 17.65 (the archive's stars) meet a stricter star cut: about 2% of bright
+    # galaxies flagged by it (the share of validation galaxies it was fitted to take)
+    from xpz.model.star_term import bright_log_s
+
+    t_star, _ = layer.terms(test)
+    cuts, _ = layer.cuts_and_scales()
+    bright = np.log10(test.astype(np.float64).sum(axis=1)) >= bright_log_s(17.65, cfg)
+    assert 40 < bright.sum() < 400 and layer.star_bright.numpy()[1] > 0
+    assert 0.005 < np.mean(t_star[bright, 3] > cuts[3]) < 0.08
     # the star term is what catches them: the three other terms alone flag few
     terms, _ = layer.terms(stars)
     cuts, _ = layer.cuts_and_scales()
@@ -260,6 +269,28 @@ def test_fast_score_and_saved_model_carry_the_star_term(star_layer, tmp_path):
 
 
 @pytest.mark.slow  # the star layer: > 5 s to fit
+def test_a_star_layer_saved_before_the_bright_cut_still_loads_and_scores(star_layer):
+    """Star-term models registered before `star_bright` hold one weight fewer: they load, score
+    without the bright offset, and keep their cuts."""
+    from xpz.model.ood import OodDensity
+
+    layer, _, test, _ = star_layer
+    store = {str(i): w.numpy() for i, w in enumerate(layer.weights[:-1])}
+    old = OodDensity(**{k: v for k, v in layer.get_config().items() if k in (
+        "components", "mixture", "templates", "template_components", "star_components", "star_hidden")})  # fmt: skip
+    old.build((None, 1))
+    old.load_own_variables(store)
+    assert old.has_star and not old.star_bright.numpy().any()
+    terms, _ = layer.terms(test[:300])
+    old_terms, _ = old.terms(test[:300])
+    np.testing.assert_allclose(old_terms[:, :3], terms[:, :3], rtol=1e-12)
+    offset = layer.star_bright.numpy()[1] * (
+        np.log10(test[:300].astype(np.float64).sum(1)) >= layer.star_bright.numpy()[0]
+    )
+    np.testing.assert_allclose(old_terms[:, 3], terms[:, 3] - offset, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.slow  # the star layer: > 5 s to fit
 def test_a_three_term_layer_saved_before_the_star_term_still_loads_and_scores(star_layer):
     """Models registered before the star term hold 13 eligibility weights and a config without the
     star settings: they load into the new layer and score with their three terms and cuts."""
@@ -282,3 +313,37 @@ def test_a_three_term_layer_saved_before_the_star_term_still_loads_and_scores(st
     expected = np.max((terms[:, :3] - store["11"]) / store["12"], axis=1)
     np.testing.assert_allclose(old.score(test[:200]), expected, rtol=1e-12)
     np.testing.assert_allclose(newer.score(test[:200]), expected, rtol=1e-12)
+
+
+def test_bright_offset_lets_the_star_cut_take_the_share_of_bright_galaxies():
+    from xpz.model.star_term import bright_offset, star_logit
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0.0, 1.0, 10000)
+    bright = rng.uniform(size=10000) < 0.1
+    cut = float(np.quantile(logits, 0.995))  # the cut takes 0.5% of all, and of the bright ones
+    offset = bright_offset(logits, bright, cut, 0.04)
+    assert offset > 0
+    assert np.mean(logits[bright] + offset > cut) == pytest.approx(0.04, abs=0.003)
+    assert bright_offset(logits, bright, cut, 0.001) == 0.0  # the cut already takes more: no offset
+    assert bright_offset(logits[:100], bright[:100], cut, 0.04) == 0.0  # < 20 bright galaxies
+    # star_logit adds it to sources at least that bright (log10 total flux >= the threshold) only
+    params = {"mean": np.zeros(187), "axes": np.eye(1, 187), "shift": np.zeros(1), "scale": np.ones(1),
+              "log_s_range": np.array([0.0, 10.0]), "kernels": [np.ones((1, 1))], "biases": [np.zeros(1)]}  # fmt: skip
+    x = np.ones((2, 186))
+    s = np.array([10.0**3, 10.0**4])
+    plain = star_logit(params, x, s)
+    shifted = star_logit({**params, "bright": np.array([3.5, 2.0])}, x, s)
+    np.testing.assert_allclose(shifted - plain, [0.0, 2.0])
+
+
+def test_bright_threshold_is_the_total_flux_of_g_17_65():
+    """G from the total flux: 1 mag fainter is 0.4 dex less flux; the archive's limit lies inside the
+    stars' fitted range."""
+    from xpz.config import EligibilityConfig
+    from xpz.model.star_term import bright_log_s
+
+    cfg = EligibilityConfig()
+    t = bright_log_s(17.65, cfg)
+    assert bright_log_s(18.65, cfg) - t == pytest.approx(-0.4, abs=0.02)
+    assert 3.0 < t < 4.5  # e-/s summed over the 186 samples: the galaxies at G 17-19.75 span ~2.9-4.0

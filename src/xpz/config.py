@@ -219,6 +219,8 @@ class EligibilityConfig(_Section):
     star_draws: int = Field(2, ge=1)  # each library star drawn this many times (independent G and noise)
     star_tilt: float = Field(0.3, ge=0)  # half of the galaxies tilted by (lambda/604 nm)^N(0, this) (0: none)
     star_members: int = Field(3, ge=1)  # classifiers (seeds seed, seed+1, ...) whose logits are averaged
+    star_bright_g: float | None = Field(17.65, gt=0)  # sources brighter: the archive's XP stars (None: off)
+    star_bright_share: float = Field(0.02, ge=0, lt=1)  # ... of which validation galaxies the star cut takes
     star_impostors_per_kind: int = Field(500, ge=0)  # xpz.data.impostors of each kind among the stars
     star_held_out: float = Field(0.2, gt=0, lt=1)  # share of library stars held out (by star), never fitted
     star_g_min: float | None = Field(

@@ -55,8 +55,9 @@ from typing import Any
 import keras
 import numpy as np
 
+from xpz.model.cuts import union_cuts
 from xpz.model.passthrough import PassThrough, attach_layer
-from xpz.model.star_term import nongalaxy_fluxes, star_galaxies, star_logit
+from xpz.model.star_term import bright_log_s, nongalaxy_fluxes, star_galaxies, star_logit
 from xpz.spectra import N_FLUX
 
 TERMS = ("residual", "density", "template", "star")
@@ -146,6 +147,9 @@ class OodDensity(PassThrough):
             self.star_biases = [weight(f"star_bias_{i}", (b,)) for i, b in enumerate(sizes[1:])]
             self.star_cut = weight("star_cut", (1,))
             self.star_cut_scale = weight("star_cut_scale", (1,), "ones")
+            # log10 total flux of G = eligibility.star_bright_g, and the log odds added to the logit of
+            # sources brighter than that (`star_term.bright_offset`); zeros: no offset (older models)
+            self.star_bright = weight("star_bright", (2,))
 
     def get_config(self):
         return {**super().get_config(), "components": self.components, "mixture": self.mixture,
@@ -156,6 +160,10 @@ class OodDensity(PassThrough):
         """A layer saved before the template term holds 10 variables, one saved before the star term
         13: load them and score as then (`legacy`: residual + density; else the three terms)."""
         n = len(store.keys())
+        if self.has_star and n == len(self.weights) - 1:  # a star term saved before `star_bright`
+            for i, variable in enumerate(self.weights[:n]):
+                variable.assign(store[str(i)])
+            return
         if n in (_LEGACY_WEIGHTS, _THREE_TERM_WEIGHTS) and n < len(self.weights):
             for i, variable in enumerate(self.weights[:n]):
                 variable.assign(store[str(i)])
@@ -210,6 +218,7 @@ class OodDensity(PassThrough):
             "scale": self._v("star_scale"), "log_s_range": self._v("star_log_s_range"),
             "kernels": [np.asarray(w.numpy(), np.float64) for w in self.star_kernels],
             "biases": [np.asarray(b.numpy(), np.float64) for b in self.star_biases],
+            "bright": self._v("star_bright"),
         }  # fmt: skip
 
     def cuts_and_scales(self) -> tuple[np.ndarray, np.ndarray]:
@@ -261,6 +270,7 @@ class OodDensity(PassThrough):
         star_weight: float = 1.0,
         star_galaxies: np.ndarray | None = None,
         star_members: int = 1,
+        star_bright: tuple[float, float] | None = None,
     ) -> dict[str, float]:
         """Fit the three models on training fluxes, the star classifier (if the layer has the star
         term) on training fluxes against `nongalaxy_fluxes` (stars and impostors), and the cuts on
@@ -268,7 +278,10 @@ class OodDensity(PassThrough):
         classifier sees `star_galaxies` if given (`fit_ood_layer`: a larger sample, half of it tilted),
         else at most `star_max_samples` of the training galaxies (a seeded subsample), and is the mean
         of `star_members` networks (the layer's `star_hidden` = members x each network's); its cut
-        takes `star_weight` times the share of validation galaxies each other cut takes.
+        takes `star_weight` times the share of validation galaxies each other cut takes. With
+        `star_bright` (log10 total flux, share): the star logit of sources at least that bright
+        gets the offset (`star_term.bright_offset`) that lets the star cut take that share of such
+        validation galaxies; the cuts are then chosen again.
         Returns the cuts and the validation share."""
         from sklearn.cluster import MiniBatchKMeans
         from sklearn.decomposition import PCA
@@ -321,6 +334,15 @@ class OodDensity(PassThrough):
         val_terms = val_terms[val_valid][:, : 4 if self.has_star else 3]
         weights = [1.0, 1.0, 1.0, star_weight] if self.has_star else None
         cuts = union_cuts(val_terms, keep, weights=weights)
+        if self.has_star and star_bright is not None:
+            from xpz.model.star_term import bright_offset
+
+            log_s = np.log10(np.asarray(val_fluxes, np.float64)[val_valid].sum(axis=1))
+            bright = log_s >= star_bright[0]
+            offset = bright_offset(val_terms[:, 3], bright, cuts[3], star_bright[1])
+            self.star_bright.assign([star_bright[0], offset])
+            val_terms[:, 3] += offset * bright
+            cuts = union_cuts(val_terms, keep, weights=weights)
         scales = np.maximum(cuts - np.median(val_terms, axis=0), 1e-12)
         self.term_cuts.assign(cuts[:3])
         self.term_scales.assign(scales[:3])
@@ -349,28 +371,6 @@ class OodDensity(PassThrough):
             self.star_kernels + self.star_biases, fitted["kernels"] + fitted["biases"], strict=True
         ):
             variable.assign(np.asarray(value, np.float64).reshape(variable.shape))
-
-
-def union_cuts(terms: np.ndarray, keep: float, iterations: int = 50, weights=None) -> np.ndarray:
-    """Per-column cuts theta_k = the (1 - eps w_k) quantile of each column of `terms` (n, K), with eps
-    found by bisection so that the share of rows under every cut is `keep` (as close as the data
-    allow from above); `weights` w_k (default all 1, scaled to a largest of 1) give a term a larger
-    share of the rows cut. Raises ValueError for an empty `terms`."""
-    if len(terms) == 0:
-        raise ValueError("union_cuts: no finite validation terms to fit the cuts on")
-    w = np.ones(terms.shape[1]) if weights is None else np.asarray(weights, dtype=np.float64)
-    w = w / w.max()
-    ordered = np.sort(terms, axis=0)
-
-    def quantiles(eps: float) -> np.ndarray:
-        return np.array([np.quantile(ordered[:, k], 1.0 - eps * w[k]) for k in range(len(w))])
-
-    lo, hi = 0.0, 1.0 - keep
-    for _ in range(iterations):
-        eps = 0.5 * (lo + hi)
-        inside = np.mean((terms <= quantiles(eps)).all(axis=1))
-        lo, hi = (eps, hi) if inside >= keep else (lo, eps)
-    return quantiles(lo)
 
 
 def ood_layer(model: keras.Model) -> OodDensity | None:
@@ -409,7 +409,11 @@ def fit_ood_layer(
                        name="eligibility")  # fmt: skip
     others = nongalaxy_fluxes(cfg, data) if stars else None
     galaxies = star_galaxies(everything, cfg) if stars else None
+    bright = None
+    if stars and cfg.star_bright_g is not None:
+        bright = (bright_log_s(cfg.star_bright_g, cfg, data), cfg.star_bright_share)
     summary = layer.fit(x, val_fluxes, cfg.keep, seed=cfg.seed, nongalaxy_fluxes=others, star_alpha=cfg.star_alpha,
                         star_max_iter=cfg.star_max_iter, star_max_samples=cfg.star_max_samples,
-                        star_weight=cfg.star_weight, star_galaxies=galaxies, star_members=members)  # fmt: skip
+                        star_weight=cfg.star_weight, star_galaxies=galaxies, star_members=members,
+                        star_bright=bright)  # fmt: skip
     return layer, summary
