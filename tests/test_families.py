@@ -300,3 +300,30 @@ def test_low_z_bias_counted_is_the_worst_familys():
     sparse[-10:] = True  # only "rare" is low: no family counts, so the pooled mean does
     assert low_z_bias(error, sparse, fam) == pytest.approx(-0.5)
     assert np.isnan(low_z_bias(error, np.zeros(fam.size, bool)))
+
+
+@pytest.mark.slow  # trains a small network: > 5 s
+def test_training_chooses_the_low_z_shift_on_the_worst_family(mixture):
+    """train_model hands the validation families to choose_shift: the logged val_low_z_bias is the
+    worst family's low-z mean error of the served estimate, not the mixture's."""
+    from xpz.config import config_from_dict
+    from xpz.model.calibration import low_z_bias
+    from xpz.model.posterior import predict_redshift
+    from xpz.model.train import train_model
+
+    splits = split_dataset(mixture, SplitConfig())
+    cfg = config_from_dict({
+        "model": {"default": {"conv_filters": [8, 8], "conv_kernels": [5, 3], "dense_units": [32]}},
+        "train": {"epochs": 3, "batch_size": 128, "verbose": 0},
+        "eligibility": {"enabled": False},
+    })  # fmt: skip
+    result = train_model(splits, cfg)
+    val = splits.val
+    z = val["z"].to_numpy()
+    error = predict_redshift(result.model, flux_matrix(val))["z"].to_numpy() - z
+    family = val[FAMILY_COLUMN].astype(str).to_numpy()
+    worst = low_z_bias(error, z < 0.1, family)
+    assert result.calibration["val_low_z_bias"] == pytest.approx(worst, abs=1e-5)
+    per_family = [error[(z < 0.1) & (family == f)].mean() for f in np.unique(family)]
+    assert abs(worst) == pytest.approx(max(abs(b) for b in per_family), abs=1e-5)
+    assert abs(worst) > abs(error[z < 0.1].mean()) + 1e-4  # so the pooled value would differ

@@ -197,7 +197,8 @@ def test_star_term_flags_held_out_stars_and_keeps_galaxies(star_layer, library):
 
     layer, summary, test, cfg = star_layer
     assert layer.has_star and "ood_cut_star" in summary
-    assert summary["ood_val_eligible"] == pytest.approx(0.99, abs=0.005)
+    # the cuts are chosen after the bright offset: the union still keeps 99% of validation galaxies
+    assert 0.99 <= summary["ood_val_eligible"] < 0.995
     assert np.mean(layer.eligible(layer.score(test))) >= 0.97
     held = library.part("held_out", cfg.star_held_out)
     held = held.subset(np.arange(0, len(held), 4))  # ~2,000 stars

@@ -268,14 +268,13 @@ class OodDensity(PassThrough):
         nongalaxy_fluxes: np.ndarray | None = None,
         star_alpha: float = 1e-4,
         star_max_iter: int = 40,
-        star_max_samples: int | None = None,
         star_weight: float = 1.0,
         star_galaxies: np.ndarray | None = None,
         star_members: int = 1,
         star_bright: tuple[float, float] | None = None,
     ) -> dict[str, float]:
         """Fit the three models on training fluxes, the star classifier (if the layer has the star term:
-        `star_galaxies` if given, else at most `star_max_samples` training galaxies, against
+        `star_galaxies` if given (`fit_ood_layer`: `star_term.star_galaxies`), else the training fluxes, against
         `nongalaxy_fluxes`; the mean of `star_members` networks) and the cuts on validation fluxes (their
         union keeps the `keep` share; the star cut takes `star_weight` times each other cut's share). With
         `star_bright` (log10 total flux, share): sources that bright get the logit offset
@@ -323,9 +322,6 @@ class OodDensity(PassThrough):
             if nongalaxy_fluxes is None:
                 raise ValueError("OodDensity.fit: the star term needs nongalaxy_fluxes (stars, impostors)")
             galaxies = x if star_galaxies is None else np.asarray(star_galaxies, np.float64)
-            if star_galaxies is None and star_max_samples and len(galaxies) > star_max_samples:
-                pick = np.random.default_rng(seed + 2).choice(len(galaxies), star_max_samples, replace=False)
-                galaxies = galaxies[np.sort(pick)]
             self._fit_star(
                 galaxies, np.asarray(nongalaxy_fluxes), star_alpha, star_max_iter, seed, star_members
             )
@@ -413,7 +409,7 @@ def fit_ood_layer(
     if stars and cfg.star_bright_g is not None:
         bright = (bright_log_s(cfg.star_bright_g, cfg, data), cfg.star_bright_share)
     summary = layer.fit(x, val_fluxes, cfg.keep, seed=cfg.seed, nongalaxy_fluxes=others, star_alpha=cfg.star_alpha,
-                        star_max_iter=cfg.star_max_iter, star_max_samples=cfg.star_max_samples,
+                        star_max_iter=cfg.star_max_iter,
                         star_weight=cfg.star_weight, star_galaxies=galaxies, star_members=members,
                         star_bright=bright)  # fmt: skip
     return layer, summary
