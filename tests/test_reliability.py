@@ -316,6 +316,14 @@ def test_union_cuts_keep_the_share_and_cut_each_term():
     np.testing.assert_allclose(cuts, np.quantile(terms, 1 - 0.01 / 3, axis=0), atol=0.08)
     with pytest.raises(ValueError, match="no finite"):
         union_cuts(np.empty((0, 3)), 0.99)
+    # rows another rule already flags count against keep: the terms take only what is left
+    flagged = rng.uniform(size=len(terms)) < 0.004
+    cuts = union_cuts(terms, 0.99, flagged=flagged)
+    assert np.mean(~flagged & (terms <= cuts).all(axis=1)) == pytest.approx(0.99, abs=0.0006)
+    np.testing.assert_allclose(cuts, np.quantile(terms, 1 - 0.006 / 3, axis=0), atol=0.08)
+    # when they alone flag more than 1 - keep, every cut is the column's maximum
+    np.testing.assert_array_equal(union_cuts(terms, 0.99, flagged=rng.uniform(size=len(terms)) < 0.02),
+                                  terms.max(axis=0))  # fmt: skip
 
 
 def test_a_two_term_layer_saved_before_the_template_term_still_scores(fitted):

@@ -6,23 +6,25 @@ from __future__ import annotations
 import numpy as np
 
 
-def union_cuts(terms: np.ndarray, keep: float, iterations: int = 50, weights=None) -> np.ndarray:
-    """Per-column cuts theta_k = the (1 - eps w_k) quantile of each column of `terms` (n, K), with eps
+def union_cuts(
+    terms: np.ndarray, keep: float, iterations: int = 50, flagged: np.ndarray | None = None
+) -> np.ndarray:
+    """Per-column cuts theta_k = the (1 - eps) quantile of each column of `terms` (n, K), with eps
     found by bisection so that the share of rows under every cut is `keep` (as close as the data
-    allow from above); `weights` w_k (default all 1, scaled to a largest of 1) give a term a larger
-    share of the rows cut. Raises ValueError for an empty `terms`."""
+    allow from above). `flagged` (n,) bool: rows another rule (the star cut) already flags; they
+    count against `keep` (eps is 0, each cut the column's maximum, when they alone exceed 1 - keep).
+    Raises ValueError for an empty `terms`."""
     if len(terms) == 0:
         raise ValueError("union_cuts: no finite validation terms to fit the cuts on")
-    w = np.ones(terms.shape[1]) if weights is None else np.asarray(weights, dtype=np.float64)
-    w = w / w.max()
     ordered = np.sort(terms, axis=0)
+    free = np.ones(len(terms), bool) if flagged is None else ~np.asarray(flagged, bool)
 
     def quantiles(eps: float) -> np.ndarray:
-        return np.array([np.quantile(ordered[:, k], 1.0 - eps * w[k]) for k in range(len(w))])
+        return np.array([np.quantile(ordered[:, k], 1.0 - eps) for k in range(terms.shape[1])])
 
     lo, hi = 0.0, 1.0 - keep
     for _ in range(iterations):
         eps = 0.5 * (lo + hi)
-        inside = np.mean((terms <= quantiles(eps)).all(axis=1))
+        inside = np.mean(free & (terms <= quantiles(eps)).all(axis=1))
         lo, hi = (eps, hi) if inside >= keep else (lo, eps)
     return quantiles(lo)

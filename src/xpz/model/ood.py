@@ -25,11 +25,12 @@ real stars through a fourth:
 Each term catches different non-galaxies: the density term smooth stellar continua away from the
 galaxies' colours, the template term broad-line (quasar) and band-scaled spectra that the linear
 subspace can still describe, the residual term structure outside the subspace, the star term the
-stars whose shape is near some galaxy's. The per-term cuts theta_k are the (1 - eps w_k)
-quantiles of the validation terms (w = 1 for the three galaxy terms, `star_weight` for the star
-term, scaled to a largest of 1), with eps chosen so that the union keeps `keep` (e.g. 99%) of the
-validation galaxies; m_k, the validation medians, put the terms on one scale (a galaxy-like spectrum
-scores about -1). The stored threshold is 0.
+stars whose shape is near some galaxy's. The star cut is chosen first (`star_term.star_cuts`): it
+takes `star_faint_share` (0.2%) of the validation galaxies fainter than G 17.8 and, with a log-odds
+offset for brighter sources, `star_bright_share` (2%) of those. The three galaxy terms' cuts theta_k
+are then the (1 - eps) quantiles of the validation terms, with eps chosen so that the union of all
+four keeps `keep` (e.g. 99.4%) of the validation galaxies; m_k, the validation medians, put the terms
+on one scale (a galaxy-like spectrum scores about -1). The stored threshold is 0.
 
 A spectrum with any non-finite flux or a total flux <= 0 scores +inf. (Principal-component subspace
 plus residual: the probabilistic-PCA picture of Tipping & Bishop 1999; mixture: scikit-learn's
@@ -58,7 +59,7 @@ import numpy as np
 
 from xpz.model.cuts import union_cuts
 from xpz.model.passthrough import PassThrough, attach_layer
-from xpz.model.star_term import bright_log_s, bright_offset, nongalaxy_fluxes, star_galaxies, star_logit
+from xpz.model.star_term import bright_log_s, nongalaxy_fluxes, star_cuts, star_galaxies, star_logit
 from xpz.spectra import N_FLUX
 
 TERMS = ("residual", "density", "template", "star")
@@ -268,19 +269,21 @@ class OodDensity(PassThrough):
         nongalaxy_fluxes: np.ndarray | None = None,
         star_alpha: float = 1e-4,
         star_max_iter: int = 40,
-        star_weight: float = 1.0,
+        star_faint_share: float = 0.002,
         star_galaxies: np.ndarray | None = None,
         star_members: int = 1,
         star_bright: tuple[float, float] | None = None,
     ) -> dict[str, float]:
         """Fit the three models on training fluxes, the star classifier (if the layer has the star term:
         `star_galaxies` if given (`fit_ood_layer`: `star_term.star_galaxies`), else the training fluxes, against
-        `nongalaxy_fluxes`; the mean of `star_members` networks) and the cuts on validation fluxes (their
-        union keeps the `keep` share; the star cut takes `star_weight` times each other cut's share). With
-        `star_bright` (log10 total flux, share): sources that bright get the logit offset
-        (`star_term.bright_offset`) that lets the star cut take that share of such validation galaxies,
-        and the cuts are chosen again (the bright share ends a little under it). Returns the cuts and
-        the validation share."""
+        `nongalaxy_fluxes`; the mean of `star_members` networks) and the cuts on validation fluxes.
+
+        The star cut is chosen first (`star_cuts`): it takes `star_faint_share` of the validation
+        galaxies fainter than `star_bright` = (log10 total flux, share), and, with the bright offset
+        (`star_term.bright_offset`), that share of the brighter ones (without `star_bright`:
+        `star_faint_share` of all). The three galaxy terms' cuts are then quantiles at one common tail
+        share so that the union of all four keeps the `keep` share of validation galaxies. Returns the
+        cuts and the validation share kept."""
         from sklearn.cluster import MiniBatchKMeans
         from sklearn.decomposition import PCA
         from sklearn.mixture import GaussianMixture
@@ -325,19 +328,18 @@ class OodDensity(PassThrough):
             self._fit_star(
                 galaxies, np.asarray(nongalaxy_fluxes), star_alpha, star_max_iter, seed, star_members
             )
-        if self.has_star:
             self.star_bright.assign([0.0, 0.0])  # a refit measures the logits without an old offset
         val_terms, val_valid = self.terms(val_fluxes)
         val_terms = val_terms[val_valid][:, : 4 if self.has_star else 3]
-        weights = [1.0, 1.0, 1.0, star_weight] if self.has_star else None
-        cuts = union_cuts(val_terms, keep, weights=weights)
-        if self.has_star and star_bright is not None:
+        flagged, star_cut = None, []
+        if self.has_star:
             log_s = np.log10(np.asarray(val_fluxes, np.float64)[val_valid].sum(axis=1))
-            bright = log_s >= star_bright[0]
-            offset = bright_offset(val_terms[:, 3], bright, cuts[3], star_bright[1])
-            self.star_bright.assign([star_bright[0], offset])
-            val_terms[:, 3] += offset * bright
-            cuts = union_cuts(val_terms, keep, weights=weights)
+            cut, bright_rule, val_terms[:, 3] = star_cuts(
+                val_terms[:, 3], log_s, star_faint_share, star_bright
+            )
+            self.star_bright.assign(bright_rule)
+            flagged, star_cut = val_terms[:, 3] > cut, [cut]
+        cuts = np.append(union_cuts(val_terms[:, :3], keep, flagged=flagged), star_cut)
         scales = np.maximum(cuts - np.median(val_terms, axis=0), 1e-12)
         self.term_cuts.assign(cuts[:3])
         self.term_scales.assign(scales[:3])
@@ -410,6 +412,6 @@ def fit_ood_layer(
         bright = (bright_log_s(cfg.star_bright_g, cfg, data), cfg.star_bright_share)
     summary = layer.fit(x, val_fluxes, cfg.keep, seed=cfg.seed, nongalaxy_fluxes=others, star_alpha=cfg.star_alpha,
                         star_max_iter=cfg.star_max_iter,
-                        star_weight=cfg.star_weight, star_galaxies=galaxies, star_members=members,
+                        star_faint_share=cfg.star_faint_share, star_galaxies=galaxies, star_members=members,
                         star_bright=bright)  # fmt: skip
     return layer, summary
