@@ -36,11 +36,38 @@ def test_two_processes_write_the_same_bytes(tmp_path):
 
 
 @pytest.mark.slow
+def test_generate_pins_the_blas_kernels(tmp_path):
+    """OpenBLAS's own choice of kernels changes the bytes (Sandybridge's and Zen's differ at 5,000
+    galaxies a chunk); `xpz data generate` writes the bytes of the pinned kernels (`xpz.data.kernels`)
+    whichever OPENBLAS_CORETYPE it is started with."""
+    args = ["-S", "data.n_galaxies=10000", "-S", "data.chunk_size=5000"]
+    generate(tmp_path / "zen.parquet", *args, OPENBLAS_CORETYPE="Zen")
+    generate(tmp_path / "sandybridge.parquet", *args, OPENBLAS_CORETYPE="Sandybridge")
+    zen, other = (tmp_path / "zen.parquet").read_bytes(), (tmp_path / "sandybridge.parquet").read_bytes()
+    assert len(zen) > 1_000_000 and zen == other
+
+
+def test_blas_kernels_are_seen_and_pinning_is_decided():
+    from xpz.data.kernels import CORETYPE, blas_kernels, needs_pinning
+
+    kernels = blas_kernels()
+    assert kernels, "numpy from the lock links OpenBLAS"
+    assert needs_pinning() == any(k.lower() != CORETYPE.lower() for k in kernels)
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(
     os.environ.get("XPZ_CHECK_DATA") != "1", reason="200,000 galaxies: `make check-data` (XPZ_CHECK_DATA=1)"
 )
 def test_default_dataset_regenerates_to_the_md5_in_data_dvc(tmp_path):
-    """What a fresh clone without the DVC remote does (`make data`): generate, then `dvc add` data/."""
+    """What a fresh clone without the DVC remote does (`make data`): generate, then `dvc add` data/.
+    Only where numpy runs the AVX-512 loops of the host that recorded the md5 (`xpz.data.kernels`)."""
+    from xpz.data.kernels import NUMPY_DISPATCH, numpy_matches_record
+
+    if not numpy_matches_record():
+        pytest.skip(
+            f"this CPU lacks numpy's {NUMPY_DISPATCH} (AVX-512) loops: other bytes (docs/operations.md)"
+        )
     repo = tmp_path / "clone"
     (repo / "data").mkdir(parents=True)
     generate(repo / "data" / "galaxies.parquet", "--profile", "default")

@@ -19,7 +19,15 @@ VALIDATION_RESULT = "result.json"
 
 
 def generate_dataset(cfg: DataConfig, path: Path, progress: bool = True) -> int:
-    """Generate the synthetic dataset in chunks straight to Parquet (bounded memory)."""
+    """Generate the synthetic dataset in chunks straight to Parquet (bounded memory); returns the rows
+    written. Runs with the BLAS kernels the recorded bytes were made with (`xpz.data.kernels`: in a
+    fresh process when this one's differ), so that hosts write the same bytes."""
+    from xpz.data.kernels import run_with_pinned_blas
+
+    return run_with_pinned_blas(_generate_here, cfg, path, progress)
+
+
+def _generate_here(cfg: DataConfig, path: Path, progress: bool) -> int:
     from xpz.data.synthetic import generate_chunks
 
     return write_dataset_chunks(generate_chunks(cfg, progress=progress), path)
