@@ -66,14 +66,10 @@ def run_with_pinned_blas(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     exceptions are raised here."""
     if not needs_pinning():
         return fn(*args, **kwargs)
-    saved = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", _CHILD)}
-    os.environ.update({"OPENBLAS_CORETYPE": CORETYPE, _CHILD: "1"})  # inherited by the spawned process
-    try:
-        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-            return pool.submit(fn, *args, **kwargs).result()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    from xpz.env import environ
+
+    with (
+        environ({"OPENBLAS_CORETYPE": CORETYPE, _CHILD: "1"}),  # inherited by the spawned process
+        ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool,
+    ):
+        return pool.submit(fn, *args, **kwargs).result()
