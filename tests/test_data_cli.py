@@ -44,6 +44,13 @@ def test_generate_validate_split_show(workdir):
     assert again.exit_code == 2 and "--force" in again.output  # never overwrite silently
     invoke("data", "generate", *common, "--force", "--out", str(workdir / "again.parquet"))
     assert md5(workdir / "again.parquet") == first
+    # an output that cannot be written: one message naming it, exit 2, nothing written
+    (workdir / "a_file").write_text("not a folder")
+    bad = runner.invoke(
+        app, ["data", "generate", *common, "--force", "--out", str(workdir / "a_file" / "x.parquet")]
+    )
+    assert bad.exit_code == 2 and "a_file/x.parquet: cannot write the dataset" in bad.output
+    assert "Traceback" not in bad.output and (workdir / "a_file").read_text() == "not a folder"
 
     out = invoke("data", "validate", "--params", params, "--profile", "smoke")
     assert "validation PASSED" in out and "WARN" not in out

@@ -47,12 +47,14 @@ def test_generate_pins_the_blas_kernels(tmp_path):
     assert len(zen) > 1_000_000 and zen == other
 
 
-def test_blas_kernels_are_seen_and_pinning_is_decided():
-    from xpz.data.kernels import CORETYPE, blas_kernels, needs_pinning
+def test_pinned_work_runs_with_the_recorded_kernels():
+    """`run_with_pinned_blas` runs its function where OpenBLAS uses `CORETYPE`'s kernels: here when
+    this process already does, else in a fresh process (an Intel Xeon's SkylakeX -> Zen)."""
+    from xpz.data.kernels import SAME_KERNELS, blas_kernels, run_with_pinned_blas
 
-    kernels = blas_kernels()
-    assert kernels, "numpy from the lock links OpenBLAS"
-    assert needs_pinning() == any(k.lower() != CORETYPE.lower() for k in kernels)
+    assert blas_kernels(), "numpy from the lock links OpenBLAS"
+    pinned = {k.lower() for k in run_with_pinned_blas(blas_kernels)}
+    assert pinned and pinned <= SAME_KERNELS
 
 
 @pytest.mark.slow

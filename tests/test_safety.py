@@ -313,3 +313,29 @@ def test_retrying_waits_for_a_server_that_comes_up_and_logs_each_retry():
     finally:
         if servers:
             servers[0].shutdown()
+
+
+def test_sigterm_during_data_generate_leaves_no_partial_dataset(tmp_path):
+    """A real `xpz data generate` killed with SIGTERM while it writes (in the process with pinned BLAS
+    kernels, `xpz.data.kernels`, where the host's differ): exit 143, one message, no
+    `.galaxies.parquet.*.tmp` and no dataset (before, the generator's process wrote it to the end)."""
+    out = tmp_path / "galaxies.parquet"
+    cmd = [str(BIN / "xpz"), "data", "generate", "--params", str(Path(__file__).parents[1] / "params.yaml"),
+           "-S", "data.n_galaxies=400000", "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any(p.name.startswith(".galaxies.parquet.") for p in tmp_path.iterdir()):
+                break  # the dataset is being written
+            time.sleep(0.05)
+        assert proc.poll() is None, f"generate ended before it could be killed:\n{proc.stderr.read()[-2000:]}"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == []

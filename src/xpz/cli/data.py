@@ -31,7 +31,10 @@ def data_generate(
     path = out or cfg.data.path
     if path.exists() and not force:
         fail(f"{path} exists; pass --force to overwrite it")
-    rows = generate_dataset(cfg.data, path)
+    try:
+        rows = generate_dataset(cfg.data, path)
+    except OSError as err:  # an output folder that cannot be written (no partial file: atomic_path)
+        fail(f"{path}: cannot write the dataset: {err.strerror or err}")
     typer.echo(f"wrote {rows:,} galaxies to {path}")
 
 

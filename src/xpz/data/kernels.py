@@ -20,11 +20,14 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
+from concurrent.futures import Future, ProcessPoolExecutor, wait
+from multiprocessing import active_children, get_context
 from typing import Any, TypeVar
 
 CORETYPE = "Zen"  # OpenBLAS kernels of the host that recorded data.dvc (AMD EPYC)
+# what threadpoolctl reports for them: on Intel, OPENBLAS_CORETYPE=Zen runs (and names) the Haswell
+# kernels, which wrote the same bytes as an AMD host's Zen (measured at 20,000 galaxies)
+SAME_KERNELS = frozenset({"zen", "haswell"})
 NUMPY_DISPATCH = "X86_V4"  # numpy's AVX-512 loops, which that host ran
 _CHILD = "XPZ_PINNED_BLAS_CHILD"  # set in the generator's process: never spawn another
 T = TypeVar("T")
@@ -48,7 +51,7 @@ def numpy_matches_record() -> bool:
 
 
 def needs_pinning() -> bool:
-    """True when this process's OpenBLAS uses kernels other than `CORETYPE` on an x86-64 host with
+    """True when this process's OpenBLAS uses kernels other than `CORETYPE`'s on an x86-64 host with
     AVX2 and we are not already the pinned process."""
     if os.environ.get(_CHILD) or platform.machine().lower() not in ("x86_64", "amd64"):
         return False
@@ -57,7 +60,7 @@ def needs_pinning() -> bool:
     if not __cpu_features__.get("AVX2", False):
         return False
     kernels = blas_kernels()
-    return bool(kernels) and any(k.lower() != CORETYPE.lower() for k in kernels)
+    return bool(kernels) and any(k.lower() not in SAME_KERNELS for k in kernels)
 
 
 def run_with_pinned_blas(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -68,8 +71,38 @@ def run_with_pinned_blas(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return fn(*args, **kwargs)
     from xpz.env import environ
 
-    with (
-        environ({"OPENBLAS_CORETYPE": CORETYPE, _CHILD: "1"}),  # inherited by the spawned process
-        ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool,
-    ):
-        return pool.submit(fn, *args, **kwargs).result()
+    before = set(active_children())
+    with environ({"OPENBLAS_CORETYPE": CORETYPE, _CHILD: "1"}):  # inherited by the spawned process
+        pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"))
+        future = pool.submit(_terminable, fn, args, kwargs)
+    workers = set(active_children()) - before
+    try:
+        return future.result()
+    except BaseException:  # Ctrl-C or SIGTERM (`xpz.interrupts`) while the child works: end it too
+        if not future.done():
+            _stop(future, workers)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _terminable(fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+    """fn(*args, **kwargs) in the child, where SIGTERM raises so that its cleanup runs
+    (`xpz.files.atomic_path` removes the temporary output)."""
+    from xpz.interrupts import terminate_raises
+
+    with terminate_raises():
+        return fn(*args, **kwargs)
+
+
+def _stop(future: Future[Any], workers: set[Any], grace_seconds: float = 30.0) -> None:
+    """End the child's work: after Ctrl-C (sent to the whole process group) it may already be
+    unwinding, so wait 2 s for `future`, then SIGTERM (its cleanup runs, `_terminable`) and wait
+    `grace_seconds`, then SIGKILL."""
+    if wait([future], timeout=2.0).done:
+        return
+    for proc in workers:
+        proc.terminate()
+    if not wait([future], timeout=grace_seconds).done:
+        for proc in workers:
+            proc.kill()
