@@ -54,7 +54,7 @@ def throughput(cfg, fluxes: np.ndarray, z: np.ndarray) -> dict[str, float]:
     training sample and the share of the host's numpy sgemm rate it reaches."""
     from xpz.hostinfo import print_host, reference_samples_per_s, training_flops_per_sample
     from xpz.model.architectures import build_model, build_seed_model, flat_hyperparameters, z_bin_edges
-    from xpz.model.scaling import fit_scaler
+    from xpz.model.scaling import fit_model_scaler, fit_scaler
     from xpz.model.train import balance_weights, make_dataset
 
     host = print_host()
@@ -69,7 +69,7 @@ def throughput(cfg, fluxes: np.ndarray, z: np.ndarray) -> dict[str, float]:
             lambda: build_model(
                 flat_hyperparameters(cfg.model.default),
                 cfg.model,
-                fit_scaler(fluxes, cfg.model.normalize_flux),
+                fit_model_scaler(fluxes, cfg.model),
             ),
             tcfg.batch_size,
             16384,
@@ -108,14 +108,14 @@ def profile(cfg, fluxes: np.ndarray, z: np.ndarray, n: int = 16384) -> None:
 
     from xpz.hostinfo import print_host, reference_samples_per_s
     from xpz.model.architectures import build_model, flat_hyperparameters
-    from xpz.model.scaling import fit_scaler
+    from xpz.model.scaling import fit_model_scaler
     from xpz.model.train import make_dataset
 
     host = print_host()
     ref = host["reference_samples_per_s"]
     batch, n = cfg.train.batch_size, min(n, len(fluxes))
     x, zz, w = fluxes[:n], z[:n], np.ones(n, np.float32)
-    scaler = fit_scaler(fluxes, cfg.model.normalize_flux)
+    scaler = fit_model_scaler(fluxes, cfg.model)
     hp = flat_hyperparameters(cfg.model.default)
 
     def variant(**change):

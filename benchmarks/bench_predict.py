@@ -106,7 +106,7 @@ def build(arch: str, base: np.ndarray, z: np.ndarray | None = None):
 
     from xpz.config import load_config
     from xpz.model.architectures import build_model, build_seed_model, flat_hyperparameters, trainable_params
-    from xpz.model.scaling import fit_scaler
+    from xpz.model.scaling import fit_model_scaler, fit_scaler
     from xpz.model.train import ensemble_model
 
     keras.utils.set_random_seed(0)
@@ -115,7 +115,7 @@ def build(arch: str, base: np.ndarray, z: np.ndarray | None = None):
     if arch == "seed":
         model = build_seed_model(fit_scaler(base, normalize=False), cfg)
     else:  # the default: `train.members` networks averaged into one model, as `xpz.model.train` builds it
-        scaler = fit_scaler(base, normalize=cfg.normalize_flux)
+        scaler = fit_model_scaler(base, cfg)
         model = ensemble_model([build_model(flat_hyperparameters(cfg.default), cfg, scaler)
                                 for _ in range(params.train.members)])  # fmt: skip
     n_params = trainable_params(model)

@@ -57,16 +57,41 @@ def test_scaler_fitted_on_given_split_and_layer_matches_numpy():
         assert np.allclose(lt, s.transform_log_total(other), atol=1e-4)
 
 
+def test_asinh_scaler_standardises_asinh_of_unit_sum_fluxes_and_layer_matches_numpy():
+    train, other = _fluxes(50, 1), _fluxes(20, 2) * 3
+    other[0, :5] = -2.0  # negative samples (noise): asinh is defined there, unlike log
+    s = fit_scaler(train, normalize=True, pixel_scaling="asinh", softening=1e-3)
+    t = s.transform(train)
+    assert np.allclose(t.mean(axis=0), 0, atol=1e-5) and np.allclose(t.std(axis=0), 1, atol=1e-4)
+    u = train[3] / train[3].sum(dtype=np.float64)  # the formula, by hand, for one spectrum
+    expected = (np.arcsinh(u / 1e-3) - s.minimum) / s.maximum
+    assert np.allclose(t[3], expected, atol=1e-5)
+    out = keras.ops.convert_to_numpy(s.pixel_layer()(other))
+    assert np.all(np.isfinite(out)) and np.allclose(out, s.transform(other), atol=1e-4)
+    assert np.allclose(s.transform(other * 7), s.transform(other), atol=1e-5)  # shape only, not brightness
+
+
+def test_model_config_pixel_scaling_choices():
+    assert ModelConfig().pixel_scaling == "asinh"
+    with pytest.raises(ValueError, match="normalize_flux"):
+        ModelConfig(normalize_flux=False)  # asinh's softening is in unit-sum flux
+    assert ModelConfig(normalize_flux=False, pixel_scaling="minmax").pixel_scaling == "minmax"
+    with pytest.raises(ValueError):
+        ModelConfig(asinh_softening=0.0)
+    with pytest.raises(ValueError, match="pixel_scaling"):
+        fit_scaler(_fluxes(), normalize=True, pixel_scaling="log")  # type: ignore[arg-type]
+
+
 def test_scaler_rejects_wrong_shape():
     with pytest.raises(ValueError, match="186"):
         fit_scaler(np.zeros((3, 10)))
 
 
-@pytest.mark.parametrize("loss", ["crossentropy", "huber"])
-def test_save_load_gives_identical_predictions(tmp_path, loss):
+@pytest.mark.parametrize(("loss", "scaling"), [("crossentropy", "asinh"), ("huber", "minmax")])
+def test_save_load_gives_identical_predictions(tmp_path, loss, scaling):
     x = _fluxes(40)
     cfg = ModelConfig(bin_width=0.05)
-    model = build_model({**TINY, "loss": loss}, cfg, fit_scaler(x, normalize=True))
+    model = build_model({**TINY, "loss": loss}, cfg, fit_scaler(x, normalize=True, pixel_scaling=scaling))
     if loss == "crossentropy":
         posterior_layer(model).set_calibration(
             log_prior=np.linspace(-1, -3, 12),

@@ -95,6 +95,8 @@ class ModelConfig(_Section):
 
     architecture: Literal["default", "seed"] = "default"  # used when no tuned hyperparameters given
     normalize_flux: bool = True  # divide each spectrum by its total flux; log total flux as 2nd input
+    pixel_scaling: Literal["asinh", "minmax"] = "asinh"  # per-pixel input scaling (xpz.model.scaling)
+    asinh_softening: float = Field(5e-4, gt=0)  # asinh's b, in unit-sum flux (needs normalize_flux)
     padding: Literal["valid", "same"] = "same"  # conv padding (the seed's Table 2 needs "valid")
     z_max: float = Field(0.6, gt=0)  # softmax head: bins of bin_width over [0, z_max]
     bin_width: float = Field(0.005, gt=0)
@@ -107,6 +109,11 @@ class ModelConfig(_Section):
         n = self.z_max / self.bin_width
         if n < 2 or abs(n - round(n)) > 1e-6:
             raise ValueError(f"bin_width ({self.bin_width}) must divide z_max ({self.z_max}) into >= 2 bins")
+        if self.pixel_scaling == "asinh" and not self.normalize_flux:
+            raise ValueError(
+                "pixel_scaling 'asinh' needs normalize_flux: true (its softening is in unit-sum flux); "
+                "use pixel_scaling: minmax without it"
+            )
         return self
 
 

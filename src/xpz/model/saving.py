@@ -15,12 +15,13 @@ from xpz.model.conformal import ConformalIntervals
 from xpz.model.head import RedshiftMAE, RedshiftPosterior, SmoothedBinCrossentropy
 from xpz.model.ood import OodDensity
 from xpz.model.recalibration import CoverageRecalibration
-from xpz.model.scaling import LogTotalFlux, MinMaxScaling
+from xpz.model.scaling import AsinhScaling, LogTotalFlux, MinMaxScaling
 
 CUSTOM_OBJECTS: dict[str, type] = {
     cls.__name__: cls
     for cls in (
         MinMaxScaling,
+        AsinhScaling,
         LogTotalFlux,
         RedshiftPosterior,
         SmoothedBinCrossentropy,

@@ -36,7 +36,7 @@ from xpz.model.architectures import (
     z_bin_edges,
 )
 from xpz.model.calibration import calibrate_posterior
-from xpz.model.scaling import Scaler, fit_scaler
+from xpz.model.scaling import Scaler, fit_model_scaler
 from xpz.spectra import FAMILY_COLUMN, TARGET_COLUMN, flux_matrix
 
 if TYPE_CHECKING:
@@ -307,7 +307,7 @@ def train_model(
 
     x_train, z_train = flux_matrix(splits.train), splits.train[TARGET_COLUMN].to_numpy(np.float32)
     x_val, z_val = flux_matrix(splits.val), splits.val[TARGET_COLUMN].to_numpy(np.float32)
-    scaler: Scaler = fit_scaler(x_train, normalize=mcfg.normalize_flux)
+    scaler: Scaler = fit_model_scaler(x_train, mcfg)
     lr = float(tcfg.learning_rate or hp.get("learning_rate", 1e-3))
 
     def build() -> keras.Model:

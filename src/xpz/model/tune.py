@@ -29,7 +29,7 @@ import numpy as np
 from xpz.config import ModelConfig
 from xpz.files import json_digest
 from xpz.model.architectures import build_model, flat_hyperparameters, prune_hyperparameters
-from xpz.model.scaling import Scaler, fit_scaler
+from xpz.model.scaling import Scaler, fit_model_scaler
 from xpz.model.train import make_dataset
 from xpz.spectra import TARGET_COLUMN, flux_matrix
 
@@ -187,7 +187,7 @@ def tune(
 
     x_train, z_train = flux_matrix(splits.train), splits.train[TARGET_COLUMN].to_numpy(np.float32)
     x_val, z_val = flux_matrix(splits.val), splits.val[TARGET_COLUMN].to_numpy(np.float32)
-    scaler = fit_scaler(x_train, normalize=cfg.model.normalize_flux)
+    scaler = fit_model_scaler(x_train, cfg.model)
     it = _subsample(len(x_train), tcfg.max_train_samples, tcfg.seed)
     iv = _subsample(len(x_val), tcfg.max_val_samples, tcfg.seed + 1)
     train_ds = make_dataset(
