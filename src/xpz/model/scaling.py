@@ -9,10 +9,10 @@ A saved model therefore takes raw (n, 186) fluxes. Two steps, both fitted by `fi
    - `asinh` (`AsinhScaling`, the default): u -> asinh(u / b), standardised with the training
      split's per-pixel mean and standard deviation. asinh is the field's logarithm for fluxes near
      zero or negative ("asinh magnitudes", Lupton, Gunn & Szalay 1999, AJ 118, 1406): logarithmic
-     above the softening b, linear below it. In log flux a galaxy's dust, continuum slope and
-     break strength are additive and its features keep their place, so the network reads the
-     spectrum as colours, as photo-z methods do. Against min-max scaling it lowered the MAE by
-     15-25% on every galaxy family, trained on or left out (docs/families.md);
+     above the softening b, linear below it. Against min-max scaling it lowered the MAE by 9-28%
+     on every galaxy family, trained on or left out (three seeds; docs/families.md). Standardising
+     the linear unit-sum fluxes did as well there: the gain is leaving min-max. asinh is kept
+     because a strong line or a bad sample moves its input logarithmically, not linearly;
    - `minmax` (`MinMaxScaling`, the seed's): to [0, 1] with the training split's per-pixel minimum
      and maximum. The seed fitted this on all data, leaking the test set; here it is train only.
 """
