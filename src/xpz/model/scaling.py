@@ -48,8 +48,8 @@ def total_flux(fluxes: np.ndarray) -> np.ndarray:
 class Scaler:
     """Fitted scaling constants (numpy), turned into Keras layers by `layers()`."""
 
-    minimum: np.ndarray  # (186,) minmax: per-pixel minimum of the (normalised) training fluxes;
-    maximum: np.ndarray  # (186,) asinh: per-pixel mean and standard deviation of asinh(u / b)
+    offset: np.ndarray  # (186,) scaled = (f(u) - offset) / scale per pixel, u the (normalised) flux,
+    scale: np.ndarray  # (186,) f = identity (minmax: training min, max - min) or asinh(u / b) (mean, std)
     normalize: bool = False
     log_total_range: tuple[float, float] = (0.0, 1.0)  # train min/max of log10 total flux
     pixel_scaling: PixelScaling = "minmax"
@@ -61,9 +61,8 @@ class Scaler:
         if self.normalize:
             x = x / total_flux(x)
         if self.pixel_scaling == "asinh":
-            return ((np.arcsinh(x / self.softening) - self.minimum) / self.maximum).astype(np.float32)
-        span = np.maximum(self.maximum - self.minimum, _EPS)
-        return ((x - self.minimum) / span).astype(np.float32)
+            x = np.arcsinh(x / self.softening)
+        return ((x - self.offset) / self.scale).astype(np.float32)
 
     def transform_log_total(self, fluxes: np.ndarray) -> np.ndarray:
         lo, hi = self.log_total_range
@@ -72,15 +71,15 @@ class Scaler:
     def pixel_layer(self) -> MinMaxScaling | AsinhScaling:
         if self.pixel_scaling == "asinh":
             return AsinhScaling(
-                mean=[float(v) for v in self.minimum],
-                std=[float(v) for v in self.maximum],
+                mean=[float(v) for v in self.offset],
+                std=[float(v) for v in self.scale],
                 softening=self.softening,
                 normalize=self.normalize,
                 name="asinh_scaling",
             )
         return MinMaxScaling(
-            minimum=[float(v) for v in self.minimum],
-            maximum=[float(v) for v in self.maximum],
+            minimum=[float(v) for v in self.offset],
+            maximum=[float(v) for v in self.offset + self.scale],
             normalize=self.normalize,
             name="minmax_scaling",
         )
@@ -116,15 +115,16 @@ def fit_scaler(
     if pixel_scaling == "asinh":
         a = np.arcsinh(x / softening)
         return Scaler(
-            minimum=a.mean(axis=0),
-            maximum=np.maximum(a.std(axis=0), 1e-6),
+            offset=a.mean(axis=0),
+            scale=np.maximum(a.std(axis=0), 1e-6),
             normalize=normalize,
             log_total_range=log_range,
             pixel_scaling="asinh",
             softening=float(softening),
         )
+    low, high = x.min(axis=0), x.max(axis=0)
     return Scaler(
-        minimum=x.min(axis=0), maximum=x.max(axis=0), normalize=normalize, log_total_range=log_range
+        offset=low, scale=np.maximum(high - low, _EPS), normalize=normalize, log_total_range=log_range
     )
 
 
