@@ -123,6 +123,7 @@ KINDS = {
         "test_inference",
         "test_saving",
         "test_evaluate",
+        "test_bench_families",
     ),  # fmt: skip
     "integration": (
         "test_dvc",
