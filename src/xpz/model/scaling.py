@@ -133,29 +133,38 @@ def fit_model_scaler(train_fluxes: np.ndarray, cfg: ModelConfig) -> Scaler:
     return fit_scaler(train_fluxes, cfg.normalize_flux, cfg.pixel_scaling, cfg.asinh_softening)
 
 
+class _PixelScaling(keras.layers.Layer):
+    """Shared by the per-pixel scalings: float32 fluxes, divided by their total when `normalize`."""
+
+    def __init__(self, normalize=False, **kwargs):
+        super().__init__(**kwargs)
+        self.normalize = bool(normalize)
+
+    def _fluxes(self, inputs):
+        x = keras.ops.cast(inputs, "float32")
+        if self.normalize:
+            x = x / keras.ops.maximum(keras.ops.sum(x, axis=-1, keepdims=True), MIN_TOTAL_FLUX)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
 @keras.saving.register_keras_serializable(package="xpz")
-class MinMaxScaling(keras.layers.Layer):
+class MinMaxScaling(_PixelScaling):
     """(x [/ total flux] - min) / (max - min) per pixel; constants are part of the layer config."""
 
     def __init__(self, minimum, maximum, normalize=False, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(normalize, **kwargs)
         self.minimum = [float(v) for v in minimum]
         self.maximum = [float(v) for v in maximum]
-        self.normalize = bool(normalize)
         if len(self.minimum) != len(self.maximum):
             raise ValueError("MinMaxScaling: minimum and maximum lengths differ")
 
     def call(self, inputs):
-        ops = keras.ops
-        x = ops.cast(inputs, "float32")
-        if self.normalize:
-            x = x / ops.maximum(ops.sum(x, axis=-1, keepdims=True), MIN_TOTAL_FLUX)
-        lo = ops.convert_to_tensor(np.asarray(self.minimum, dtype=np.float32))
+        lo = np.asarray(self.minimum, dtype=np.float32)
         span = np.maximum(np.asarray(self.maximum) - np.asarray(self.minimum), _EPS).astype(np.float32)
-        return (x - lo) / ops.convert_to_tensor(span)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
+        return (self._fluxes(inputs) - keras.ops.convert_to_tensor(lo)) / keras.ops.convert_to_tensor(span)
 
     def get_config(self):
         return {
@@ -167,29 +176,21 @@ class MinMaxScaling(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="xpz")
-class AsinhScaling(keras.layers.Layer):
+class AsinhScaling(_PixelScaling):
     """(asinh(x [/ total flux] / softening) - mean) / std per pixel; constants in the layer config."""
 
     def __init__(self, mean, std, softening=ASINH_SOFTENING, normalize=True, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(normalize, **kwargs)
         self.mean = [float(v) for v in mean]
         self.std = [float(v) for v in std]
         self.softening = float(softening)
-        self.normalize = bool(normalize)
         if len(self.mean) != len(self.std):
             raise ValueError("AsinhScaling: mean and std lengths differ")
 
     def call(self, inputs):
-        ops = keras.ops
-        x = ops.cast(inputs, "float32")
-        if self.normalize:
-            x = x / ops.maximum(ops.sum(x, axis=-1, keepdims=True), MIN_TOTAL_FLUX)
-        a = ops.arcsinh(x / self.softening)
-        mean = ops.convert_to_tensor(np.asarray(self.mean, dtype=np.float32))
-        return (a - mean) / ops.convert_to_tensor(np.asarray(self.std, dtype=np.float32))
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
+        a = keras.ops.arcsinh(self._fluxes(inputs) / self.softening)
+        mean = keras.ops.convert_to_tensor(np.asarray(self.mean, dtype=np.float32))
+        return (a - mean) / keras.ops.convert_to_tensor(np.asarray(self.std, dtype=np.float32))
 
     def get_config(self):
         return {
