@@ -13,7 +13,8 @@ all with the same number of training galaxies, and scores each on the test galax
 and on `--n-held` cww galaxies: MAE, sigma_NMAD, 68% coverage (overall and the worst true-z bin up to
 0.45), mean error at z < 0.10 and the share flagged ineligible. A row whose family the model was not
 trained on is marked unseen: those rows are the physics gap, and "all -> cww" is what the default
-model does on galaxy physics it never saw. Nothing here is used to choose a parameter.
+model does on galaxy physics it never saw. The table run (seed 7, with cww) chooses no parameter;
+the dev protocol below, on another seed and without cww, is where choices are made.
 
     python benchmarks/bench_families.py                      # 90,000 galaxies, params.yaml's model
     python benchmarks/bench_families.py --n 150000 --json benchmarks/results/families.json \
