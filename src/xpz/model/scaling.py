@@ -20,11 +20,12 @@ A saved model therefore takes raw (n, 186) fluxes. Two steps, both fitted by `fi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 
+from xpz.config_sections import ASINH_SOFTENING, PixelScaling
 from xpz.spectra import N_FLUX
 
 if TYPE_CHECKING:
@@ -33,10 +34,6 @@ if TYPE_CHECKING:
 # Total fluxes below this (noise-dominated or negative sums) are floored before dividing / log.
 MIN_TOTAL_FLUX = 1e-3
 _EPS = 1e-12
-# asinh softening b in units of the unit-sum flux: 0.093 of the mean sample (1/186), about the noise
-# of one sample of a G ~ 19 galaxy relative to its total (chosen on the dev protocol, docs/families.md)
-ASINH_SOFTENING = 5e-4
-PixelScaling = Literal["asinh", "minmax"]
 
 
 def total_flux(fluxes: np.ndarray) -> np.ndarray:
