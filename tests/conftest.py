@@ -124,6 +124,7 @@ KINDS = {
         "test_saving",
         "test_evaluate",
         "test_bench_families",
+        "test_bench_eligibility_dev",
     ),  # fmt: skip
     "integration": (
         "test_dvc",
