@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 from xpz.env import quiet_telemetry  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_families import _subset, regimes  # noqa: E402
+from bench_families import _subset, load_params, regime_sizes, regimes  # noqa: E402
 from bench_stars import ARCHIVE_G_MAX, ARCHIVE_G_MIN, COUNT_SLOPE, fixture_stars  # noqa: E402
 
 DEV_SEED = 11  # the dev protocol's generator seed (docs/families.md)
@@ -81,14 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         print("--n must be at least 3000 and --impostors at least 0", file=sys.stderr)
         return 2
 
-    from xpz.cli.common import parse_overrides
-    from xpz.config import ConfigError, load_config
     from xpz.hostinfo import print_host
 
-    try:
-        cfg = load_config(args.params, profile=args.profile, overrides=parse_overrides(args.overrides))
-    except ConfigError as err:
-        print(err, file=sys.stderr)
+    cfg = load_params(args.params, args.profile, args.overrides)
+    if cfg is None:
         return 2
     if not (cfg.eligibility.enabled and cfg.eligibility.stars):
         print("eligibility.enabled and eligibility.stars must be true: the protocol scores the star term",
@@ -131,9 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"generated and split {args.n:,} galaxies (seed {args.seed}); {len(stars.teff):,} dev stars "
           f"(hash {DEV_STARS[0]}-{DEV_STARS[1]}); {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
     plans = regimes(families)
-    train_family, val_family = splits.train[FAMILY_COLUMN].astype(str), splits.val[FAMILY_COLUMN].astype(str)
-    n_train = min(int(train_family.isin(f).sum()) for f in plans.values())
-    n_val = min(int(val_family.isin(f).sum()) for f in plans.values())
+    n_train, n_val = regime_sizes(splits, plans)
     results: dict = {"n": args.n, "seed": args.seed, "overrides": args.overrides, "host": host,
                      "n_train_per_regime": n_train, "n_val_per_regime": n_val, "n_dev_stars": len(stars.teff),
                      "n_real_stars": len(real), "regimes": {}}  # fmt: skip

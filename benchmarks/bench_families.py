@@ -68,6 +68,31 @@ def _subset(frame: pd.DataFrame, families: list[str], n_max: int, seed: int) -> 
     return part.iloc[np.sort(take)].reset_index(drop=True)
 
 
+def load_params(params: str, profile: str | None, overrides: list[str]):
+    """The `Config` of `params` (its `profile`) with `--set KEY=VALUE` overrides, or None after one
+    message on stderr (a bad file, key or value)."""
+    from xpz.cli.common import parse_overrides
+    from xpz.config import ConfigError, load_config
+
+    try:
+        return load_config(params, profile=profile, overrides=parse_overrides(overrides))
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return None
+
+
+def regime_sizes(splits, plans: dict[str, list[str]]) -> tuple[int, int]:
+    """(training, validation) galaxies per regime: the smallest regime's, so that every regime of
+    `plans` ({name: families}) is fitted on as many galaxies."""
+    from xpz.spectra import FAMILY_COLUMN
+
+    train_family = splits.train[FAMILY_COLUMN].astype(str)
+    val_family = splits.val[FAMILY_COLUMN].astype(str)
+    n_train = min(int(train_family.isin(f).sum()) for f in plans.values())
+    n_val = min(int(val_family.isin(f).sum()) for f in plans.values())
+    return n_train, n_val
+
+
 def score(test: pd.DataFrame, pred: pd.DataFrame, ecfg) -> dict[str, float]:
     """The issue's figures for one (model, test family) pair."""
     from xpz.model.evaluate import summary_metrics
@@ -190,14 +215,10 @@ def main(argv: list[str] | None = None) -> int:
         print("--n must be at least 3000 and --n-held at least 500", file=sys.stderr)
         return 2
 
-    from xpz.cli.common import parse_overrides
-    from xpz.config import ConfigError, load_config
     from xpz.hostinfo import print_host
 
-    try:
-        cfg = load_config(args.params, profile=args.profile, overrides=parse_overrides(args.overrides))
-    except ConfigError as err:
-        print(err, file=sys.stderr)
+    cfg = load_params(args.params, args.profile, args.overrides)
+    if cfg is None:
         return 2
     host = print_host()
     quiet_telemetry()
@@ -235,10 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     plans = regimes(families)
-    train_family = splits.train[FAMILY_COLUMN].astype(str)
-    val_family = splits.val[FAMILY_COLUMN].astype(str)
-    n_train = min(int(train_family.isin(f).sum()) for f in plans.values())
-    n_val = min(int(val_family.isin(f).sum()) for f in plans.values())
+    n_train, n_val = regime_sizes(splits, plans)
     results: dict = {"n": args.n, "n_held": 0 if held is None else args.n_held, "overrides": args.overrides, "seed": args.seed, "epochs": cfg.train.epochs,
                      "members": cfg.train.members, "n_train_per_regime": int(n_train), "held_out": HELD_OUT,
                      "host": host, "scores": {}}  # fmt: skip
