@@ -43,8 +43,8 @@ import numpy as np  # noqa: E402
 from xpz.env import quiet_telemetry  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_families import _subset, load_params, regime_sizes, regimes  # noqa: E402
-from bench_stars import ARCHIVE_G_MAX, ARCHIVE_G_MIN, COUNT_SLOPE, fixture_stars  # noqa: E402
+from bench_families import _subset, load_params, regime_sizes, regimes, split_families  # noqa: E402
+from bench_stars import ARCHIVE_G_MAX, ARCHIVE_G_MIN, archive_count_weights, fixture_stars  # noqa: E402
 
 DEV_SEED = 11  # the dev protocol's generator seed (docs/families.md)
 DEV_STARS = (0.2, 0.36)  # hash range of the dev stars: above the held-out fifth, below the layer's fit part
@@ -81,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         print("--n must be at least 3000 and --impostors at least 0", file=sys.stderr)
         return 2
 
+    if args.json:
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            print(f"--json {args.json}: cannot create its folder ({err.strerror})", file=sys.stderr)
+            return 2
+
     from xpz.hostinfo import print_host
 
     cfg = load_params(args.params, args.profile, args.overrides)
@@ -106,20 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     splits = split_dataset(
         generate(cfg.data.model_copy(update={"n_galaxies": args.n, "seed": args.seed})), cfg.split
     )
-    families = sorted(set(splits.test[FAMILY_COLUMN].astype(str)))
-    if len(families) < 2:
-        print(
-            f"params data.families holds {families}: leave-one-out needs two families or more",
-            file=sys.stderr,
-        )
+    families = split_families(splits)
+    if families is None:
         return 2
     stars = dev_stars(read_library())
     archive, g_archive = star_fluxes(
         stars, cfg.data.model_copy(update={"g_min": ARCHIVE_G_MIN, "g_max": ARCHIVE_G_MAX}), seed=STAR_SEED,
         return_g=True,
     )  # fmt: skip
-    # weighted as bench_stars.py weighs the archive's stars
-    counts = 10.0 ** (COUNT_SLOPE * (g_archive - ARCHIVE_G_MAX))
+    counts = archive_count_weights(g_archive)
     faint = star_fluxes(stars, cfg.data, seed=STAR_SEED + 1)
     _, real = fixture_stars()
     impostors = generate_impostors(args.impostors, cfg.data, seed=IMPOSTOR_SEED) if args.impostors else None
@@ -180,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
           f"at least {100 * results['summary']['stars_archive_counts_min']:.1f}%"
           + (f" | impostors at least {100 * results['summary']['impostors_min']:.1f}%" if impostors is not None else ""))  # fmt: skip
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0

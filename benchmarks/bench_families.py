@@ -81,6 +81,21 @@ def load_params(params: str, profile: str | None, overrides: list[str]):
         return None
 
 
+def split_families(splits) -> list[str] | None:
+    """The families of the test split, sorted; None after one message on stderr when there are fewer
+    than two (nothing to leave out)."""
+    from xpz.spectra import FAMILY_COLUMN
+
+    families = sorted(set(splits.test[FAMILY_COLUMN].astype(str)))
+    if len(families) < 2:
+        print(
+            f"params data.families holds {families}: leave-one-out needs two families or more",
+            file=sys.stderr,
+        )
+        return None
+    return families
+
+
 def regime_sizes(splits, plans: dict[str, list[str]]) -> tuple[int, int]:
     """(training, validation) galaxies per regime: the smallest regime's, so that every regime of
     `plans` ({name: families}) is fitted on as many galaxies."""
@@ -248,12 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     splits = split_dataset(data, cfg.split)
     print(f"generated and split {len(data):,} galaxies (seed {args.seed}) and {0 if held is None else len(held):,} "
           f"held-out {HELD_OUT} galaxies in {time.perf_counter() - t0:.0f} s")  # fmt: skip
-    families = sorted(set(splits.test[FAMILY_COLUMN].astype(str)))
-    if len(families) < 2:
-        print(
-            f"params data.families holds {families}: leave-one-out needs two families or more",
-            file=sys.stderr,
-        )
+    families = split_families(splits)
+    if families is None:
         return 2
     plans = regimes(families)
     n_train, n_val = regime_sizes(splits, plans)

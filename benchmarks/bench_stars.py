@@ -66,6 +66,13 @@ COUNT_SLOPE = 0.3  # d log10 N / dG of Gaia's star counts at G 15-17.65 (interme
 ARCHIVE_G_MIN = 15.0  # the bright end of what is checked (brighter stars are far outside the galaxies' flux)
 
 
+def archive_count_weights(g: np.ndarray) -> np.ndarray:
+    """Weights of stars drawn at G uniform in [ARCHIVE_G_MIN, ARCHIVE_G_MAX] that make them count as
+    the archive counts stars, N(G) ~ 10^(COUNT_SLOPE G): ~43% of the weight at G 17-17.65, where the
+    flag is hardest, instead of the uniform draw's 25%."""
+    return 10.0 ** (COUNT_SLOPE * (np.asarray(g, dtype=float) - ARCHIVE_G_MAX))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default=str(REPO / "params.yaml"))
@@ -157,9 +164,7 @@ def main(argv=None) -> int:
     archive_stars, g_arch = star_fluxes(library, archive_cfg, seed=SEED + 1, return_g=True)
     flag_archive = flagged(archive_stars)
     result["held_out_stars_at_archive_g_flagged"] = share(flag_archive)
-    # weighted as the archive counts stars: N(G) ~ 10^(COUNT_SLOPE G), so that ~43% of them lie at
-    # G 17-17.65, where the flag is hardest, instead of the uniform draw's 25%
-    counts = 10.0 ** (COUNT_SLOPE * (g_arch - ARCHIVE_G_MAX))
+    counts = archive_count_weights(g_arch)
     result["held_out_stars_at_archive_counts_flagged"] = float(np.average(flag_archive, weights=counts))
     result["archive_by_g"] = {}
     print(f"held-out library stars at archive magnitudes (G {ARCHIVE_G_MIN}-{ARCHIVE_G_MAX}): "

@@ -46,12 +46,18 @@ def test_dev_stars_are_neither_held_out_nor_in_the_dev_layers_fit_part():
     assert abs(len(ids) / len(np.unique(library.source_id)) - 0.16) < 0.01
 
 
-def test_a_bad_override_or_a_disabled_star_term_is_one_message_and_exit_2(tmp_path):
+def test_a_bad_override_a_disabled_star_term_or_an_unwritable_json_is_one_message_and_exit_2(tmp_path):
     params = str(REPO / "params.yaml")
     done = _run("--params", params, "--set", "eligibility.keep", cwd=tmp_path)
     assert done.returncode == 2 and "KEY=VALUE" in done.stderr and "Traceback" not in done.stderr
     done = _run("--params", params, "--set", "eligibility.stars=false", cwd=tmp_path)
     assert done.returncode == 2 and "eligibility.stars" in done.stderr and "Traceback" not in done.stderr
+    # a JSON path that cannot be written is refused before minutes of work, not after them
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    done = _run("--params", params, "--json", str(blocker / "dev.json"), cwd=tmp_path)
+    assert done.returncode == 2 and "--json" in done.stderr and "Traceback" not in done.stderr
+    assert "host:" not in done.stdout  # stopped before any work
 
 
 @pytest.mark.slow
