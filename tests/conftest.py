@@ -77,6 +77,18 @@ def copy_params(dst: Path) -> Path:
     return target
 
 
+def benchmark_module(name: str):
+    """The module benchmarks/NAME.py (benchmarks is a folder of scripts, not a package)."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+
 def random_frame(n: int = 400, seed: int = 0):
     """A frame in the dataset schema with plausible z and positive fluxes (for unit tests that do not
     need physics: io, split, validation)."""

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import benchmark_module
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "bench_eligibility_dev.py"
 
@@ -21,19 +23,10 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=600)  # fmt: skip
 
 
-def _module():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import bench_eligibility_dev
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return bench_eligibility_dev
-
-
 def test_dev_stars_are_neither_held_out_nor_in_the_dev_layers_fit_part():
     from xpz.data.stars import HELD_OUT, held_out_mask, read_library
 
-    bench = _module()
+    bench = benchmark_module("bench_eligibility_dev")
     library = read_library()
     dev = bench.dev_stars(library)
     ids = set(dev.source_id.tolist())

@@ -15,7 +15,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from conftest import copy_params
+from conftest import benchmark_module, copy_params
 from xpz.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,21 +151,12 @@ def test_the_cheap_documented_commands_run_for_real_on_the_smoke_profile(workdir
         assert result.exit_code == 0, f"xpz {' '.join(words)}: {result.output[-2000:]}"
 
 
-def _report_module():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import _report
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return _report
-
-
 def test_benchmark_tables_are_rendered_from_their_json(tmp_path):
     """The README's headline table is exactly what benchmarks/_report.py renders from its committed
     JSON; `write` replaces only what lies between the markers and refuses a doc without them."""
     import json
 
-    report = _report_module()
+    report = benchmark_module("_report")
     headline = json.loads((REPO / "benchmarks" / "results" / "headline.json").read_text())
     readme = (REPO / "README.md").read_text()
     assert f"<!-- bench:headline -->\n{report.render(headline)}\n<!-- /bench:headline -->" in readme
