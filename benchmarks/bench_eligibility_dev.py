@@ -6,7 +6,9 @@ training one: this benchmark fits only the layer (params.yaml's `eligibility` se
 `--set`), once per regime of `bench_families.py` (every family but one, and all), on the same numbers
 of training and validation galaxies, and reports
 
-- the share of each family's test galaxies flagged (a family left out is "unseen"),
+- the share of each family's test galaxies flagged (a family left out is "unseen"), and why: by the
+  star term alone or by a galaxy term (`OodDensity.over_cuts`), and among the galaxies brighter and
+  fainter than the star term's bright line (`eligibility.star_bright_g`, G 17.8),
 - the share of *dev* library stars flagged at archive magnitudes (G 15-17.65, uniform and weighted as
   Gaia's star counts), at the galaxies' magnitudes, and of the real Gaia DR3 stars in tests/fixtures;
 - the share of fresh impostors flagged (`xpz.data.impostors`, `--impostors` of each kind, a seed the
@@ -60,6 +62,30 @@ def dev_stars(library, low: float = DEV_STARS[0], high: float = DEV_STARS[1]):
     return library.subset(held_out_mask(library.source_id, high) & ~held_out_mask(library.source_id, low))
 
 
+def flag_breakdown(layer, x: np.ndarray, bright_log_s: float | None) -> dict[str, float]:
+    """Why (n, 186) fluxes `x` are flagged by the eligibility `layer` (an `xpz.model.ood.OodDensity`
+    with the star term): `flagged` (share of all), `star_only` (flagged by the star term and no galaxy
+    term), `galaxy_terms` (by the residual, density or template term, the star term or not), and,
+    with `bright_log_s` (log10 total flux of the bright line), `bright` (share of the sources at or
+    above it), `flagged_bright` and `flagged_faint` (share flagged on either side; NaN when a side is
+    empty). Unusable spectra count as flagged by no term."""
+    terms, valid = layer.terms(x)
+    over = layer.over_cuts(terms, valid)
+    flagged = ~layer.eligible(layer.combine(terms, valid))
+    out = {
+        "flagged": float(flagged.mean()),
+        "star_only": float((over[:, 3] & ~over[:, :3].any(axis=1)).mean()),
+        "galaxy_terms": float(over[:, :3].any(axis=1).mean()),
+    }
+    if bright_log_s is not None:
+        log_s = np.log10(np.where(valid, np.asarray(x, np.float64).sum(axis=1), 1.0))
+        bright = valid & (log_s >= bright_log_s)
+        out["bright"] = float(bright.mean())
+        out["flagged_bright"] = float(flagged[bright].mean()) if bright.any() else float("nan")
+        out["flagged_faint"] = float(flagged[~bright].mean()) if (~bright).any() else float("nan")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python benchmarks/bench_eligibility_dev.py",
@@ -106,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     from xpz.data.stars import read_library, star_fluxes
     from xpz.data.synthetic import generate
     from xpz.model.ood import fit_ood_layer
+    from xpz.model.star_term import bright_log_s
     from xpz.spectra import FAMILY_COLUMN, flux_matrix
 
     ecfg = cfg.eligibility.model_copy(update={"star_held_out": DEV_STARS[1]})
@@ -125,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     faint = star_fluxes(stars, cfg.data, seed=STAR_SEED + 1)
     _, real = fixture_stars()
     impostors = generate_impostors(args.impostors, cfg.data, seed=IMPOSTOR_SEED) if args.impostors else None
+    line = None if ecfg.star_bright_g is None else bright_log_s(ecfg.star_bright_g, ecfg, cfg.data)
     tests = {f: flux_matrix(splits.test[splits.test[FAMILY_COLUMN].astype(str) == f]) for f in families}
     print(f"generated and split {args.n:,} galaxies (seed {args.seed}); {len(stars.teff):,} dev stars "
           f"(hash {DEV_STARS[0]}-{DEV_STARS[1]}); {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
@@ -146,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         on_archive = flagged(archive)
         row = {
             "galaxies": {
-                f: {"flagged": float(flagged(x).mean()), "seen": f in trained_on} for f, x in tests.items()
+                f: {**flag_breakdown(layer, x, line), "seen": f in trained_on} for f, x in tests.items()
             },
             "stars_archive_g": float(on_archive.mean()),
             "stars_archive_counts": float(np.average(on_archive, weights=counts)),
@@ -164,6 +192,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{ARCHIVE_G_MIN}-{ARCHIVE_G_MAX} {100 * row['stars_archive_g']:.1f}% (weighted as star counts "
               f"{100 * row['stars_archive_counts']:.1f}%), at G {cfg.data.g_min}-{cfg.data.g_max} "
               f"{100 * row['stars_galaxy_g']:.1f}%; real stars {row['real_stars_flagged']} of {len(real)}", flush=True)  # fmt: skip
+        for f, v in row["galaxies"].items():
+            if not v["seen"] or regime == "all":
+                bright = "" if line is None else (f"; {100 * v['flagged_bright']:.1f}% of the {100 * v['bright']:.0f}% "
+                                                  f"brighter than G {ecfg.star_bright_g}, "
+                                                  f"{100 * v['flagged_faint']:.2f}% of the fainter")  # fmt: skip
+                print(f"  {f}: flagged {100 * v['flagged']:.2f}% = star term alone {100 * v['star_only']:.2f}% "
+                      f"+ galaxy terms {100 * v['galaxy_terms']:.2f}%{bright}", flush=True)  # fmt: skip
         if impostors is not None:
             print("  impostors flagged: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in row["impostors"].items())
                   + f"; all {100 * row['impostors_all']:.1f}%", flush=True)  # fmt: skip

@@ -68,6 +68,12 @@ def test_the_protocol_fits_each_regime_and_scores_every_family_and_the_dev_stars
         for family, scored in row["galaxies"].items():
             assert scored["seen"] == (name == "all" or family not in name)
             assert 0.0 <= scored["flagged"] <= 1.0
+            # why: every test galaxy is usable, so each flag is the star term's alone or a galaxy term's ...
+            assert scored["flagged"] == pytest.approx(scored["star_only"] + scored["galaxy_terms"], abs=1e-12)
+            # ... and the bright and faint sides add up to the whole
+            assert 0.0 < scored["bright"] < 0.5
+            assert scored["flagged"] == pytest.approx(scored["bright"] * scored["flagged_bright"]
+                                                      + (1 - scored["bright"]) * scored["flagged_faint"], abs=1e-12)  # fmt: skip
         # the star term knows stars even at this scale: most dev stars at archive magnitudes are flagged
         assert 0.5 < row["stars_archive_g"] <= 1.0 and 0.0 <= row["stars_archive_counts"] <= 1.0
         assert 0 <= row["real_stars_flagged"] <= result["n_real_stars"] == 2
@@ -78,3 +84,5 @@ def test_the_protocol_fits_each_regime_and_scores_every_family_and_the_dev_stars
         f: regimes["all but " + f]["galaxies"][f]["flagged"] for f in summary["unseen_flagged"]
     }
     assert "unseen flagged" in done.stdout and "host:" in done.stdout
+    assert "cosmos: flagged" in done.stdout and "star term alone" in done.stdout
+    assert "brighter than G 17.8" in done.stdout

@@ -201,7 +201,7 @@ class EligibilityConfig(_Section):
     """The out-of-distribution score and its threshold (`xpz.model.ood`), fitted after training."""
 
     enabled: bool = True
-    keep: float = Field(0.994, gt=0, lt=1)  # share of validation galaxies kept eligible
+    keep: float = Field(0.996, gt=0, lt=1)  # share of validation galaxies kept eligible
     components: int = Field(8, ge=1, le=185)  # principal axes of the density model
     mixture: int = Field(8, ge=1)  # Gaussian mixture components in the principal subspace
     templates: int = Field(256, ge=1)  # empirical galaxy templates of the template term (k-means centres)
@@ -218,9 +218,10 @@ class EligibilityConfig(_Section):
     star_draws: int = Field(2, ge=1)  # each library star drawn this many times (independent G and noise)
     star_tilt: float = Field(0.3, ge=0)  # half of the galaxies tilted by (lambda/604 nm)^N(0, this) (0: none)
     star_members: int = Field(3, ge=1)  # classifiers (seeds seed, seed+1, ...) whose logits are averaged
+    star_flux_balance: bool = True  # galaxies weighted to the stars' total flux (flux_balance_weights)
     star_bright_g: float | None = Field(17.8, gt=0)  # sources brighter: the archive's XP stars (None: off)
-    star_bright_share: float = Field(0.02, ge=0, lt=1)  # ... of which validation galaxies the star cut takes
-    star_faint_share: float = Field(0.002, gt=0, lt=1)  # ... and of the fainter validation galaxies
+    star_bright_share: float = Field(0.01, ge=0, lt=1)  # ... of which validation galaxies the star cut takes
+    star_faint_share: float = Field(0.001, gt=0, lt=1)  # ... and of the fainter validation galaxies
     star_impostors_per_kind: int = Field(500, ge=0)  # xpz.data.impostors of each kind among the stars
     star_held_out: float = Field(0.2, gt=0, lt=1)  # share of library stars held out (by star), never fitted
     star_g_min: float | None = Field(

@@ -248,6 +248,21 @@ class OodDensity(PassThrough):
         out[~valid | ~np.isfinite(out)] = np.inf
         return out
 
+    def over_cuts(self, terms: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """(n, k) bool: which of the layer's k terms (`TERMS` order: 3, or 4 with the star term) are
+        above their cut for (n, 4) `terms` and (n,) `valid` from `terms()`: a spectrum is ineligible
+        exactly when one is, or when it is not valid (then all are False: no term judged it). Why a
+        galaxy was flagged (benchmarks/bench_eligibility_dev.py reports it per family). Raises
+        ValueError for a two-term layer (`legacy`), whose score is a sum, not a maximum."""
+        if self.legacy:
+            raise ValueError(
+                "OodDensity.over_cuts: a two-term layer (from before the template term) sums terms"
+            )
+        cuts, scales = self.cuts_and_scales()
+        with np.errstate(invalid="ignore"):
+            over = (terms[:, : len(cuts)] - cuts) / scales > float(self.threshold.numpy())
+        return over & np.asarray(valid, bool)[:, None]
+
     def eligible(self, scores: np.ndarray) -> np.ndarray:
         """Boolean flags: score at or below the threshold (always False for +inf / NaN)."""
         s = np.asarray(scores, dtype=np.float64)
@@ -273,10 +288,12 @@ class OodDensity(PassThrough):
         star_galaxies: np.ndarray | None = None,
         star_members: int = 1,
         star_bright: tuple[float, float] | None = None,
+        star_flux_balance: bool = False,
     ) -> dict[str, float]:
         """Fit the three models on training fluxes, the star classifier (if the layer has the star term:
         `star_galaxies` if given (`fit_ood_layer`: `star_term.star_galaxies`), else the training fluxes, against
-        `nongalaxy_fluxes`; the mean of `star_members` networks) and the cuts on validation fluxes.
+        `nongalaxy_fluxes`; the mean of `star_members` networks; `star_flux_balance`: galaxies weighted to
+        the non-galaxies' distribution of total flux) and the cuts on validation fluxes.
 
         The star cut is chosen first (`star_cuts`): it takes `star_faint_share` of the validation
         galaxies fainter than `star_bright` = (log10 total flux, share), and, with the bright offset
@@ -325,9 +342,8 @@ class OodDensity(PassThrough):
             if nongalaxy_fluxes is None:
                 raise ValueError("OodDensity.fit: the star term needs nongalaxy_fluxes (stars, impostors)")
             galaxies = x if star_galaxies is None else np.asarray(star_galaxies, np.float64)
-            self._fit_star(
-                galaxies, np.asarray(nongalaxy_fluxes), star_alpha, star_max_iter, seed, star_members
-            )
+            self._fit_star(galaxies, np.asarray(nongalaxy_fluxes), star_alpha, star_max_iter, seed, star_members,
+                           star_flux_balance)  # fmt: skip
             self.star_bright.assign([0.0, 0.0])  # a refit measures the logits without an old offset
         val_terms, val_valid = self.terms(val_fluxes)
         val_terms = val_terms[val_valid][:, : 4 if self.has_star else 3]
@@ -352,7 +368,7 @@ class OodDensity(PassThrough):
         return {**self.summary(), "ood_val_eligible": float(np.mean(self.eligible(self.score(val_fluxes))))}
 
     def _fit_star(self, galaxies: np.ndarray, others: np.ndarray, alpha: float, max_iter: int, seed: int,
-                  members: int = 1):  # fmt: skip
+                  members: int = 1, flux_balance: bool = False):  # fmt: skip
         """Fit the star classifier (`xpz.model.star_term.fit_star_classifier`) into the layer's weights."""
         from xpz.model.star_term import fit_star_classifier
 
@@ -360,7 +376,7 @@ class OodDensity(PassThrough):
             raise ValueError(f"star_hidden {self.star_hidden} is not {members} members' widths")
         hidden = tuple(h // members for h in self.star_hidden)
         fitted = fit_star_classifier(
-            galaxies, others, self.star_components, hidden, alpha, max_iter, seed, members
+            galaxies, others, self.star_components, hidden, alpha, max_iter, seed, members, flux_balance
         )
         for name in ("mean", "axes", "shift", "scale", "log_s_range"):
             getattr(self, f"star_{name}").assign(fitted[name])
@@ -413,5 +429,5 @@ def fit_ood_layer(
     summary = layer.fit(x, val_fluxes, cfg.keep, seed=cfg.seed, nongalaxy_fluxes=others, star_alpha=cfg.star_alpha,
                         star_max_iter=cfg.star_max_iter,
                         star_faint_share=cfg.star_faint_share, star_galaxies=galaxies, star_members=members,
-                        star_bright=bright)  # fmt: skip
+                        star_bright=bright, star_flux_balance=cfg.star_flux_balance)  # fmt: skip
     return layer, summary

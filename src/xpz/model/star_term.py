@@ -30,7 +30,8 @@ import numpy as np
 
 
 def fit_star_classifier(galaxies: np.ndarray, others: np.ndarray, components: int, hidden: tuple[int, ...],
-                        alpha: float, max_iter: int, seed: int, members: int = 1) -> dict[str, Any]:  # fmt: skip
+                        alpha: float, max_iter: int, seed: int, members: int = 1,
+                        flux_balance: bool = False) -> dict[str, Any]:  # fmt: skip
     """The star classifier's parameters (the dict `star_logit` reads): principal axes of the features of
     galaxies and non-galaxies (`others`) together, standardised, then an MLP (scikit-learn's
     MLPClassifier: `hidden` ReLU layers, Adam, L2 `alpha`, early stopping on 10% of the rows, batches
@@ -39,7 +40,10 @@ def fit_star_classifier(galaxies: np.ndarray, others: np.ndarray, components: in
 
     `members` > 1: that many MLPs (seeds seed, seed + 1, ...) on the same axes, merged into one MLP
     whose logit is their mean (`merge_members`: hidden widths `members` x `hidden`). One network's
-    flags move by about a point of held-out stars from seed to seed; the mean of three does not."""
+    flags move by about a point of held-out stars from seed to seed; the mean of three does not.
+
+    `flux_balance`: the galaxies' rows weighted (`flux_balance_weights`) so that their log total flux
+    follows the non-galaxies', and the logit compares shapes at a given brightness."""
     import warnings
 
     from sklearn.decomposition import PCA
@@ -69,6 +73,7 @@ def fit_star_classifier(galaxies: np.ndarray, others: np.ndarray, components: in
     # sklearn's MLP keeps float32: the fit takes about 0.6x the time of float64's, and the flags move
     # less than between member seeds (benchmarks/bench_stars.py: held-out stars 99.54% against 99.63%)
     z32 = z.astype(np.float32)
+    weights = flux_balance_weights(log_s, labels) if flux_balance else None
     nets = []
     for k in range(max(members, 1)):
         if hidden:
@@ -76,15 +81,46 @@ def fit_star_classifier(galaxies: np.ndarray, others: np.ndarray, components: in
                                 early_stopping=True, n_iter_no_change=8, random_state=seed + k)  # fmt: skip
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                clf.fit(z32, labels)
+                clf.fit(z32, labels, sample_weight=weights)
             kernels64 = [np.asarray(w, np.float64) for w in clf.coefs_]
             nets.append((kernels64, [np.asarray(b, np.float64) for b in clf.intercepts_]))
         else:
-            clf = LogisticRegression(C=1.0 / max(alpha * len(z), 1e-12), max_iter=1000).fit(z, labels)
+            clf = LogisticRegression(C=1.0 / max(alpha * len(z), 1e-12), max_iter=1000)
+            clf.fit(z, labels, sample_weight=weights)
             nets.append(([clf.coef_.T], [clf.intercept_]))
     kernels, biases = merge_members(nets)
     return {"mean": pca.mean_, "axes": pca.components_, "shift": shift, "scale": scale,
             "log_s_range": np.array([log_s.min(), log_s.max()]), "kernels": kernels, "biases": biases}  # fmt: skip
+
+
+def flux_balance_weights(
+    log_s: np.ndarray, labels: np.ndarray, bins: int = 20, cap: float = 5.0
+) -> np.ndarray:
+    """(n,) sample weights for the star classifier's rows, log10 total flux `log_s` (n,) and `labels`
+    (n,: 0 galaxy, 1 non-galaxy): non-galaxies 1; galaxies in each of `bins` quantile bins of `log_s`
+    (all rows) weighted by (the non-galaxies' share in the bin) / (the galaxies' share), clipped to
+    [1/`cap`, `cap`], then scaled to a mean of 1.
+
+    Why: the library stars are drawn at G 15-19.75 and most galaxies are fainter than G 18, so
+    unweighted the classifier learns that bright means star and spends little on the shapes of the
+    few bright galaxies, where the bright cut (`bright_offset`) then takes unseen galaxy physics
+    (benchmarks/bench_eligibility_dev.py: bright galaxies of a family left out were flagged 4-6x as
+    often as bright validation galaxies). Weighted, the logit is a likelihood ratio of shape at given
+    brightness (importance weighting for covariate shift; Shimodaira 2000, J. Stat. Plan. Inference
+    90, 227), and the G prior stays with the cuts (`star_cuts`). Raises ValueError when a class is empty."""
+    x = np.asarray(log_s, np.float64)
+    galaxy = np.asarray(labels) == 0
+    if galaxy.all() or not galaxy.any():
+        raise ValueError("flux_balance_weights: need galaxies (label 0) and non-galaxies (label 1)")
+    edges = np.quantile(x, np.linspace(0.0, 1.0, bins + 1))
+    which = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, bins - 1)
+    n_galaxy = np.bincount(which[galaxy], minlength=bins) / galaxy.sum()
+    n_other = np.bincount(which[~galaxy], minlength=bins) / (~galaxy).sum()
+    ratio = n_other / np.maximum(n_galaxy, 1e-12)
+    weights = np.ones(len(x))
+    weights[galaxy] = np.clip(ratio[which[galaxy]], 1.0 / cap, cap)
+    weights[galaxy] *= galaxy.sum() / weights[galaxy].sum()
+    return weights
 
 
 def merge_members(
