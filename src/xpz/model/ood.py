@@ -26,10 +26,10 @@ Each term catches different non-galaxies: the density term smooth stellar contin
 galaxies' colours, the template term broad-line (quasar) and band-scaled spectra that the linear
 subspace can still describe, the residual term structure outside the subspace, the star term the
 stars whose shape is near some galaxy's. The star cut is chosen first (`star_term.star_cuts`): it
-takes `star_faint_share` (0.2%) of the validation galaxies fainter than G 17.8 and, with a log-odds
-offset for brighter sources, `star_bright_share` (2%) of those. The three galaxy terms' cuts theta_k
+takes `star_faint_share` (0.1%) of the validation galaxies fainter than G 17.8 and, with a log-odds
+offset for brighter sources, `star_bright_share` (1%) of those. The three galaxy terms' cuts theta_k
 are then the (1 - eps) quantiles of the validation terms, with eps chosen so that the union of all
-four keeps `keep` (e.g. 99.4%) of the validation galaxies; m_k, the validation medians, put the terms
+four keeps `keep` (e.g. 99.6%) of the validation galaxies; m_k, the validation medians, put the terms
 on one scale (a galaxy-like spectrum scores about -1). The stored threshold is 0.
 
 A spectrum with any non-finite flux or a total flux <= 0 scores +inf. (Principal-component subspace

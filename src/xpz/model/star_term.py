@@ -14,7 +14,9 @@ brighter sources look like the brightest fitted ones), their principal axes (of 
 non-galaxies together), standardised, then ReLU layers and one logit; `star_members` such networks
 averaged (`merge_members`). Negatives: training galaxies, half of them tilted by a random power law of
 wavelength (`tilt_galaxies`), so that galaxies of physics we lack are not called stars for their
-slope; each library star is drawn `star_draws` times. Sources brighter than G 17.8 (the
+slope, and (`flux_balance_weights`) weighted to the non-galaxies' distribution of total flux, so
+that the logit compares shapes at a given brightness; each library star is drawn `star_draws`
+times. Sources brighter than G 17.8 (the
 archive's XP limit, 17.65, plus the scatter of total flux at given G) get a log-odds offset (`bright_offset`, `bright_log_s`); fainter ones a lenient
 cut, which takes `star_faint_share` of such validation galaxies (`star_cuts`). Fitted by scikit-learn
 (`fit_star_classifier`), scored in numpy (`star_logit`, shared by `OodDensity.terms` and
