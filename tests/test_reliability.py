@@ -285,7 +285,7 @@ def test_real_gaia_stars_are_not_eligible(fitted, repo_root):
 def test_template_chi2_equals_the_brute_force_fit():
     """min_j min_{A>0} sum (x - A t_j)^2 / var, against a direct evaluation on a grid of amplitudes
     refined in closed form, with one spectrum that only a negative amplitude would fit (A = 0 then)."""
-    from xpz.model.ood import template_chi2
+    from xpz.model.ood_terms import template_chi2
 
     rng = np.random.default_rng(1)
     t = rng.uniform(0.5, 2.0, size=(7, 186))

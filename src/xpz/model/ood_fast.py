@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from xpz.model.ood import TERMS, OodDensity, template_chi2
+from xpz.model.ood import TERMS, OodDensity
+from xpz.model.ood_terms import template_chi2
 from xpz.model.star_term import star_logit
 from xpz.spectra import N_FLUX
 
