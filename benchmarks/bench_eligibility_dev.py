@@ -62,13 +62,15 @@ def dev_stars(library, low: float = DEV_STARS[0], high: float = DEV_STARS[1]):
     return library.subset(held_out_mask(library.source_id, high) & ~held_out_mask(library.source_id, low))
 
 
-def flag_breakdown(layer, x: np.ndarray, bright_log_s: float | None) -> dict[str, float]:
+def flag_breakdown(layer, x: np.ndarray, line: float | None) -> dict[str, float]:
     """Why (n, 186) fluxes `x` are flagged by the eligibility `layer` (an `xpz.model.ood.OodDensity`
     with the star term): `flagged` (share of all), `star_only` (flagged by the star term and no galaxy
     term), `galaxy_terms` (by the residual, density or template term, the star term or not), and,
-    with `bright_log_s` (log10 total flux of the bright line), `bright` (share of the sources at or
+    with `line` (log10 total flux of the bright line, `bright_log_s`), `bright` (share of the sources at or
     above it), `flagged_bright` and `flagged_faint` (share flagged on either side; NaN when a side is
     empty). Unusable spectra count as flagged by no term."""
+    from xpz.model.ood_terms import flux_features
+
     terms, valid = layer.terms(x)
     over = layer.over_cuts(terms, valid)
     flagged = ~layer.eligible(layer.combine(terms, valid))
@@ -77,9 +79,8 @@ def flag_breakdown(layer, x: np.ndarray, bright_log_s: float | None) -> dict[str
         "star_only": float((over[:, 3] & ~over[:, :3].any(axis=1)).mean()),
         "galaxy_terms": float(over[:, :3].any(axis=1).mean()),
     }
-    if bright_log_s is not None:
-        log_s = np.log10(np.where(valid, np.asarray(x, np.float64).sum(axis=1), 1.0))
-        bright = valid & (log_s >= bright_log_s)
+    if line is not None:
+        bright = valid & (np.log10(flux_features(x)[2]) >= line)  # total flux, 1 where unusable
         out["bright"] = float(bright.mean())
         out["flagged_bright"] = float(flagged[bright].mean()) if bright.any() else float("nan")
         out["flagged_faint"] = float(flagged[~bright].mean()) if (~bright).any() else float("nan")

@@ -391,6 +391,32 @@ def test_over_cuts_names_the_terms_that_flag_each_source(star_layer, library):
     assert over[-300:-200, :3].any(axis=1).mean() > 0.5  # the galaxy terms catch the damaged band
 
 
+@pytest.mark.slow  # the star layer: > 5 s to fit
+def test_flag_breakdown_splits_the_flags_into_parts_that_add_up(star_layer, library):
+    """bench_eligibility_dev's breakdown: flagged = by the star term alone + by a galaxy term, even where
+    both terms flag a source, and the bright and faint shares add up to the whole."""
+    from conftest import benchmark_module
+    from xpz.config import DataConfig
+    from xpz.data.stars import star_fluxes
+    from xpz.model.star_term import bright_log_s
+
+    layer, _, test, cfg, _ = star_layer
+    held = library.part("held_out", cfg.star_held_out)
+    stars = star_fluxes(held.subset(np.arange(0, len(held), 8)), DataConfig(g_min=15.0, g_max=17.65), seed=96)
+    damaged = stars[:300].astype(np.float64)
+    damaged[:, 80:] = 0.0  # stars with their RP band zeroed: a star, and like no galaxy
+    x = np.concatenate([test[:1500], stars[300:], damaged])
+    over = layer.over_cuts(*layer.terms(x))
+    assert (over[:, 3] & over[:, :3].any(axis=1)).mean() > 0.05  # flagged by both kinds of term
+    breakdown = benchmark_module("bench_eligibility_dev").flag_breakdown
+    out = breakdown(layer, x, bright_log_s(cfg.star_bright_g, cfg))
+    assert out["flagged"] == pytest.approx(out["star_only"] + out["galaxy_terms"], abs=1e-12)
+    assert out["star_only"] < np.mean(over[:, 3])
+    assert out["flagged"] == pytest.approx(out["bright"] * out["flagged_bright"]
+                                           + (1 - out["bright"]) * out["flagged_faint"], abs=1e-12)  # fmt: skip
+    assert 0.3 < out["bright"] < 0.8 and out["flagged_bright"] > out["flagged_faint"]
+
+
 def test_a_three_term_layer_saved_before_the_star_term_still_loads_and_scores(star_layer):
     """Models registered before the star term hold 13 eligibility weights and a config without the
     star settings: they load into the new layer and score with their three terms and cuts."""

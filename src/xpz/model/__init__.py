@@ -3,7 +3,7 @@
 Modules, from the leaves up (no import cycles, function-level imports included: tests/test_layout.py):
 `head` (the `RedshiftPosterior` softmax head, its loss and metric, the CDF math; imports no xpz
 module), `scaling` (asinh or min-max input layers fitted on train), `passthrough` (the base of the layers fitted
-after training), `star_term` (the eligibility's star classifier), `cuts` (its per-term cuts), `ood` (eligibility score; `ood_fast`
+after training), `star_term` (the eligibility's star classifier), `cuts` (its per-term cuts), `ood_terms` (usable rows, the template fit), `ood` (eligibility score; `ood_fast`
 scores it for the prediction paths), `recalibration` (p(z) per group), `conformal` (the 68%
 interval), `saving` (registers every custom Keras object; `import xpz` has it imported with Keras), `inference`
 (the compiled forward pass), `posterior` (network output -> z and its interval: every prediction

@@ -253,11 +253,11 @@ class OodDensity(PassThrough):
         nongalaxy_fluxes: np.ndarray | None = None,
         star_alpha: float = 1e-4,
         star_max_iter: int = 40,
-        star_faint_share: float = 0.002,
+        star_faint_share: float = 0.001,
         star_galaxies: np.ndarray | None = None,
         star_members: int = 1,
         star_bright: tuple[float, float] | None = None,
-        star_flux_balance: bool = False,
+        star_flux_balance: bool = True,
     ) -> dict[str, float]:
         """Fit the three models on training fluxes, the star classifier (if the layer has the star term:
         `star_galaxies` if given (`fit_ood_layer`: `star_term.star_galaxies`), else the training fluxes, against
