@@ -6,7 +6,8 @@ training one: this benchmark fits only the layer (params.yaml's `eligibility` se
 `--set`), once per regime of `bench_families.py` (every family but one, and all), on the same numbers
 of training and validation galaxies, and reports
 
-- the share of each family's test galaxies flagged (a family left out is "unseen"), and why: by the
+- the share of each family's test galaxies flagged (a family left out is "unseen", and scored on every
+  galaxy generated of it, as in bench_families.py: the regime fits on none of them), and why: by the
   star term alone or by a galaxy term (`OodDensity.over_cuts`), and among the galaxies brighter and
   fainter than the star term's bright line (`eligibility.star_bright_g`, G 17.8),
 - the share of *dev* library stars flagged at archive magnitudes (G 15-17.65, uniform and weighted as
@@ -155,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     impostors = generate_impostors(args.impostors, cfg.data, seed=IMPOSTOR_SEED) if args.impostors else None
     line = None if ecfg.star_bright_g is None else bright_log_s(ecfg.star_bright_g, ecfg, cfg.data)
     tests = {f: flux_matrix(splits.test[splits.test[FAMILY_COLUMN].astype(str) == f]) for f in families}
+    whole = {
+        f: np.concatenate([flux_matrix(part[part[FAMILY_COLUMN].astype(str) == f])
+                           for part in (splits.train, splits.val, splits.test)])
+        for f in families
+    }  # fmt: skip
     print(f"generated and split {args.n:,} galaxies (seed {args.seed}); {len(stars.teff):,} dev stars "
           f"(hash {DEV_STARS[0]}-{DEV_STARS[1]}); {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
     plans = regimes(families)
@@ -175,7 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         on_archive = flagged(archive)
         row = {
             "galaxies": {
-                f: {**flag_breakdown(layer, x, line), "seen": f in trained_on} for f, x in tests.items()
+                f: {
+                    **flag_breakdown(layer, scored, line),
+                    "seen": f in trained_on,
+                    "n": len(scored),
+                }
+                for f, x in tests.items()
+                for scored in [x if f in trained_on else whole[f]]
             },
             "stars_archive_g": float(on_archive.mean()),
             "stars_archive_counts": float(np.average(on_archive, weights=counts)),

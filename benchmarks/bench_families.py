@@ -10,14 +10,17 @@ members, calibration, eligibility; no tuning) on
     every training family but one (for each one) | all training families
 
 all with the same number of training galaxies, and scores each on the test galaxies of every family
-and on `--n-held` cww galaxies: MAE, sigma_NMAD, 68% coverage (overall and the worst true-z bin up to
-0.45), mean error at z < 0.10 and the share flagged ineligible. A row whose family the model was not
+it was trained on, on every generated galaxy of the family it left out (none of which it trained,
+validated or fitted its eligibility on: ten times the test split, so that the worst true-z bin is a
+measurement and not the luck of 60-130 galaxies), and on `--n-held` cww galaxies: MAE, sigma_NMAD,
+68% coverage (overall and the worst true-z bin up to 0.45), mean error at z < 0.10 and the share
+flagged ineligible. A row whose family the model was not
 trained on is marked unseen: those rows are the physics gap, and "all -> cww" is what the default
 model does on galaxy physics it never saw. The table run (seed 7, with cww) chooses no parameter;
 the dev protocol below, on another seed and without cww, is where choices are made.
 
     python benchmarks/bench_families.py                      # 90,000 galaxies, params.yaml's model
-    python benchmarks/bench_families.py --n 150000 --json benchmarks/results/families.json \
+    python benchmarks/bench_families.py --n 150000 --n-held 50000 --json benchmarks/results/families.json \
         --doc docs/families.md --figure docs/figures/families.png
 
 The dev protocol on which the project's modelling choices are made (docs/families.md): another
@@ -149,12 +152,13 @@ def table(results: dict) -> dict:
             f"{sc['worst_bin_coverage']:.3f}",
             f"{sc['low_z_bias']:+.4f}",
             f"{sc['flagged']:.1%}" if np.isfinite(sc["flagged"]) else "-",
+            f"{sc['n']:,.0f}",
         ]  # fmt: skip
         for regime, by_family in results["scores"].items()
         for family, sc in by_family.items()
     ]
     columns = ["trained on", "tested on", "MAE", "sigma_NMAD", "coverage 68",
-               "worst bin coverage (z < 0.45)", "mean error z < 0.10", "flagged"]  # fmt: skip
+               "worst bin coverage (z < 0.45)", "mean error z < 0.10", "flagged", "galaxies"]  # fmt: skip
     return {
         "name": "families",
         "columns": columns,
@@ -211,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default="params.yaml", help="parameters file (default: %(default)s)")
     ap.add_argument("--profile", default=None, help="params profile (default: the file's)")
     ap.add_argument("--n", type=int, default=90_000, help="galaxies generated (default: %(default)s)")
-    ap.add_argument("--n-held", type=int, default=5000,
+    ap.add_argument("--n-held", type=int, default=30000,
                     help=f"held-out {HELD_OUT} galaxies tested on (default: %(default)s)")  # fmt: skip
     ap.add_argument(
         "--seed", type=int, default=7, help="generator seed (default: %(default)s, not the data's)"
@@ -276,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     if held is not None:
         tests[HELD_OUT] = held
+    # a family left out is scored on all its galaxies: no regime that leaves it out trains, validates
+    # or fits its eligibility on any of them, and ten times the test split's galaxies make its
+    # per-bin coverage a measurement (the table's bins at z > 0.3 hold 60-130 test galaxies: +-0.04-0.06)
+    whole = {f: data[data[FAMILY_COLUMN].astype(str) == f].reset_index(drop=True) for f in families}
     for regime, trained_on in plans.items():
         part = Splits(
             train=_subset(splits.train, trained_on, n_train, 1),
@@ -288,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trained on {regime} ({len(part.train):,} galaxies) in {time.perf_counter() - t0:.0f} s")
         results["scores"][regime] = {}
         for family, test in tests.items():
+            if family in whole and family not in trained_on:
+                test = whole[family]
             pred = predict_posterior(model, flux_matrix(test))[0]
             results["scores"][regime][family] = {
                 **score(test, pred, cfg.evaluate),

@@ -79,6 +79,14 @@ def test_the_protocol_fits_each_regime_and_scores_every_family_and_the_dev_stars
         assert 0 <= row["real_stars_flagged"] <= result["n_real_stars"] == 2
         # pure noise is nothing like a galaxy: the galaxy terms flag it whatever the setting
         assert row["impostors"]["noise"] > 0.9 and len(row["impostors"]) == 6
+    # a family left out is scored on all its galaxies (every split; its regime fits on none of them),
+    # the families fitted on on their test split: the three left-out rows hold the whole dataset
+    n_unseen = [regimes["all but " + f]["galaxies"][f]["n"] for f in ("bagpipes", "cosmos", "kcorrect")]
+    assert sum(n_unseen) == 3000
+    assert all(
+        regimes["all"]["galaxies"][f]["n"] < 0.2 * n
+        for f, n in zip(("bagpipes", "cosmos", "kcorrect"), n_unseen)
+    )
     summary = result["summary"]
     assert summary["unseen_flagged"] == {
         f: regimes["all but " + f]["galaxies"][f]["flagged"] for f in summary["unseen_flagged"]

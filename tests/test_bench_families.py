@@ -45,5 +45,13 @@ def test_dev_protocol_run_applies_overrides_and_never_tests_the_held_out_family(
     assert all("cww" not in by_family for by_family in scores.values())
     left_out = scores["all but cosmos"]["cosmos"]
     assert left_out["seen"] is False and 0 < left_out["mae"] < 0.6
-    assert all(row[-1] == "-" for row in result["rows"])  # no eligibility layer: flagged not assessed
+    # a family left out is scored on every galaxy generated of it (all splits), the others on the
+    # test split: the three left-out rows hold the whole dataset, ~10x the test rows
+    assert sum(scores[f"all but {f}"][f]["n"] for f in ("bagpipes", "cosmos", "kcorrect")) == 3000
+    families = ("bagpipes", "cosmos", "kcorrect")
+    assert all(scores["all"][f]["n"] < 0.2 * scores[f"all but {f}"][f]["n"] for f in families)
+    assert scores["all but cosmos"]["kcorrect"]["n"] == scores["all"]["kcorrect"]["n"]
+    first = scores["all but bagpipes"]
+    assert [row[-1] for row in result["rows"][:3]] == [f"{first[f]['n']:,.0f}" for f in families]
+    assert all(row[-2] == "-" for row in result["rows"])  # no eligibility layer: flagged not assessed
     assert "cww" not in done.stdout.split("Physics gap")[1]
