@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 from xpz.env import quiet_telemetry  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_families import _subset, load_params, regime_sizes, regimes, split_families  # noqa: E402
+from bench_families import _subset, family_galaxies, load_params, regime_sizes, regimes, split_families  # noqa: E402
 from bench_stars import ARCHIVE_G_MAX, ARCHIVE_G_MIN, archive_count_weights, fixture_stars  # noqa: E402
 
 DEV_SEED = 11  # the dev protocol's generator seed (docs/families.md)
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     from xpz.data.synthetic import generate
     from xpz.model.ood import fit_ood_layer
     from xpz.model.star_term import bright_log_s
-    from xpz.spectra import FAMILY_COLUMN, flux_matrix
+    from xpz.spectra import flux_matrix
 
     ecfg = cfg.eligibility.model_copy(update={"star_held_out": DEV_STARS[1]})
     t0 = time.perf_counter()
@@ -155,12 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     _, real = fixture_stars()
     impostors = generate_impostors(args.impostors, cfg.data, seed=IMPOSTOR_SEED) if args.impostors else None
     line = None if ecfg.star_bright_g is None else bright_log_s(ecfg.star_bright_g, ecfg, cfg.data)
-    tests = {f: flux_matrix(splits.test[splits.test[FAMILY_COLUMN].astype(str) == f]) for f in families}
-    whole = {
-        f: np.concatenate([flux_matrix(part[part[FAMILY_COLUMN].astype(str) == f])
-                           for part in (splits.train, splits.val, splits.test)])
-        for f in families
-    }  # fmt: skip
+    test_frames, whole_frames = family_galaxies(splits, families)
+    tests = {f: flux_matrix(frame) for f, frame in test_frames.items()}
+    whole = {f: flux_matrix(frame) for f, frame in whole_frames.items()}
     print(f"generated and split {args.n:,} galaxies (seed {args.seed}); {len(stars.teff):,} dev stars "
           f"(hash {DEV_STARS[0]}-{DEV_STARS[1]}); {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
     plans = regimes(families)
@@ -179,15 +176,11 @@ def main(argv: list[str] | None = None) -> int:
             return ~layer.eligible(layer.score(x))
 
         on_archive = flagged(archive)
+        scored = {f: tests[f] if f in trained_on else whole[f] for f in families}  # as family_galaxies says
         row = {
             "galaxies": {
-                f: {
-                    **flag_breakdown(layer, scored, line),
-                    "seen": f in trained_on,
-                    "n": len(scored),
-                }
-                for f, x in tests.items()
-                for scored in [x if f in trained_on else whole[f]]
+                f: {**flag_breakdown(layer, x, line), "seen": f in trained_on, "n": len(x)}
+                for f, x in scored.items()
             },
             "stars_archive_g": float(on_archive.mean()),
             "stars_archive_counts": float(np.average(on_archive, weights=counts)),
