@@ -151,6 +151,7 @@ KINDS = {
         "test_relocate",
         "test_safety",
         "test_team",
+        "test_bench_heldout",
     ),  # fmt: skip
 }
 KIND_OF = {name: kind for kind, names in KINDS.items() for name in names}

@@ -152,14 +152,23 @@ def test_the_cheap_documented_commands_run_for_real_on_the_smoke_profile(workdir
 
 
 def test_benchmark_tables_are_rendered_from_their_json(tmp_path):
-    """The README's headline table is exactly what benchmarks/_report.py renders from its committed
-    JSON; `write` replaces only what lies between the markers and refuses a doc without them."""
+    """The README's headline table and docs/families.md's two tables are exactly what
+    benchmarks/_report.py renders from their committed JSON; `write` replaces only what lies
+    between the markers and refuses a doc without them."""
     import json
 
     report = benchmark_module("_report")
-    headline = json.loads((REPO / "benchmarks" / "results" / "headline.json").read_text())
-    readme = (REPO / "README.md").read_text()
-    assert f"<!-- bench:headline -->\n{report.render(headline)}\n<!-- /bench:headline -->" in readme
+    for name, page in (
+        ("headline", "README.md"),
+        ("families", "docs/families.md"),
+        ("heldout", "docs/families.md"),
+    ):
+        results = json.loads((REPO / "benchmarks" / "results" / f"{name}.json").read_text())
+        text = (REPO / page).read_text()
+        assert f"<!-- bench:{name} -->\n{report.render(results)}\n<!-- /bench:{name} -->" in text, (
+            name,
+            page,
+        )
     doc = tmp_path / "doc.md"
     doc.write_text("before\n<!-- bench:t -->\nold\n<!-- /bench:t -->\nafter\n")
     results = {
