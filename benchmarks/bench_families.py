@@ -155,27 +155,37 @@ def score(test: pd.DataFrame, pred: pd.DataFrame, ecfg) -> dict[str, float]:
     }
 
 
+SCORE_COLUMNS = ["MAE", "sigma_NMAD", "coverage 68", "worst bin coverage (z < 0.45)", "mean error z < 0.10",
+                 "flagged", "galaxies"]  # fmt: skip
+
+
+def score_cells(sc: dict) -> list[str]:
+    """One `score` result as table cells, in SCORE_COLUMNS order (bench_heldout's table shares them)."""
+    return [
+        f"{sc['mae']:.4f}",
+        f"{sc['sigma_nmad']:.4f}",
+        f"{sc['coverage_68']:.3f}",
+        f"{sc['worst_bin_coverage']:.3f}",
+        f"{sc['low_z_bias']:+.4f}",
+        f"{sc['flagged']:.1%}" if np.isfinite(sc["flagged"]) else "-",
+        f"{sc['n']:,.0f}",
+    ]
+
+
 def table(results: dict) -> dict:
     """The benchmark's `_report` results: one row per (trained on, tested on) pair."""
     rows = [
-        [
-            regime,
-            family + ("" if sc["seen"] else " (unseen)"),
-            f"{sc['mae']:.4f}",
-            f"{sc['sigma_nmad']:.4f}",
-            f"{sc['coverage_68']:.3f}",
-            f"{sc['worst_bin_coverage']:.3f}",
-            f"{sc['low_z_bias']:+.4f}",
-            f"{sc['flagged']:.1%}" if np.isfinite(sc["flagged"]) else "-",
-            f"{sc['n']:,.0f}",
-        ]  # fmt: skip
+        [regime, family + ("" if sc["seen"] else " (unseen)"), *score_cells(sc)]
         for regime, by_family in results["scores"].items()
         for family, sc in by_family.items()
     ]
-    columns = ["trained on", "tested on", "MAE", "sigma_NMAD", "coverage 68",
-               "worst bin coverage (z < 0.45)", "mean error z < 0.10", "flagged", "galaxies"]  # fmt: skip
+    return report(results, "families", ["trained on", "tested on", *SCORE_COLUMNS], rows)
+
+
+def report(results: dict, name: str, columns: list[str], rows: list[list[str]]) -> dict:
+    """A `_report` results dict: the table (`name`, `columns`, `rows`), the run's settings and its scores."""
     return {
-        "name": "families",
+        "name": name,
         "columns": columns,
         "rows": rows,
         "run": {k: v for k, v in results.items() if k != "scores"},

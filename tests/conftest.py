@@ -89,6 +89,16 @@ def benchmark_module(name: str):
         sys.path.remove(str(REPO / "benchmarks"))
 
 
+def run_benchmark(name: str, *args: str, cwd: Path, timeout: int = 900):
+    """`python benchmarks/NAME.py ARGS` in `cwd`, as a user runs it: the CompletedProcess (text)."""
+    import subprocess
+    import sys
+
+    script = REPO / "benchmarks" / f"{name}.py"
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout)  # fmt: skip
+
+
 def random_frame(n: int = 400, seed: int = 0):
     """A frame in the dataset schema with plausible z and positive fluxes (for unit tests that do not
     need physics: io, split, validation)."""

@@ -6,21 +6,18 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import benchmark_module
+from conftest import benchmark_module, run_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "benchmarks" / "bench_eligibility_dev.py"
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=600)  # fmt: skip
+    return run_benchmark("bench_eligibility_dev", *args, cwd=cwd, timeout=600)
 
 
 def test_dev_stars_are_neither_held_out_nor_in_the_dev_layers_fit_part():

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import run_benchmark
+
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "benchmarks" / "bench_families.py"
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=900)  # fmt: skip
+    return run_benchmark("bench_families", *args, cwd=cwd, timeout=900)
 
 
 def test_a_bad_override_is_one_message_and_exit_2(tmp_path):

@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import benchmark_module
+from conftest import benchmark_module, run_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "benchmarks" / "bench_heldout.py"
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=600)  # fmt: skip
+    return run_benchmark("bench_heldout", *args, cwd=cwd, timeout=600)
 
 
 def test_too_few_galaxies_and_a_missing_model_are_one_message_and_exit_2(tmp_path):
