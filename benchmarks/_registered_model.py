@@ -17,14 +17,18 @@ def add_model_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def load_model(args: argparse.Namespace):
-    """(params, model URI, loaded `xpz.serving.batch.Predictor`) for the parsed options; a model that
-    cannot be found or loaded ends the benchmark with its one-line message (exit 2)."""
-    from xpz.config import load_config
+    """(params, model URI, loaded `xpz.serving.batch.Predictor`) for the parsed options; a parameters
+    file or a model that cannot be read or loaded ends the benchmark with its one-line message (exit 2)."""
+    from xpz.config import ConfigError, load_config
     from xpz.errors import InputError
     from xpz.serving.batch import load_predictor
     from xpz.serving.models import default_tracking_uri
 
-    cfg = load_config(args.params)
+    try:
+        cfg = load_config(args.params)
+    except ConfigError as error:  # a missing or invalid parameters file
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     model = args.model or f"models:/{cfg.tracking.registered_model}@champion"
     try:
         return cfg, model, load_predictor(model, args.tracking_uri or default_tracking_uri(cfg.tracking.uri))

@@ -19,7 +19,7 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return run_benchmark("bench_heldout", *args, cwd=cwd, timeout=600)
 
 
-def test_too_few_galaxies_and_a_missing_model_are_one_message_and_exit_2(tmp_path):
+def test_too_few_galaxies_a_missing_model_or_params_file_are_one_message_and_exit_2(tmp_path):
     done = _run("--n", "100", cwd=tmp_path)
     assert (
         done.returncode == 2 and "--n must be at least 500" in done.stderr and "Traceback" not in done.stderr
@@ -27,6 +27,9 @@ def test_too_few_galaxies_and_a_missing_model_are_one_message_and_exit_2(tmp_pat
     done = _run("--params", str(REPO / "params.yaml"), "--n", "500", "--model", str(tmp_path / "nothing.keras"),
                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 2 and "nothing.keras" in done.stderr and "Traceback" not in done.stderr
+    done = _run("--params", str(tmp_path / "missing.yaml"), cwd=tmp_path)
+    assert done.returncode == 2 and "missing.yaml: parameters file not found" in done.stderr
+    assert "Traceback" not in done.stderr
     assert not list(tmp_path.glob("*.json"))
 
 
