@@ -95,14 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         print("--n must be at least 500 (the per-bin coverage needs galaxies in every bin)", file=sys.stderr)
         return 2
 
-    from xpz.hostinfo import print_host
-
-    host = print_host()  # CPU model, numpy sgemm GFLOP/s, reference network samples/s
     quiet_telemetry()
+    cfg, model, predictor = load_model(args)  # a bad --params or --model stops here, before any work
     from xpz.data.synthetic import generate
+    from xpz.hostinfo import print_host
     from xpz.spectra import flux_matrix
 
-    cfg, model, predictor = load_model(args)
+    host = print_host()  # CPU model, numpy sgemm GFLOP/s, reference network samples/s
     trained_on = sorted(f for f, share in cfg.data.families.items() if share > 0)
     families = [*trained_on, *([HELD_OUT] if HELD_OUT not in trained_on else [])]
     print(f"model {model} ({predictor.uri}), trained on {', '.join(trained_on)}; {args.n:,} galaxies per family, "
