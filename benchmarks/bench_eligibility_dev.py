@@ -46,7 +46,15 @@ import numpy as np  # noqa: E402
 from xpz.env import quiet_telemetry  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_families import _subset, family_galaxies, load_params, regime_sizes, regimes, split_families  # noqa: E402
+from bench_families import (  # noqa: E402
+    _subset,
+    family_galaxies,
+    load_params,
+    regime_sizes,
+    regimes,
+    scored_on,
+    split_families,
+)
 from bench_stars import ARCHIVE_G_MAX, ARCHIVE_G_MIN, archive_count_weights, fixture_stars  # noqa: E402
 
 DEV_SEED = 11  # the dev protocol's generator seed (docs/families.md)
@@ -176,11 +184,10 @@ def main(argv: list[str] | None = None) -> int:
             return ~layer.eligible(layer.score(x))
 
         on_archive = flagged(archive)
-        scored = {f: tests[f] if f in trained_on else whole[f] for f in families}  # as family_galaxies says
         row = {
             "galaxies": {
                 f: {**flag_breakdown(layer, x, line), "seen": f in trained_on, "n": len(x)}
-                for f, x in scored.items()
+                for f, x in scored_on(trained_on, tests, whole).items()
             },
             "stars_archive_g": float(on_archive.mean()),
             "stars_archive_counts": float(np.average(on_archive, weights=counts)),

@@ -86,6 +86,13 @@ def family_galaxies(splits, families: list[str]) -> tuple[dict[str, pd.DataFrame
     return {f: of(splits.test, f) for f in families}, {f: of(every, f) for f in families}
 
 
+def scored_on(trained_on: list[str], tests: dict, whole: dict) -> dict:
+    """{family: what a regime trained on `trained_on` is scored on}: a family's `tests` entry (its test
+    split, or the held-out galaxies), its `whole` entry when the regime left it out (`family_galaxies`).
+    The values may be frames or flux matrices."""
+    return {f: whole[f] if f in whole and f not in trained_on else x for f, x in tests.items()}
+
+
 def load_params(params: str, profile: str | None, overrides: list[str]):
     """The `Config` of `params` (its `profile`) with `--set KEY=VALUE` overrides, or None after one
     message on stderr (a bad file, key or value)."""
@@ -314,9 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         model = train_model(part, cfg).model
         print(f"trained on {regime} ({len(part.train):,} galaxies) in {time.perf_counter() - t0:.0f} s")
         results["scores"][regime] = {}
-        for family, test in tests.items():
-            if family in whole and family not in trained_on:
-                test = whole[family]
+        for family, test in scored_on(trained_on, tests, whole).items():
             pred = predict_posterior(model, flux_matrix(test))[0]
             results["scores"][regime][family] = {
                 **score(test, pred, cfg.evaluate),
