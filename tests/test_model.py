@@ -18,9 +18,9 @@ from xpz.model.architectures import (
     trainable_params,
 )
 from xpz.model.posterior import posterior_quantiles, predict_redshift, redshifts_from_output
-from xpz.model.scaling import fit_scaler
+from xpz.model.scaling import fit_scaler, loglambda_matrix
 from xpz.model.tune import RedshiftHyperModel
-from xpz.spectra import N_FLUX
+from xpz.spectra import N_BP, N_FLUX, wavelengths_nm
 
 TINY = {
     "conv_layers": 2, "filters_0": 4, "kernel_0": 3, "filters_1": 4, "kernel_1": 3,
@@ -80,6 +80,34 @@ def test_model_config_pixel_scaling_choices():
         ModelConfig(asinh_softening=0.0)
     with pytest.raises(ValueError, match="pixel_scaling"):
         fit_scaler(_fluxes(), normalize=True, pixel_scaling="log")  # type: ignore[arg-type]
+
+
+def test_loglambda_matrix_interpolates_linearly_in_ln_wavelength():
+    w = loglambda_matrix(256)
+    assert w.shape == (N_FLUX, 256)
+    assert np.allclose(w.sum(axis=0), 1.0)  # every output sample is a weighted mean of two inputs
+    assert ((w > 0).sum(axis=0) <= 2).all()
+    ln_wl = np.log(wavelengths_nm())
+    grid = ln_wl.astype(np.float32) @ w  # ln(wavelength) itself comes out uniform: redshift is a shift
+    assert np.allclose(np.diff(grid), (ln_wl[-1] - ln_wl[0]) / 255, rtol=1e-3)
+    assert grid[0] == pytest.approx(ln_wl[0], abs=1e-5) and grid[-1] == pytest.approx(ln_wl[-1], abs=1e-5)
+    # the 3 nm where the bands overlap are read from RP only: BP samples redder than RP's first get no weight
+    bp_overlap = np.flatnonzero(wavelengths_nm()[:N_BP] >= wavelengths_nm()[N_BP])
+    assert len(bp_overlap) == 1 and not w[bp_overlap].any()
+
+
+def test_loglambda_grid_model_saves_and_loads(tmp_path):
+    x = _fluxes(40)
+    cfg = ModelConfig(bin_width=0.05, input_grid="loglambda", loglambda_pixels=64)
+    scaler = fit_scaler(x, normalize=True, pixel_scaling="asinh")
+    model = build_model({**TINY, "loss": "crossentropy"}, cfg, scaler)
+    assert model.get_layer("conv_0").output.shape[1] == 64
+    model.fit(x, np.linspace(0.01, 0.5, 40), epochs=1, batch_size=16, verbose=0)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert np.array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    with pytest.raises(ValueError, match="loglambda_pixels"):
+        ModelConfig(loglambda_pixels=8)
 
 
 def test_scaler_rejects_wrong_shape():

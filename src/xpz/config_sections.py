@@ -104,6 +104,8 @@ class ModelConfig(_Section):
     asinh_softening: float = Field(
         ASINH_SOFTENING, gt=0
     )  # asinh's b, in unit-sum flux (needs normalize_flux)
+    input_grid: Literal["pixels", "loglambda"] = "pixels"  # the convolutions' axis (xpz.model.scaling)
+    loglambda_pixels: int = Field(256, ge=16)  # samples of the uniform ln-wavelength grid (366-996 nm)
     padding: Literal["valid", "same"] = "same"  # conv padding (the seed's Table 2 needs "valid")
     z_max: float = Field(0.6, gt=0)  # softmax head: bins of bin_width over [0, z_max]
     bin_width: float = Field(0.005, gt=0)

@@ -1,6 +1,8 @@
 """Architectures: the seed's Table 2 CNN, the configurable CPU default, and the keras-tuner HyperModel.
 
 Every model takes raw (n, 186) fluxes: the fitted scaling (`xpz.model.scaling`) is its first layer.
+With `model.input_grid: loglambda` a fixed interpolation (`LogLambdaResampling`) then puts the scaled
+samples on a uniform ln-wavelength grid, on which a redshift moves every feature by the same ln(1 + z).
 Hyperparameters are a flat dict (the form keras-tuner produces):
 
     conv_layers, filters_0.., kernel_0.., dense_layers, units_0.., activation, loss, optimizer,
@@ -34,7 +36,7 @@ from xpz.model.head import (  # noqa: F401  (re-exported: the head's home before
     SmoothedBinCrossentropy,
     posterior_layer,
 )
-from xpz.model.scaling import Scaler
+from xpz.model.scaling import LogLambdaResampling, Scaler
 from xpz.spectra import N_FLUX
 
 SEED_HYPERPARAMETERS: dict[str, Any] = {
@@ -130,7 +132,8 @@ def build_model(
     log_total: bool | None = None,
     name: str = "xpz_cnn",
 ) -> keras.Model:
-    """A compiled CNN: raw fluxes -> scaling -> [Conv1D + MaxPool] x n -> Dense x m -> head.
+    """A compiled CNN: raw fluxes -> scaling [-> ln-wavelength grid] -> [Conv1D + MaxPool] x n -> Dense x m
+    -> head.
 
     `learning_rate` (a float or a Keras schedule) overrides the hyperparameters' value.
     `log_total` (default: `scaler.normalize`) adds log total flux as a second input to the dense part.
@@ -142,8 +145,11 @@ def build_model(
 
     inputs = keras.Input(shape=(N_FLUX,), name="fluxes")
     x = scaler.pixel_layer()(inputs)
-    x = keras.layers.Reshape((N_FLUX, 1), name="as_sequence")(x)
     length = N_FLUX
+    if cfg.input_grid == "loglambda":
+        x = LogLambdaResampling(cfg.loglambda_pixels, name="loglambda")(x)
+        length = cfg.loglambda_pixels
+    x = keras.layers.Reshape((length, 1), name="as_sequence")(x)
     for i in range(int(hp["conv_layers"])):
         k = int(hp[f"kernel_{i}"])
         stride = int(hp.get("stem_stride", 1)) if i == 0 else 1  # the input stem (see HyperparametersConfig)

@@ -15,13 +15,14 @@ from xpz.model.conformal import ConformalIntervals
 from xpz.model.head import RedshiftMAE, RedshiftPosterior, SmoothedBinCrossentropy
 from xpz.model.ood import OodDensity
 from xpz.model.recalibration import CoverageRecalibration
-from xpz.model.scaling import AsinhScaling, LogTotalFlux, MinMaxScaling
+from xpz.model.scaling import AsinhScaling, LogLambdaResampling, LogTotalFlux, MinMaxScaling
 
 CUSTOM_OBJECTS: dict[str, type] = {
     cls.__name__: cls
     for cls in (
         MinMaxScaling,
         AsinhScaling,
+        LogLambdaResampling,
         LogTotalFlux,
         RedshiftPosterior,
         SmoothedBinCrossentropy,

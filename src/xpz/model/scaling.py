@@ -1,6 +1,7 @@
 """Input scaling fitted on the training split only, carried inside the model as Keras layers.
 
-A saved model therefore takes raw (n, 186) fluxes. Two steps, both fitted by `fit_scaler`:
+A saved model therefore takes raw (n, 186) fluxes. Two steps, both fitted by `fit_scaler` (a third,
+`LogLambdaResampling`, fixed, moves the samples to a uniform ln-wavelength grid when the model asks):
 
 1. optional shape normalisation: each spectrum is divided by its total flux (sum over the 186
    samples), so the CNN sees the spectral shape; log10 of the total flux becomes a second input
@@ -219,3 +220,53 @@ class LogTotalFlux(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "log_min": self.log_min, "log_max": self.log_max}
+
+
+def loglambda_matrix(n_out: int) -> np.ndarray:
+    """(186, n_out) float32 weights: scaled samples @ W = the same on a uniform ln(wavelength) grid.
+
+    The 186 samples are uniform in pseudo-wavelength, which is not uniform in ln(wavelength): a
+    step of 0.004 at BP's blue end, 0.012 at its red end, 0.003-0.005 in RP. On a uniform ln grid a
+    redshift moves every feature by ln(1 + z), so a convolution's kernel meets a break or a line at
+    the same width wherever it lies. Linear interpolation in ln(wavelength) (wavelengths from
+    gaiaxpy's dispersion model, `xpz.spectra.wavelengths_nm`) from the first sample (366 nm) to the
+    last (996 nm); BP serves wavelengths below RP's first sample, RP the rest (the bands overlap by
+    3 nm). Raises ValueError for n_out < 2.
+    """
+    if n_out < 2:
+        raise ValueError(f"loglambda_matrix: n_out must be >= 2, got {n_out}")
+    from xpz.spectra import N_BP, wavelengths_nm
+
+    wl = wavelengths_nm()
+    rp_start = wl[N_BP]
+    keep = np.r_[np.flatnonzero(wl[:N_BP] < rp_start), N_BP + np.arange(N_FLUX - N_BP)]
+    src = np.log(wl[keep])
+    grid = np.linspace(src[0], src[-1], n_out)
+    j = np.clip(np.searchsorted(src, grid, side="right") - 1, 0, len(src) - 2)
+    t = np.clip((grid - src[j]) / (src[j + 1] - src[j]), 0.0, 1.0)
+    w = np.zeros((N_FLUX, n_out))
+    w[keep[j], np.arange(n_out)] += 1.0 - t
+    w[keep[j + 1], np.arange(n_out)] += t
+    return w.astype(np.float32)
+
+
+@keras.saving.register_keras_serializable(package="xpz")
+class LogLambdaResampling(keras.layers.Layer):
+    """(n, 186) scaled samples -> (n, n_out) on a uniform ln-wavelength grid (`loglambda_matrix`).
+
+    No weights: the matrix is rebuilt from `n_out` on load, so the saved config stays small.
+    """
+
+    def __init__(self, n_out=256, **kwargs):
+        super().__init__(**kwargs)
+        self.n_out = int(n_out)
+        self._w = loglambda_matrix(self.n_out)
+
+    def call(self, inputs):
+        return keras.ops.matmul(keras.ops.cast(inputs, "float32"), keras.ops.convert_to_tensor(self._w))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.n_out)
+
+    def get_config(self):
+        return {**super().get_config(), "n_out": self.n_out}
