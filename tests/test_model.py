@@ -18,7 +18,7 @@ from xpz.model.architectures import (
     trainable_params,
 )
 from xpz.model.posterior import posterior_quantiles, predict_redshift, redshifts_from_output
-from xpz.model.scaling import fit_scaler, loglambda_matrix
+from xpz.model.scaling import LogLambdaResampling, fit_scaler, loglambda_matrix
 from xpz.model.tune import RedshiftHyperModel
 from xpz.spectra import N_BP, N_FLUX, wavelengths_nm
 
@@ -106,8 +106,22 @@ def test_loglambda_grid_model_saves_and_loads(tmp_path):
     model.save(tmp_path / "model.keras")
     loaded = keras.models.load_model(tmp_path / "model.keras")
     assert np.array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    # the grid travels with the model: its wavelengths are in the layer's config, not recomputed on load
+    assert loaded.get_layer("loglambda").get_config()["wavelengths"] == pytest.approx(list(wavelengths_nm()))
     with pytest.raises(ValueError, match="loglambda_pixels"):
         ModelConfig(loglambda_pixels=8)
+
+
+def test_loglambda_layer_uses_the_wavelengths_it_is_given():
+    stretched = wavelengths_nm() + np.linspace(0.0, 20.0, N_FLUX)  # another dispersion model
+    layer = LogLambdaResampling.from_config({"n_out": 32, "wavelengths": list(stretched)})
+    assert np.array_equal(layer._w, loglambda_matrix(32, stretched))
+    assert not np.allclose(layer._w, loglambda_matrix(32), atol=0.05)
+    # a common factor is a shift in ln(wavelength): the grid moves with it, the weights do not change
+    assert np.allclose(loglambda_matrix(32, 1.01 * wavelengths_nm()), loglambda_matrix(32), atol=1e-5)
+    for bad in (stretched[:100], -stretched, stretched[::-1]):
+        with pytest.raises(ValueError, match="increasing within BP"):
+            loglambda_matrix(32, bad)
 
 
 def test_scaler_rejects_wrong_shape():

@@ -222,22 +222,29 @@ class LogTotalFlux(keras.layers.Layer):
         return {**super().get_config(), "log_min": self.log_min, "log_max": self.log_max}
 
 
-def loglambda_matrix(n_out: int) -> np.ndarray:
+def loglambda_matrix(n_out: int, wavelengths: np.ndarray | None = None) -> np.ndarray:
     """(186, n_out) float32 weights: scaled samples @ W = the same on a uniform ln(wavelength) grid.
 
     The 186 samples are uniform in pseudo-wavelength, which is not uniform in ln(wavelength): a
     step of 0.004 at BP's blue end, 0.012 at its red end, 0.003-0.005 in RP. On a uniform ln grid a
     redshift moves every feature by ln(1 + z), so a convolution's kernel meets a break or a line at
-    the same width wherever it lies. Linear interpolation in ln(wavelength) (wavelengths from
-    gaiaxpy's dispersion model, `xpz.spectra.wavelengths_nm`) from the first sample (366 nm) to the
-    last (996 nm); BP serves wavelengths below RP's first sample, RP the rest (the bands overlap by
-    3 nm). Raises ValueError for n_out < 2.
+    the same width wherever it lies. Linear interpolation in ln(wavelength) from the first sample
+    (366 nm) to the last (996 nm); BP serves wavelengths below RP's first sample, RP the rest (the
+    bands overlap by 3 nm). `wavelengths` (186,) nm, per column: default gaiaxpy's DR3 dispersion
+    model (`xpz.spectra.wavelengths_nm`). Raises ValueError for n_out < 2, or wavelengths of another
+    shape, not positive, or not increasing within each band.
     """
     if n_out < 2:
         raise ValueError(f"loglambda_matrix: n_out must be >= 2, got {n_out}")
     from xpz.spectra import N_BP, wavelengths_nm
 
-    wl = wavelengths_nm()
+    wl = wavelengths_nm() if wavelengths is None else np.asarray(wavelengths, dtype=np.float64)
+    bands_increase = (np.diff(wl[:N_BP]) > 0).all() and (np.diff(wl[N_BP:]) > 0).all()
+    if wl.shape != (N_FLUX,) or not (wl > 0).all() or not bands_increase:
+        raise ValueError(
+            f"loglambda_matrix: wavelengths must be {N_FLUX} positive values (nm), increasing within BP "
+            f"(the first {N_BP}) and within RP"
+        )
     rp_start = wl[N_BP]
     keep = np.r_[np.flatnonzero(wl[:N_BP] < rp_start), N_BP + np.arange(N_FLUX - N_BP)]
     src = np.log(wl[keep])
@@ -254,13 +261,19 @@ def loglambda_matrix(n_out: int) -> np.ndarray:
 class LogLambdaResampling(keras.layers.Layer):
     """(n, 186) scaled samples -> (n, n_out) on a uniform ln-wavelength grid (`loglambda_matrix`).
 
-    No weights: the matrix is rebuilt from `n_out` on load, so the saved config stays small.
+    No weights. The 186 wavelengths are part of the layer's config, so a saved model keeps the grid
+    it was trained on whatever gaiaxpy version loads it (and loading needs no gaiaxpy).
     """
 
-    def __init__(self, n_out=256, **kwargs):
+    def __init__(self, n_out=256, wavelengths=None, **kwargs):
         super().__init__(**kwargs)
         self.n_out = int(n_out)
-        self._w = loglambda_matrix(self.n_out)
+        if wavelengths is None:
+            from xpz.spectra import wavelengths_nm
+
+            wavelengths = wavelengths_nm()
+        self.wavelengths = [float(v) for v in wavelengths]
+        self._w = loglambda_matrix(self.n_out, np.asarray(self.wavelengths))
 
     def call(self, inputs):
         return keras.ops.matmul(keras.ops.cast(inputs, "float32"), keras.ops.convert_to_tensor(self._w))
@@ -269,4 +282,4 @@ class LogLambdaResampling(keras.layers.Layer):
         return (input_shape[0], self.n_out)
 
     def get_config(self):
-        return {**super().get_config(), "n_out": self.n_out}
+        return {**super().get_config(), "n_out": self.n_out, "wavelengths": self.wavelengths}
