@@ -55,6 +55,27 @@ def test_seed_csv_roundtrip_with_and_without_header(tmp_path):
         assert got["flux_000"].dtype == np.float32 and got["source_id"].dtype == np.int64
 
 
+def test_seed_csv_header_in_our_names_is_matched_by_name_not_position(tmp_path):
+    df = random_frame(50)
+    reordered = tmp_path / "reordered.csv"
+    df[[*FLUX_COLUMNS[::-1], "z"]].to_csv(reordered, index=False)  # fluxes reversed, z last
+    got = read_seed_csv(reordered)
+    np.testing.assert_allclose(got["z"], df["z"], rtol=1e-12)
+    np.testing.assert_allclose(got[list(FLUX_COLUMNS)], df[list(FLUX_COLUMNS)], rtol=1e-6)
+    # a header naming 185 fluxes after z has 186 columns, the count of the headerless layout: by
+    # position z would have become a flux; by name flux_185 is missing
+    short = tmp_path / "short.csv"
+    df[["z", *FLUX_COLUMNS[:185]]].to_csv(short, index=False)
+    with pytest.raises(InputError, match=r"short\.csv: missing column\(s\) flux_185"):
+        read_seed_csv(short)
+
+
+def test_binary_file_read_as_csv_is_a_clear_error(tmp_path):
+    parquet = write_dataset(random_frame(20), tmp_path / "galaxies.parquet")
+    with pytest.raises(InputError, match=r"galaxies\.parquet: not a text CSV.*--format"):
+        read_seed_csv(parquet)
+
+
 def test_import_good_csv_writes_parquet(tmp_path):
     result, out = import_cli(tmp_path, seed_csv(tmp_path / "ok.csv", random_frame(300)))
     assert result.exit_code == 0, result.output

@@ -303,5 +303,7 @@ def test_bad_hyperparameter_bounds_give_clear_error(override, key):
 def test_too_deep_valid_padding_is_a_clear_error():
     hp = {**TINY, "conv_layers": 7, **{f"filters_{i}": 2 for i in range(7)},
           **{f"kernel_{i}": 5 for i in range(7)}, "loss": "mse"}  # fmt: skip
-    with pytest.raises(ValueError, match="too short"):
+    with pytest.raises(ConfigError, match="too short"):  # ConfigError: the CLI prints it, exit 2
         build_model(hp, ModelConfig(padding="valid"), fit_scaler(_fluxes(4)))
+    with pytest.raises(ConfigError, match="too short .* a larger model.loglambda_pixels"):
+        build_model(hp, ModelConfig(input_grid="loglambda", loglambda_pixels=64), fit_scaler(_fluxes(4)))

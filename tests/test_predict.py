@@ -136,6 +136,12 @@ def test_seed_csv_and_partitioned_folder(registered, dataset, small_dataset_path
     np.testing.assert_allclose(
         out["z"].to_numpy(), reference["z"].to_numpy(), rtol=0, atol=1e-6
     )  # CSV text rounds
+    # a header in our names is matched by name: columns in another order predict the same
+    reordered = tmp_path / "reordered.csv"
+    dataset[["source_id", "z", *FLUX_COLUMNS[::-1]]].to_csv(reordered, index=False)
+    out = cli_predict(registered, reordered, tmp_path / "reordered.parquet")
+    assert (out["source_id"].to_numpy() == dataset["source_id"].to_numpy()).all()
+    np.testing.assert_allclose(out["z"].to_numpy(), reference["z"].to_numpy(), rtol=0, atol=1e-6)
     # a folder of partitions: each file is predicted from its own first row
     folder = tmp_path / "catalogue"
     folder.mkdir()
@@ -193,8 +199,11 @@ def _bad_inputs(dataset: pd.DataFrame, tmp: Path) -> dict[str, tuple[Path, list[
     gaia_noid = tmp / "xp_noid.csv"
     write_gaia_csv(gaia_noid, ids, bp, rp)
     gaia_noid.write_text(gaia_noid.read_text().replace("source_id,", "sourceid,", 1))
+    named185 = tmp / "named185.csv"  # 186 columns, as the headerless layout, but flux_185 missing
+    small[["z", *FLUX_COLUMNS[:185]]].to_csv(named185, index=False)
     return {
         "185 fluxes (csv)": (csv185, ["fluxes185.csv", "expected 186", "found 185"]),
+        "185 named fluxes after z (csv)": (named185, ["named185.csv", "missing column(s) flux_185"]),
         "185 fluxes (parquet)": (
             _parquet(small.drop(columns=["flux_185"]), tmp / "f185.parquet"),
             ["f185.parquet", "flux_185"],
@@ -244,6 +253,25 @@ def test_each_bad_input_gives_one_message_exit_2_and_no_output(registered, datas
         assert not (out_dir / "pred.parquet").exists(), case
         assert keep.read_bytes() == b"previous predictions", case
         assert sorted(p.name for p in out_dir.iterdir()) == ["kept.parquet"], case  # no temp files left
+
+
+def test_an_out_or_pdf_folder_and_a_binary_csv_stop_before_any_work(registered, small_dataset_path, tmp_path):
+    folder = tmp_path / "outdir"
+    folder.mkdir()
+    common = ("--model", registered.champion, "--tracking-uri", registered.tracking_uri)
+    cases = {
+        "--out is a folder": (("--out", str(folder)), f"--out {folder}: is a folder"),
+        "--pdf is a folder": (("--out", str(tmp_path / "p.parquet"), "--pdf", str(folder)), "--pdf"),
+        "--format csv on Parquet": (
+            ("--out", str(tmp_path / "p.parquet"), "--format", "csv"),
+            "not a text CSV",
+        ),
+    }
+    for case, (extra, needle) in cases.items():
+        code, text = run_cli(str(small_dataset_path), *common, *extra)
+        assert code == 2 and "Traceback" not in text, f"{case}: exit {code}\n{text}"
+        assert text.strip().startswith("error: ") and needle in text, f"{case}: {text}"
+        assert list(folder.iterdir()) == [] and not (tmp_path / "p.parquet").exists(), case
 
 
 def test_bad_coefficients_reject_the_source_not_the_file(registered, dataset, predictor, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import subprocess
 from types import SimpleNamespace
 
@@ -408,6 +409,10 @@ def test_champion_challenger_promotion_and_pyfunc(store, tiny_model):
     assert client.get_model_version(NAME, "2").tags["xpz.decision"] == "manual_promotion"
     with pytest.raises(ValueError, match="no version 9"):
         tracking.promote(store, 9)
+    for bad in ("abc", "-1", "2.0"):  # MLflow's own answer to these is an exception, not a message
+        with pytest.raises(ValueError, match=f"whole number such as 3.*got '{re.escape(bad)}'"):
+            tracking.promote(store, bad)
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
 
 
 def test_comparison_across_splits_is_recorded(store, tiny_model):

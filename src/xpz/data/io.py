@@ -13,7 +13,7 @@ Every reader raises `InputError` naming the file, the column and the rows; every
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -139,10 +139,22 @@ def _is_number(text: str) -> bool:
 
 
 def seed_csv_header(path: Path | str) -> int | None:
-    """0 when the seed CSV's first line is a header row (not all numbers), else None."""
-    with Path(path).open() as fh:
-        first = fh.readline().strip().split(",")
+    """0 when the seed CSV's first line is a header row (not all numbers), else None.
+
+    Raises InputError when the file is not text (a Parquet or FITS file read as CSV)."""
+    try:
+        with Path(path).open(encoding="utf-8") as fh:
+            first = fh.readline().strip().split(",")
+    except UnicodeDecodeError:
+        raise InputError(
+            f"{path}: not a text CSV (binary bytes in its first line); is --format csv right for this file?"
+        ) from None
     return 0 if first and not all(_is_number(v) for v in first if v.strip()) else None
+
+
+def names_flux_columns(columns: Iterable[object]) -> bool:
+    """Whether a CSV header uses our flux column names: its columns are then matched by name."""
+    return any(c in FLUX_COLUMNS for c in columns)
 
 
 def parse_seed_frame(
@@ -150,11 +162,19 @@ def parse_seed_frame(
 ) -> pd.DataFrame:
     """Rows of the seed's CSV read as strings (`z` then 186 fluxes, optional `source_id` column)
     -> the dataset schema. Without a `source_id` column the row number (the frame's index) is used.
+    A header that names our columns (`flux_000`..`flux_185`, `z`) is matched by name, and a missing
+    one is an InputError; any other header is the seed's layout, read by position.
     Shared by `read_seed_csv` and the chunked readers of `xpz.data.stream`."""
     raw = raw.copy()
     ids = None
     if has_header and ID_COLUMN in raw.columns:
         ids = raw.pop(ID_COLUMN)
+    if has_header and names_flux_columns(raw.columns):
+        # a header in our names (flux_000..flux_185, z): matched by name, never by position, so a
+        # reordered or incomplete header cannot put one column's values in another's place
+        raw = raw.replace("", np.nan)
+        raw.insert(0, ID_COLUMN, ids if ids is not None else raw.index.to_numpy(dtype=np.int64))
+        return conform(raw, source, with_target)
     expected = N_FLUX + (1 if with_target else 0)
     if raw.shape[1] != expected:
         what = "z and 186 fluxes" if with_target else "186 fluxes"

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from xpz.data.formats import NEEDED, FileKind, check_file, identify, input_format  # noqa: F401  (check_file re-exported)
-from xpz.data.io import conform, parse_seed_frame, seed_csv_header
+from xpz.data.io import conform, names_flux_columns, parse_seed_frame, seed_csv_header
 from xpz.data.xpcont import iter_xp
 from xpz.errors import InputError, describe_rows
 from xpz.spectra import FLUX_COLUMNS, FLUX_DTYPE, ID_COLUMN, N_FLUX, TARGET_COLUMN
@@ -138,7 +138,8 @@ def iter_parquet(path: Path, chunk_size: int) -> Iterator[SpectraChunk]:
 
 def iter_seed_csv(path: Path, chunk_size: int) -> Iterator[SpectraChunk]:
     """The seed's CSV: 186 fluxes, or `z` then 186 fluxes (the seed's layout; z is ignored);
-    optional header row, optional `source_id` column (else the row number is the source_id)."""
+    optional header row, optional `source_id` column (else the row number is the source_id). A
+    header in our column names is matched by name (`xpz.data.io.parse_seed_frame`)."""
     source = str(path)
     header = seed_csv_header(path)
     try:
@@ -150,12 +151,15 @@ def iter_seed_csv(path: Path, chunk_size: int) -> Iterator[SpectraChunk]:
             empty = False
             first_row = int(raw.index[0])
             n_values = raw.shape[1] - (1 if header is not None and ID_COLUMN in raw.columns else 0)
-            if n_values not in (N_FLUX, N_FLUX + 1):
+            if header is not None and names_flux_columns(raw.columns):  # matched by name (parse_seed_frame)
+                with_target = TARGET_COLUMN in raw.columns
+            elif n_values not in (N_FLUX, N_FLUX + 1):
                 raise InputError(
                     f"{path}: expected {N_FLUX} flux columns (or z and {N_FLUX} fluxes, the seed's layout), "
                     f"found {n_values} value columns"
                 )
-            with_target = n_values == N_FLUX + 1
+            else:
+                with_target = n_values == N_FLUX + 1
             frame = parse_seed_frame(raw, source, with_target=with_target, has_header=header is not None)
             frame.index = raw.index
             if with_target:

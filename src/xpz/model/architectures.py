@@ -29,7 +29,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from xpz.config import HyperparametersConfig, ModelConfig
+from xpz.config import ConfigError, HyperparametersConfig, ModelConfig
 from xpz.model.head import (  # noqa: F401  (re-exported: the head's home before xpz.model.head)
     RedshiftMAE,
     RedshiftPosterior,
@@ -156,9 +156,10 @@ def build_model(
         length = length - k + 1 if padding == "valid" else length
         length = -(-length // stride)
         if length < 2:
-            raise ValueError(
+            grid = " or a larger model.loglambda_pixels" if cfg.input_grid == "loglambda" else ""
+            raise ConfigError(
                 f"conv layer {i}: the sequence is too short ({length}) for kernel {k} with padding "
-                f"{padding!r}; use fewer conv layers or padding 'same'"
+                f"{padding!r}; use fewer conv layers or padding 'same'{grid}"
             )
         x = keras.layers.Conv1D(
             int(hp[f"filters_{i}"]),

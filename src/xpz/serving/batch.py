@@ -240,6 +240,9 @@ def predict_file(
     the same order, with ancillary columns source_id, z, z_lower, z_upper, ood_score, eligible."""
     if fmt not in FORMATS:  # an option error comes before anything is read
         raise InputError(f"--format {fmt!r}: unknown format (expected one of {', '.join(FORMATS)})")
+    for option, target in (("--out", out), ("--pdf", pdf)):  # before the work, not at the final rename
+        if target is not None and Path(target).is_dir():
+            raise InputError(f"{option} {target}: is a folder; give the path of a file (in it or elsewhere)")
     with tempfile.TemporaryDirectory(prefix="xpz-bundle-") as workdir:
         bundle = expand(source, Path(workdir))
         files = [kind.path for kind in bundle.files]

@@ -278,7 +278,11 @@ def promote(tr: Tracking, version: str | int, reason: str = "manual promotion") 
     """Give `version` the `champion` alias by hand; returns the previous champion version (or None)."""
     client = tr.client
     name = tr.registered_model
-    version = str(version)
+    version = str(version).strip()
+    if not version.isdigit():  # MLflow's own error for this is an exception, not a message
+        raise InputError(
+            f"model version must be a whole number such as 3 (`xpz models` lists them), got {version!r}"
+        )
     try:
         client.get_model_version(name, version)
     except MlflowException as err:
