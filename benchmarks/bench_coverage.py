@@ -27,6 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from _cli import count, run_main  # noqa: E402
 from xpz.env import quiet_telemetry  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -69,9 +70,9 @@ def main(argv=None) -> int:
     add_model_arguments(ap)
     ap.add_argument("--data", default=None, help="dataset (default: params data.path)")
     ap.add_argument("--split", default=None, help="split assignment (default: params split.path)")
-    ap.add_argument("--n", type=int, default=200_000, help="galaxies in the fresh set (0: none)")
+    ap.add_argument("--n", type=count(0), default=200_000, help="galaxies in the fresh set (0: none)")
     ap.add_argument("--seed", type=int, default=SEED, help="generator seed of the fresh set")
-    ap.add_argument("--chunk-size", type=int, default=20_000)
+    ap.add_argument("--chunk-size", type=count(1), default=20_000)
     ap.add_argument("--json", default=None, help="write the summary rows to this results JSON")
     ap.add_argument("--doc", default=None, help="render them into this markdown file (docs/benchmarks.md)")
     args = ap.parse_args(argv)
@@ -112,4 +113,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

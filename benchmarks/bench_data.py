@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _cli import count, run_main
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -38,7 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--n", type=int, default=520_393, help="galaxies to generate")
+    parser.add_argument("--n", type=count(1000), default=520_393, help="galaxies to generate")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args()
     from xpz.hostinfo import print_host
@@ -68,4 +70,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -24,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from _cli import count, run_main  # noqa: E402
 from xpz.env import quiet_telemetry  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -37,8 +38,8 @@ EBV = (0.0, 0.1, 0.3, 0.6, 1.0)
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(ap)
-    ap.add_argument("--n", type=int, default=500, help="non-galaxies per kind, and per map cell / 2")
-    ap.add_argument("--galaxies", type=int, default=20_000, help="fresh test galaxies")
+    ap.add_argument("--n", type=count(10), default=500, help="non-galaxies per kind, and per map cell / 2")
+    ap.add_argument("--galaxies", type=count(1000), default=20_000, help="fresh test galaxies")
     args = ap.parse_args(argv)
     from xpz.hostinfo import print_host
 
@@ -88,4 +89,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -46,6 +46,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from _cli import count, run_main  # noqa: E402
 from xpz.env import quiet_telemetry  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -256,8 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"test on no {HELD_OUT} galaxies (the dev protocol: choices are made without it)")  # fmt: skip
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a parameter, e.g. --set model.pixel_scaling=minmax (repeatable)")  # fmt: skip
-    ap.add_argument("--epochs", type=int, default=None, help="override train.epochs")
-    ap.add_argument("--members", type=int, default=None, help="override train.members")
+    ap.add_argument("--epochs", type=count(1), default=None, help="override train.epochs")
+    ap.add_argument("--members", type=count(1), default=None, help="override train.members")
     ap.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     ap.add_argument("--doc", type=Path, default=None, help="write the table between its markers in this file")
     ap.add_argument("--figure", type=Path, default=None, help="write the per-bin bias/coverage figure (PNG)")
@@ -353,4 +354,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the server helpers of the test suite
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+from _cli import count, run_main  # noqa: E402
 from xpz.env import quiet_telemetry  # noqa: E402
 
 quiet_telemetry()
@@ -60,8 +61,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--profile", default="smoke")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--n-galaxies", type=int, default=None, help="override data.n_galaxies")
+    parser.add_argument(
+        "--repeats", type=count(1), default=3, help="timed runs of each (default: %(default)s)"
+    )
+    parser.add_argument("--n-galaxies", type=count(1000), default=None, help="override data.n_galaxies")
     args = parser.parse_args()
     from xpz.hostinfo import print_host
 
@@ -175,4 +178,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np  # noqa: E402
 
+from _cli import count, run_main  # noqa: E402
 from bench_predict import base_spectra, build, register, write_tiled  # noqa: E402
 from xpz.env import quiet_telemetry  # noqa: E402
 
@@ -123,9 +124,9 @@ def run_predict(source: Path, out: Path, model: str, uri: str, chunk_size: int) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=100_000, help="sources in the bulk file")
-    parser.add_argument("--base", type=int, default=2000, help="generated spectra that are tiled")
-    parser.add_argument("--chunk-size", type=int, default=16384)
+    parser.add_argument("--n", type=count(1), default=100_000, help="sources in the bulk file")
+    parser.add_argument("--base", type=count(1), default=2000, help="generated spectra that are tiled")
+    parser.add_argument("--chunk-size", type=count(1), default=16384)
     parser.add_argument("--work-dir", default=None)
     args = parser.parse_args()
 
@@ -172,4 +173,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

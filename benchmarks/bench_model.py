@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from _cli import count, run_main  # noqa: E402
 from xpz.config import load_config  # noqa: E402
 from xpz.env import quiet_telemetry  # noqa: E402
 
@@ -177,7 +177,9 @@ def main(argv=None) -> int:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--profile", default=None)
     ap.add_argument("--data", help="dataset Parquet (default: generate --n galaxies)")
-    ap.add_argument("--n", type=int, default=None, help="galaxies to generate (default: data.n_galaxies)")
+    ap.add_argument(
+        "--n", type=count(1000), default=None, help="galaxies to generate (default: data.n_galaxies)"
+    )
     ap.add_argument("--extra", help="a larger independent dataset to judge per-bin bias")
     ap.add_argument("--skip-seed", action="store_true")
     ap.add_argument("--skip-default", action="store_true", help="only the seed recipe (needs --budget)")
@@ -293,4 +295,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -46,6 +46,7 @@ import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
+from _cli import count, run_main  # noqa: E402
 from xpz.env import quiet_telemetry  # noqa: E402
 
 quiet_telemetry()
@@ -334,22 +335,24 @@ def dask_speedup(args, work: Path, base: np.ndarray, z: np.ndarray, uris: dict[s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=200_000, help="spectra for the throughput test")
+    parser.add_argument("--n", type=count(1), default=200_000, help="spectra for the throughput test")
     parser.add_argument("--models", default="seed,default", help="architectures for the throughput test")
     parser.add_argument(
-        "--memory-rows", type=int, default=2_000_000, help="rows for the peak-memory test (0: skip)"
+        "--memory-rows", type=count(0), default=2_000_000, help="rows for the peak-memory test (0: skip)"
     )
     parser.add_argument(
         "--memory-model", default="default", help="architecture for the memory test (seed, default)"
     )
-    parser.add_argument("--dask-rows", type=int, default=200_000, help="rows for the Dask test (0: skip)")
+    parser.add_argument(
+        "--dask-rows", type=count(0), default=200_000, help="rows for the Dask test (0: skip)"
+    )
     parser.add_argument("--dask-model", default="default")
-    parser.add_argument("--partitions", type=int, default=8)
-    parser.add_argument("--chunk-size", type=int, default=16384)
-    parser.add_argument("--base", type=int, default=4000, help="generated spectra that are tiled")
+    parser.add_argument("--partitions", type=count(1), default=8)
+    parser.add_argument("--chunk-size", type=count(1), default=16384)
+    parser.add_argument("--base", type=count(1), default=4000, help="generated spectra that are tiled")
     parser.add_argument("--work-dir", default=None)
     parser.add_argument(
-        "--repeats", type=int, default=2, help="timed passes of each predictor (best is printed)"
+        "--repeats", type=count(1), default=2, help="timed passes of each predictor (best is printed)"
     )
     parser.add_argument("--breakdown", action="store_true", help="also time the parts of xpz predict's work")
     args = parser.parse_args()
@@ -382,4 +385,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -26,6 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from _cli import count, run_main  # noqa: E402
 from xpz.env import quiet_telemetry  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +50,7 @@ def shifted_sets(data_cfg, n: int) -> list[tuple[str, dict, float]]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(ap)
-    ap.add_argument("--n", type=int, default=50_000, help="galaxies per test set")
+    ap.add_argument("--n", type=count(1000), default=50_000, help="galaxies per test set")
     args = ap.parse_args(argv)
     from xpz.hostinfo import print_host
 
@@ -78,4 +79,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -30,6 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from _cli import count, run_main  # noqa: E402
 from xpz.env import quiet_telemetry  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -77,8 +78,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default=str(REPO / "params.yaml"))
     ap.add_argument("--profile", default="default", help="params.yaml profile (default: default)")
-    ap.add_argument("--galaxies", type=int, default=60_000, help="fresh synthetic galaxies (60/20/20 split)")
-    ap.add_argument("--impostors", type=int, default=300, help="impostors per kind (0: none)")
+    ap.add_argument(
+        "--galaxies", type=count(1000), default=60_000, help="fresh synthetic galaxies (60/20/20 split)"
+    )
+    ap.add_argument("--impostors", type=count(0), default=300, help="impostors per kind (0: none)")
     ap.add_argument(
         "--model", default=None, help="judge this trained model's layer instead of fitting one here"
     )
@@ -198,4 +201,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

@@ -64,6 +64,17 @@ CASES = [
     ("tune without data", ["tune"], ["galaxies.parquet"]),
     ("train corrupt hyperparameters", ["train", "--hyperparameters", "corrupt.json"], ["corrupt.json"]),
     ("train missing hyperparameters", ["train", "--hyperparameters", "missing.json"], ["missing.json"]),
+    (
+        "train hyperparameters, config form",
+        ["train", "--hyperparameters", "config_form.json"],
+        ["config_form.json", "conv_layers", "dense_layers", "flat form"],
+    ),
+    (
+        "train hyperparameters, a layer short",
+        ["train", "--hyperparameters", "short.json"],
+        ["short.json", "kernel_1", "units_0"],
+    ),
+    ("params is a folder", ["data", "show", "--params", "afolder"], ["afolder: is a folder"]),
     ("predict missing file", ["predict", "missing.parquet", "-m", "model.keras"], ["missing.parquet"]),
     ("predict corrupt file", ["predict", "corrupt.parquet", "-m", "{registered}"], ["corrupt.parquet"]),
     ("predict bad format", ["predict", "corrupt.parquet", "--format", "xls", "-m", "{registered}"], ["xls"]),
@@ -74,6 +85,12 @@ CASES = [
     ("evaluate neither run nor model", ["evaluate"], ["--run-id"]),
     ("evaluate unknown run", ["evaluate", "--run-id", "0123456789abcdef"], ["0123456789abcdef"]),
     ("promote unknown version", ["promote", "99"], ["99"]),
+    ("promote non-number", ["promote", "abc"], ["whole number", "'abc'"]),
+    (
+        "evaluate --model --register",
+        ["evaluate", "--model", "{registered}", "--register"],
+        ["--register needs --run-id"],
+    ),
     # schedules: bad cron, time zone
     *[
         (f"schedule {cmd} bad cron", ["schedule", *cmd.split(), "--cron", "61 * * * *"], ["61 * * * *"])
@@ -97,6 +114,11 @@ def project(tmp_path_factory, registered):
     (root / "corrupt.parquet").write_bytes(CORRUPT_PARQUET)
     (root / "corrupt.csv").write_text("z,flux_000\n0.1,\x00\x01garbage,,,\n\"unterminated\n")
     (root / "corrupt.json").write_text("{not json")
+    (root / "config_form.json").write_text('{"conv_filters": "x"}')  # params.yaml's form, not the flat one
+    (root / "short.json").write_text(
+        '{"conv_layers": 2, "filters_0": 8, "kernel_0": 3, "filters_1": 8, "dense_layers": 1}'
+    )
+    (root / "afolder").mkdir()
     write_dataset(random_frame(20, seed=1), root / "good.parquet")
     return root, registered
 
@@ -146,3 +168,21 @@ def test_prefect_startup_timeout_is_one_clear_message(tmp_path):
         and "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in errors[0]
         and "PREFECT_API_URL" in errors[0]
     )
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "needle"),
+    [
+        ("bench_eligibility", ["--n", "0"], "argument --n: must be at least 10, got 0"),
+        ("bench_coverage", ["--n", "-1"], "argument --n: must be at least 0, got -1"),
+        ("bench_flow", ["--repeats", "two"], "argument --repeats: expected a whole number, got 'two'"),
+        ("bench_model", ["--profile", "nope", "--throughput-only"], "error: profile: unknown profile 'nope'"),
+    ],
+)
+def test_benchmarks_refuse_bad_counts_and_profiles_with_one_message(script, args, needle):
+    """Before `benchmarks/_cli.py`: tracebacks (`--n 0`, a bad profile) or a run with a negative count."""
+    from conftest import REPO, run_benchmark
+
+    proc = run_benchmark(script, *args, cwd=REPO, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -70,6 +70,19 @@ def test_seed_csv_header_in_our_names_is_matched_by_name_not_position(tmp_path):
         read_seed_csv(short)
 
 
+def test_fractional_source_id_is_refused_not_truncated(tmp_path):
+    df = random_frame(20)
+    df["source_id"] = df["source_id"].astype(float)
+    df.loc[[3, 7], "source_id"] += 0.5  # int64 would make 3.5 into 3: another source's id
+    with pytest.raises(InputError, match=r"'source_id' has non-integer values in rows 3, 7"):
+        read_dataset(write_dataset_unchecked(df, tmp_path / "frac.parquet"))
+
+
+def write_dataset_unchecked(df, path):
+    df.to_parquet(path, index=False)
+    return path
+
+
 def test_binary_file_read_as_csv_is_a_clear_error(tmp_path):
     parquet = write_dataset(random_frame(20), tmp_path / "galaxies.parquet")
     with pytest.raises(InputError, match=r"galaxies\.parquet: not a text CSV.*--format"):

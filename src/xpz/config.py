@@ -327,6 +327,8 @@ def load_config(
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: parameters file not found")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a parameters file (e.g. {path / 'params.yaml'})")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:

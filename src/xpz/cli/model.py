@@ -51,6 +51,16 @@ def _read_hyperparameters(path: Path | None) -> dict[str, Any] | None:
         doc = doc["hyperparameters"]
     if not isinstance(doc, dict):
         raise InputError(f"{path}: expected a JSON object of hyperparameters")
+    layers = {"conv_layers": ("filters", "kernel"), "dense_layers": ("units",)}
+    needed = list(layers)
+    if all(isinstance(doc.get(k), int) for k in layers):
+        needed += [f"{p}_{i}" for k, ps in layers.items() for i in range(doc[k]) for p in ps]
+    wrong = [k for k in needed if not isinstance(doc.get(k), int) or isinstance(doc.get(k), bool)]
+    if wrong:  # checked here: a bad value would otherwise fail inside the MLflow run, as a traceback
+        raise InputError(
+            f"{path}: hyperparameter(s) {', '.join(wrong)} missing or not whole numbers (the flat form "
+            "`xpz tune` writes: conv_layers, filters_0, kernel_0, ..., dense_layers, units_0, ...)"
+        )
     return doc
 
 
@@ -171,6 +181,10 @@ def evaluate(
 
     if (run_id is None) == (model is None):
         raise InputError("give exactly one of --run-id RUN or --model URI")
+    if register and run_id is None:
+        raise InputError(
+            "--register needs --run-id: it registers that run's model (a --model is registered already)"
+        )
     cfg = _config(params, profile, set_)
     tr = tracking.configure(cfg.tracking)
     logged = tracking.run_model(tr, run_id) if run_id else None

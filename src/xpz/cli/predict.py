@@ -33,7 +33,7 @@ def predict(
             "--model",
             "-m",
             help="models:/<name>@<alias>, models:/<name>/<version>, runs:/<run_id>/model, an MLflow "
-            "model folder or a .keras file [default: models:/<tracking.registered_model>@champion].",
+            "model folder or a .keras file (default: models:/<tracking.registered_model>@champion).",
         ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output Parquet (written atomically).")] = Path(
@@ -49,7 +49,7 @@ def predict(
     tracking_uri: Annotated[
         str | None,
         typer.Option(
-            "--tracking-uri", help="MLflow store [default: MLFLOW_TRACKING_URI, else tracking.uri]."
+            "--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else tracking.uri)."
         ),
     ] = None,
     pdf: Annotated[

@@ -76,6 +76,13 @@ def conform(df: pd.DataFrame, source: str, with_target: bool = True) -> pd.DataF
     if out[ID_COLUMN].isna().any():
         rows = out.index[out[ID_COLUMN].isna()].tolist()
         raise InputError(f"{source}: column {ID_COLUMN!r} is empty in rows {describe_rows(rows)}")
+    fractional = (out[ID_COLUMN] % 1 != 0).to_numpy()
+    if fractional.any():  # int64 would truncate 0.5 to 0: another source's id
+        rows = out.index[fractional].tolist()
+        raise InputError(
+            f"{source}: column {ID_COLUMN!r} has non-integer values in rows {describe_rows(rows)}"
+            f" (e.g. {out.loc[rows[0], ID_COLUMN]!r})"
+        )
     out[ID_COLUMN] = out[ID_COLUMN].astype(np.int64)
     if with_target:
         out[TARGET_COLUMN] = out[TARGET_COLUMN].astype(np.float64)
