@@ -176,18 +176,14 @@ def parse_seed_frame(
     ids = None
     if has_header and ID_COLUMN in raw.columns:
         ids = raw.pop(ID_COLUMN)
-    if has_header and names_flux_columns(raw.columns):
-        # a header in our names (flux_000..flux_185, z): matched by name, never by position, so a
-        # reordered or incomplete header cannot put one column's values in another's place
-        raw = raw.replace("", np.nan)
-        raw.insert(0, ID_COLUMN, ids if ids is not None else raw.index.to_numpy(dtype=np.int64))
-        return conform(raw, source, with_target)
-    expected = N_FLUX + (1 if with_target else 0)
-    if raw.shape[1] != expected:
-        what = "z and 186 fluxes" if with_target else "186 fluxes"
-        raise InputError(f"{source}: expected {expected} columns ({what}), found {raw.shape[1]}")
-    names = ([TARGET_COLUMN] if with_target else []) + list(FLUX_COLUMNS)
-    raw.columns = names
+    # a header in our names (flux_000..flux_185, z) is left for `conform` to match by name, never by
+    # position, so a reordered or incomplete header cannot put one column's values in another's place
+    if not (has_header and names_flux_columns(raw.columns)):  # the seed's layout: by position
+        expected = N_FLUX + (1 if with_target else 0)
+        if raw.shape[1] != expected:
+            what = "z and 186 fluxes" if with_target else "186 fluxes"
+            raise InputError(f"{source}: expected {expected} columns ({what}), found {raw.shape[1]}")
+        raw.columns = ([TARGET_COLUMN] if with_target else []) + list(FLUX_COLUMNS)
     raw = raw.replace("", np.nan)
     raw.insert(0, ID_COLUMN, ids if ids is not None else raw.index.to_numpy(dtype=np.int64))
     return conform(raw, source, with_target)
