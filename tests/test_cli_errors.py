@@ -22,17 +22,31 @@ CASES = [
         (f"{cmd} bad -S", [*cmd.split(), "-S", "train.epochs"], ["KEY=VALUE"])
         for cmd in (
             "data generate",
+            "data import good.parquet",
+            "data validate",
             "data split",
+            "data show",
             "tune",
             "train",
             "evaluate --model m",
             "run",
+            "models",
+            "promote 1",
             "schedule show",
         )
     ],
     *[
         (f"{cmd} unknown -S key", [*cmd.split(), "-S", "train.no_such_knob=3"], ["no_such_knob"])
-        for cmd in ("data generate", "run", "schedule show")
+        for cmd in (
+            "data generate",
+            "data import good.parquet",
+            "data validate",
+            "data show",
+            "run",
+            "models",
+            "promote 1",
+            "schedule show",
+        )
     ],
     ("run bad -S value", ["run", "-S", "train.epochs=many"], ["epochs"]),
     *[

@@ -49,8 +49,12 @@ def test_unknown_key_is_reported_as_unknown(repo_root):
 
 
 def test_fractions_must_sum_to_one_message(repo_root):
-    with pytest.raises(ConfigError, match="sum to 1"):
+    with pytest.raises(ConfigError, match="sum to 1") as err:
         config_from_dict(_raw(repo_root), overrides={"split.test": 0.2})
+    # the README's form, `split: train + val + test must sum to 1, got 1.1`: our validator's own
+    # message, without pydantic's capitalised "Value error, " prefix
+    assert "\n  split: train + val + test must sum to 1, got 1.1" in str(err.value)
+    assert "Value error" not in str(err.value)
 
 
 def test_unknown_profile(repo_root):

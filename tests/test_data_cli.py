@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from conftest import copy_params
@@ -104,3 +105,94 @@ def test_validate_other_path_leaves_the_projects_output_alone(workdir, small_dat
     )
     assert result.exit_code in (1, 2), result.output
     assert project_result.read_bytes() == before  # untouched by both
+
+
+def refused(result, *words):
+    """One `error: ...` message naming `words`, exit 2, no traceback."""
+    output = result.output
+    assert result.exit_code == 2, f"exit {result.exit_code}\n{output}\n{result.exception!r}"
+    assert "Traceback" not in output, output
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert output.startswith("error: ") and len(errors) == 1, output
+    assert all(w in output for w in words), f"{words} not in {output!r}"
+
+
+def test_import_refuses_an_existing_dataset_without_force(workdir, small_dataset_path):
+    """Like `data generate`: an existing output is replaced only with --force (before: silently)."""
+    params = str(copy_params(workdir))
+    common = ["--params", params, "--profile", "smoke"]
+    source = str(small_dataset_path)
+    out = workdir / "data" / "galaxies.parquet"
+    out.parent.mkdir()
+    out.write_bytes(b"an older dataset")
+    refused(runner.invoke(app, ["data", "import", source, *common, "--out", str(out)]), str(out), "--force")
+    assert out.read_bytes() == b"an older dataset"
+    refused(runner.invoke(app, ["data", "import", source, *common]), "data/galaxies.parquet", "--force")
+    assert out.read_bytes() == b"an older dataset"  # data.path, the default output, too
+    invoke("data", "import", source, *common, "--out", str(out), "--force")
+    assert out.read_bytes()[:4] == b"PAR1" and "1,500 galaxies" in invoke("data", "show", *common)
+
+
+def _a_file_and_a_folder(workdir):
+    (workdir / "a_file").write_text("not a folder")
+    (workdir / "a_folder").mkdir()
+    (workdir / "a_folder" / "kept.txt").write_text("kept")
+
+
+# (label, argv, the library call that must not run, words of the message)
+OUTPUT_CASES = [
+    ("generate --out folder", ["data", "generate", "--force", "--out", "a_folder"],
+     "xpz.data.stages.generate_dataset", ["--out a_folder: is a folder"]),
+    ("generate --out under a file", ["data", "generate", "--out", "a_file/x.parquet"],
+     "xpz.data.stages.generate_dataset", ["a_file/x.parquet: cannot write the dataset", "a_file is not a folder"]),
+    ("generate data.path folder", ["data", "generate", "--force", "-S", "data.path=a_folder"],
+     "xpz.data.stages.generate_dataset", ["data.path a_folder: is a folder"]),
+    ("import --out folder", ["data", "import", "{dataset}", "--force", "--out", "a_folder"],
+     "xpz.data.stages.import_dataset", ["--out a_folder: is a folder"]),
+    ("import --out under a file", ["data", "import", "{dataset}", "--out", "a_file/sub/x.parquet"],
+     "xpz.data.stages.import_dataset", ["a_file/sub/x.parquet: cannot write the dataset"]),
+    ("show --out-dir file", ["data", "show", "--path", "{dataset}", "--out-dir", "a_file"],
+     "xpz.data.io.read_dataset", ["--out-dir a_file: is a file"]),
+    ("validate --report-dir file", ["data", "validate", "--path", "{dataset}", "--report-dir", "a_file"],
+     "xpz.data.stages.validate_dataset", ["--report-dir a_file: is a file"]),
+    ("split split.path folder", ["data", "split", "-S", "split.path=a_folder"],
+     "xpz.data.stages.split_dataset", ["split.path a_folder: is a folder"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("label,argv,work,words", OUTPUT_CASES, ids=[c[0] for c in OUTPUT_CASES])
+def test_an_unwritable_output_is_refused_before_any_work(
+    workdir, small_dataset_path, monkeypatch, label, argv, work, words
+):
+    """An output that is a folder (or a file where a folder is needed, or a path under a file): one
+    message, exit 2, before the command reads or generates anything (before: a traceback, or a
+    message only after generating the whole dataset), and nothing written."""
+    params = str(copy_params(workdir))
+    _a_file_and_a_folder(workdir)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError(f"{label}: {work} ran before the output was checked")
+
+    monkeypatch.setattr(work, no_work)
+    argv = [str(small_dataset_path) if a == "{dataset}" else a for a in argv]
+    refused(runner.invoke(app, [*argv, "--params", params, "--profile", "smoke"]), *words)
+    assert (workdir / "a_file").read_text() == "not a folder"
+    assert [p.name for p in (workdir / "a_folder").iterdir()] == ["kept.txt"]
+
+
+def test_set_overrides_reach_validate_show_and_import(workdir, small_dataset_path):
+    """-S on the data commands that read parameters: validate (validate.*), show and import (data.path)."""
+    params = str(copy_params(workdir))
+    common = ["--params", params, "--profile", "smoke", "-S", f"data.path={small_dataset_path}"]
+    assert "validation PASSED" in invoke("data", "validate", *common)
+    failed = runner.invoke(app, ["data", "validate", *common, "-S", "validate.min_rows=2000"])
+    assert failed.exit_code == 1 and "validation FAILED" in failed.output, failed.output
+    assert "expect_table_row_count_to_be_between" in failed.output
+    assert f"{small_dataset_path}: 1,500 galaxies" in invoke("data", "show", *common)
+    target = workdir / "elsewhere" / "imported.parquet"
+    out = invoke("data", "import", str(small_dataset_path), *common[:4], "-S", f"data.path={target}")
+    assert f"to {target}" in out and target.read_bytes()[:4] == b"PAR1"
+    refused(
+        runner.invoke(app, ["data", "validate", *common, "-S", "validate.no_such_knob=1"]),
+        "validate.no_such_knob: unknown key",
+    )

@@ -329,7 +329,7 @@ def test_import_applies_the_same_rules_and_writes_a_rejects_report(tmp_path):
     assert "1 sources without a usable XP spectrum left out" in text
     # a clean import removes the stale report
     code, text = run_cli("data", "import", str(FIXTURES / "XP_CONTINUOUS_RAW.fits"), "--params", str(params),
-                         "--out", str(out), "--redshifts", str(redshifts))  # fmt: skip
+                         "--out", str(out), "--redshifts", str(redshifts), "--force")  # fmt: skip
     assert code == 0, text
     assert not (tmp_path / "data" / "galaxies.rejects.csv").exists()
     assert pq.read_table(out).num_rows == 2
@@ -348,6 +348,7 @@ def test_import_applies_the_same_rules_and_writes_a_rejects_report(tmp_path):
         str(out),
         "--redshifts",
         str(redshifts),
+        "--force",
     )
     assert code == 0, text
     assert pd.read_parquet(out)["source_id"].tolist() == GOOD

@@ -289,7 +289,8 @@ def _format_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid parameters in {source}:"]
     for e in err.errors():
         key = ".".join(str(p).rstrip("_") for p in e["loc"]) or "(top level)"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        # our validators' own messages, without pydantic's "Value error, " prefix (as `xpz schedule` shows them)
+        msg = "unknown key" if e["type"] == "extra_forbidden" else str(e["msg"]).removeprefix("Value error, ")
         lines.append(f"  {key}: {msg} (got {e.get('input')!r})")
     return "\n".join(lines)
 

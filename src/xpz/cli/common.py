@@ -59,6 +59,33 @@ def config_from_options(params: Path, profile: str | None, overrides: list[str] 
     return load_config(params, profile=profile, overrides=parse_overrides(overrides))
 
 
+def check_output(
+    path: Path, option: str, what: str, *, force: bool | None = None, folder: bool = False
+) -> None:
+    """Refuse, before any work, an output the command could only fail to write at its end: a file
+    output that is a folder (or, with `force` False, exists), a folder output that is a file, a path
+    under a file, or one in a folder without write permission. `option` names where the path came
+    from (`--out`, `data.path`, ...), `what` what would be written there. Raises InputError."""
+    import os
+
+    path = Path(path)
+    if folder:
+        if path.exists() and not path.is_dir():
+            raise InputError(f"{option} {path}: is a file; give a folder for {what}")
+    else:
+        if path.is_dir():
+            raise InputError(f"{option} {path}: is a folder; give the path of a file (in it or elsewhere)")
+        if force is False and path.exists():
+            raise InputError(f"{path} exists; pass --force to overwrite it")
+    ancestor = path if folder and path.is_dir() else path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"{option} {path}: cannot write {what}: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {path}: cannot write {what}: no write permission in {ancestor}")
+
+
 def fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)

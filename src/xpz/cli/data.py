@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from xpz.cli.common import ParamsOpt, ProfileOpt, SetOpt, config_from_options, fail, guarded
+from xpz.cli.common import (
+    ParamsOpt,
+    ProfileOpt,
+    SetOpt,
+    check_output,
+    config_from_options,
+    fail,
+    guarded,
+)
 
 data_app = typer.Typer(
     help="Dataset commands: generate, import, validate, split, show.", no_args_is_help=True
@@ -29,8 +37,8 @@ def data_generate(
 
     cfg = config_from_options(params, profile, set_)
     path = out or cfg.data.path
-    if path.exists() and not force:
-        fail(f"{path} exists; pass --force to overwrite it")
+    # before generating (minutes at the default size), not at the final rename
+    check_output(path, "--out" if out else "data.path", "the dataset", force=force)
     try:
         rows = generate_dataset(cfg.data, path)
     except OSError as err:  # an output folder that cannot be written (no partial file: atomic_path)
@@ -49,21 +57,24 @@ def data_import(
     ],
     params: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
+    set_: SetOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="auto, csv, parquet or gaia.")] = "auto",
     redshifts: Annotated[
         Path | None, typer.Option(help="Redshift table (source_id, z) for Gaia XP input.")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Output Parquet (default: data.path).")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing dataset.")] = False,
 ) -> None:
     """Import real spectra into the dataset schema; the file is validated before anything is written."""
-    from xpz.data.stages import import_dataset
+    from xpz.data.stages import import_dataset, rejects_path
 
-    cfg = config_from_options(params, profile)
+    cfg = config_from_options(params, profile, set_)
     path = out or cfg.data.path
+    option = "--out" if out else "data.path"
+    check_output(path, option, "the dataset", force=force)  # before reading and validating the input
+    check_output(rejects_path(path), option, "the rejects report", force=True)
     rows = import_dataset(source, path, cfg.validation, fmt=fmt, redshifts=redshifts)
     typer.echo(f"imported {rows:,} galaxies from {source} to {path}")
-    from xpz.data.stages import rejects_path
-
     if rejects_path(path).exists():  # issue 11: sources without a usable XP spectrum are reported
         n = sum(1 for _ in rejects_path(path).open()) - 1
         typer.echo(f"{n:,} sources without a usable XP spectrum left out: see {rejects_path(path)}")
@@ -74,6 +85,7 @@ def data_import(
 def data_validate(
     params: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
+    set_: SetOpt = None,
     path: Annotated[Path | None, typer.Option(help="Dataset Parquet (default: data.path).")] = None,
     report_dir: Annotated[
         Path | None,
@@ -89,10 +101,16 @@ def data_validate(
     split stage depends on; another --path reports elsewhere and leaves the project's outputs alone."""
     from xpz.data.stages import other_report_dir, validate_dataset
 
-    cfg = config_from_options(params, profile)
+    cfg = config_from_options(params, profile, set_)
     source = path or cfg.data.path
     if report_dir is None and Path(source).resolve() != Path(cfg.data.path).resolve():
         report_dir = other_report_dir(source)
+    check_output(  # before the suite runs, not when GX writes its Data Docs
+        Path(report_dir or cfg.validation.report_dir),
+        "--report-dir" if report_dir else "validate.report_dir",
+        "the validation report",
+        folder=True,
+    )
     report = validate_dataset(source, cfg.validation, report_dir=report_dir)
     typer.echo(report.summary())
     typer.echo(f"report: {report_dir or cfg.validation.report_dir}")
@@ -111,6 +129,8 @@ def data_split(
     from xpz.data.stages import split_dataset
 
     cfg = config_from_options(params, profile, set_)
+    check_output(cfg.split.path, "split.path", "the split", force=True)  # before reading the dataset
+    check_output(cfg.split.digests, "split.digests", "the split digests", force=True)
     summary = split_dataset(cfg.data.path, cfg.split)
     typer.echo(json.dumps(summary, indent=2))
 
@@ -120,6 +140,7 @@ def data_split(
 def data_show(
     params: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
+    set_: SetOpt = None,
     path: Annotated[Path | None, typer.Option(help="Dataset Parquet (default: data.path).")] = None,
     out_dir: Annotated[Path, typer.Option(help="Where the PNG figures go.")] = Path("reports/data"),
 ) -> None:
@@ -128,8 +149,9 @@ def data_show(
     from xpz.data.io import read_dataset
     from xpz.spectra import TARGET_COLUMN
 
-    cfg = config_from_options(params, profile)
+    cfg = config_from_options(params, profile, set_)
     source = path or cfg.data.path
+    check_output(out_dir, "--out-dir", "the figures", folder=True)  # before reading the dataset
     df = read_dataset(source)
     stats = redshift_statistics(df[TARGET_COLUMN].to_numpy())
     typer.echo(f"{source}: {len(df):,} galaxies, 186 fluxes each")

@@ -250,12 +250,13 @@ def run(
 def models(
     params: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
+    set_: SetOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List the registered model's versions with aliases, promotion decisions and test metrics."""
     from xpz import tracking
 
-    cfg = _config(params, profile, None)
+    cfg = _config(params, profile, set_)
     tr = tracking.configure(cfg.tracking)
     infos = tracking.list_models(tr)
     if as_json:
@@ -281,12 +282,13 @@ def promote(
     version: Annotated[str, typer.Argument(help="Model version to make champion.")],
     params: ParamsOpt = Path("params.yaml"),
     profile: ProfileOpt = None,
+    set_: SetOpt = None,
     reason: Annotated[str, typer.Option(help="Why (recorded as a version tag).")] = "manual promotion",
 ) -> None:
     """Give VERSION the `champion` alias by hand (e.g. a rollback); recorded as version tags."""
     from xpz import tracking
 
-    cfg = _config(params, profile, None)
+    cfg = _config(params, profile, set_)
     tr = tracking.configure(cfg.tracking)
     before = tracking.promote(tr, version, reason=reason)
     typer.echo(f"{tr.registered_model}: champion v{before or '-'} -> v{version}")
