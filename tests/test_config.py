@@ -51,15 +51,85 @@ def test_unknown_key_is_reported_as_unknown(repo_root):
 def test_fractions_must_sum_to_one_message(repo_root):
     with pytest.raises(ConfigError, match="sum to 1") as err:
         config_from_dict(_raw(repo_root), overrides={"split.test": 0.2})
-    # the README's form, `split: train + val + test must sum to 1, got 1.1`: our validator's own
-    # message, without pydantic's capitalised "Value error, " prefix
-    assert "\n  split: train + val + test must sum to 1, got 1.1" in str(err.value)
-    assert "Value error" not in str(err.value)
+    assert "Value error" not in str(err.value)  # our validator's own message, without pydantic's prefix
+    # the README's and usage.md's example, word for word
+    overrides = {"split.train": 0.7, "split.val": 0.3, "split.test": 0.1}
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(_raw(repo_root), overrides=overrides, source="params.yaml")
+    shown = "invalid parameters in params.yaml: split: train + val + test must sum to 1, got 0.7 + 0.3 + 0.1 = 1.1"
+    assert str(err.value) == shown
+    for doc in ("README.md", "docs/usage.md"):
+        assert f"`{shown}`" in (repo_root / doc).read_text(), doc
+
+
+def test_fractions_message_is_one_line_with_the_keys_values_sum_and_file(repo_root, tmp_path):
+    """Not a dump of the whole `split` section (seed, paths, ...) after the sentence: one line naming
+    the file, the three keys, their values and their sum."""
+    from typer.testing import CliRunner
+
+    from xpz.cli import app
+
+    raw = _raw(repo_root)
+    raw["split"]["train"] = 0.7
+    params = tmp_path / "my-params.yaml"
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(ConfigError) as err:
+        load_config(params, profile="default")
+    message = str(err.value)
+    assert message == (
+        f"invalid parameters in {params}: split: train + val + test must sum to 1, got 0.7 + 0.27 + 0.1 = 1.07"
+    )
+    result = CliRunner().invoke(app, ["data", "split", "--params", str(params), "--profile", "default"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [f"error: {message}"]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"\n   \n\t\n",
+        b"# only comments\n#   data:\n#     n_galaxies: 10\n",
+        b"---\n",
+        b"\x89PNG\r\n\x1a\n\x00\xff",
+    ],
+    ids=["0 bytes", "whitespace", "comments", "document marker", "binary"],
+)
+def test_an_empty_or_binary_params_file_is_one_message_exit_2_not_all_defaults(tmp_path, content):
+    """An empty params file is not read as "every default": the user pointed --params at the wrong
+    file. One message naming it, exit 2, no traceback; `xpz predict` (which runs without a params file
+    at all) refuses it too."""
+    from typer.testing import CliRunner
+
+    from xpz.cli import app
+
+    params = tmp_path / "empty params.yaml"
+    params.write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        load_config(params)
+    assert str(params) in str(err.value)
+    assert ("empty" if content[:1] != b"\x89" else "not a text file") in str(err.value)
+    for argv in (
+        ["data", "split", "--params", str(params)],
+        ["predict", str(tmp_path / "in.parquet"), "--model", "x.keras", "--params", str(params)],
+    ):
+        result = CliRunner().invoke(app, argv)
+        assert result.exit_code == 2, (argv, result.output, result.exception)
+        assert result.output.strip().splitlines() == [f"error: {err.value}"], argv
 
 
 def test_unknown_profile(repo_root):
     with pytest.raises(ConfigError, match="unknown profile 'gpu'"):
         config_from_dict(_raw(repo_root), profile="gpu")
+
+
+def test_invalid_yaml_is_one_line_naming_the_file_and_place(tmp_path):
+    params = tmp_path / "corrupt.yaml"
+    params.write_text("profile: [smoke\n  data: {")
+    with pytest.raises(ConfigError) as err:
+        load_config(params)
+    assert str(err.value).startswith(f"{params}: not valid YAML at line 2, column 7: ")
+    assert "\n" not in str(err.value)
 
 
 def test_missing_file(tmp_path):

@@ -183,3 +183,25 @@ def test_benchmark_tables_are_rendered_from_their_json(tmp_path):
     )
     with pytest.raises(ValueError, match="markers"):
         report.write({**results, "name": "other"}, doc)
+
+
+def test_bench_data_help_gives_the_sizes_params_yaml_and_make_run_use():
+    """`bench_data.py --help` called 50,000 galaxies "the `make run` default"; `make run` generates
+    params.yaml's data.n_galaxies (its `default` profile, 200,000), and the benchmark's own default
+    is the seed's size (profile `full`)."""
+    from xpz.config import load_config
+
+    default = load_config(REPO / "params.yaml", profile="default").data
+    full = load_config(REPO / "params.yaml", profile="full").data
+    assert "xpz data generate --force" in (REPO / "Makefile").read_text()  # `make run`: no profile, no -S
+    done = subprocess.run([sys.executable, "benchmarks/bench_data.py", "--help"], capture_output=True,
+                          text=True, timeout=300, cwd=REPO)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    make_run = [ln for ln in lines if "make run" in ln and "--n " in ln]
+    assert make_run and all(f"--n {default.n_galaxies} " in ln for ln in make_run), make_run
+    assert f"(default: {full.n_galaxies})" in done.stdout
+    assert any(f"{full.n_galaxies:,} galaxies" in ln for ln in lines if "seed's size" in ln)
+    source = (REPO / "benchmarks" / "bench_data.py").read_text()
+    assert f"data.chunk_size={full.chunk_size}" in source and f"{full.chunk_size:,} rows" in done.stdout
+    assert f"chunks of {default.chunk_size:,}" in done.stdout

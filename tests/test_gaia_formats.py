@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from conftest import copy_params
 from xpz.data.io import read_xp_continuous
+from xpz.errors import InputError
 from xpz.spectra import FLUX_COLUMNS, flux_matrix
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gaia_xp"
@@ -267,7 +268,7 @@ def _refused(tmp: Path) -> dict[str, tuple[Path, list[str]]]:
         "id list": (ids, [looks, "list of source ids"]),
         "random bytes": (noise, [looks, "binary data"]),
         "truncated gzip": (truncated_gz, ["truncated or corrupt gzip"]),
-        "truncated gzip, past the head": (truncated_late, ["truncated or corrupt", "near row"]),
+        "truncated gzip, past the head": (truncated_late, ["cut short (truncated?)", "the text ends in row"]),
         "truncated fits": (truncated_fits, ["truncated or corrupt"]),
         "empty zip": (empty_zip, ["empty zip"]),
     }
@@ -292,6 +293,75 @@ def test_files_that_are_not_xp_continuous_say_what_they_are(registered, tmp_path
             if "looks like" in lines[0]:
                 assert "xpz needs Gaia DR3 XP continuous" in lines[0]
             assert not out.exists(), case
+
+
+def _cut_in_row(lines: list[str], row: int, n_head: int) -> str:
+    """The text up to data row `row` (0-based), that row cut after its 9th field (before the
+    quoted bp_coefficients cell): a download that stopped mid-row."""
+    line = lines[n_head + row]
+    return "".join(lines[: n_head + row]) + line[: line.index(',"')]
+
+
+def test_a_truncated_archive_file_names_the_row_it_ends_in_not_its_read_block(tmp_path):
+    """Was "near row 0" for any cut in the first 8 MiB read block (the block's first row). Now the
+    row the file ends in, 0-based as the module's other messages and the rejects' `row`, with its line."""
+    from xpz.data.stream import iter_spectra
+
+    csv_lines = (FIXTURES / "XP_CONTINUOUS_RAW_with_missing_BP.csv").read_text().splitlines(keepends=True)
+    ecsv_lines = (FIXTURES / "XP_CONTINUOUS_RAW_with_missing_BP.ecsv").read_text().splitlines(keepends=True)
+    n_ecsv = next(i for i, ln in enumerate(ecsv_lines) if not ln.startswith("#")) + 1  # comments, names
+    many = csv_lines[:1] + csv_lines[1:] * 100  # 300 rows, all in Arrow's first read block
+    first = tmp_path / "first row.csv"
+    first.write_text(_cut_in_row(csv_lines, 0, 1))
+    late = tmp_path / "late.csv"
+    late.write_text(_cut_in_row([*many, csv_lines[1]], 300, 1))
+    ecsv = tmp_path / "cut.ecsv"
+    ecsv.write_text(_cut_in_row(ecsv_lines, 2, n_ecsv))
+    damaged = tmp_path / "damaged.csv"  # a short row with whole rows after it
+    damaged.write_text(_cut_in_row(csv_lines, 1, 1) + "\n" + "".join(csv_lines[3:]))
+    ends = "the file ends mid-row (truncated?)"
+    cases = {
+        first: f"{ends}: row 0 (0-based, header excluded; line 2 of the file) has 9 fields, 26 expected",
+        late: f"{ends}: row 300 (0-based, header excluded; line 302 of the file) has 9 fields, 26 expected",
+        ecsv: f"{ends}: row 2 (0-based, header excluded; line {n_ecsv + 3} of the file) has 9 fields, 26 expected",
+        damaged: "a damaged row (corrupt file?): row 1 (0-based, header excluded; line 3 of the file) "
+        "has 21 fields, 26 expected",  # the source without BP: its bp cells are empty, rp is quoted
+    }
+    # a gzip download cut short: the text ends in the row the decompressed data stop in
+    whole = "".join(many).encode()
+    packed = gzip.compress(whole)
+    cut_gz = tmp_path / "bulk.csv.gz"
+    cut_gz.write_bytes(packed[: int(len(packed) * 0.6)])
+    text = b""
+    with gzip.open(cut_gz, "rb") as fh:
+        with pytest.raises(EOFError):
+            while chunk := fh.read1(1 << 16):
+                text += chunk
+    row = text.count(b"\n") - 1  # the header line, then whole rows
+    assert not text.endswith(b"\n") and 0 < row < 300
+    cases[cut_gz] = (
+        f"the gzip data are cut short (truncated?): the text ends in row {row} (0-based, header excluded; "
+        f"line {row + 2} of the decompressed text)"
+    )
+    # two gzip members, the second cut before any of its data: the text ends after a whole row
+    members = tmp_path / "members.csv.gz"
+    members.write_bytes(
+        gzip.compress("".join(many[:101]).encode()) + gzip.compress("".join(many[101:]).encode())[:10]
+    )
+    cases[members] = (
+        "the gzip data are cut short (truncated?): the text ends after row 99 (0-based, header excluded; "
+        "line 101 of the decompressed text)"
+    )
+    params = copy_params(tmp_path)
+    for path, message in cases.items():
+        for read in (read_xp_continuous, lambda p: list(iter_spectra(p, chunk_size=7))):
+            with pytest.raises(InputError) as err:
+                read(path)
+            assert str(err.value).startswith(f"{path}: {message}"), (path, str(err.value))
+        code, output = run_cli("data", "import", str(path), "--params", str(params), "--out",
+                               str(tmp_path / "out.parquet"), "--redshifts", str(path))  # fmt: skip
+        assert code == 2 and output.strip().splitlines()[0].startswith(f"error: {path}: {message}"), output
+        assert len(output.strip().splitlines()) == 1 and not (tmp_path / "out.parquet").exists(), output
 
 
 # ------------------------------------------------------------------------------------ import

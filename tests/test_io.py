@@ -183,3 +183,66 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
             tmp.write_text("partial")
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+def _cut_seed_csv(tmp_path, name, header, row, fields, keep_rest=False):
+    """The seed's CSV (300 galaxies) whose 0-based data row `row` keeps only its first `fields`
+    fields: the file ends there (a download cut mid-row), or, with `keep_rest`, the rows after it follow."""
+    path = seed_csv(tmp_path / f"{name}.csv", random_frame(300), header=header)
+    lines = path.read_text().splitlines(keepends=True)
+    at = row + (1 if header else 0)
+    short = ",".join(lines[at].split(",")[:fields])
+    path.write_text("".join(lines[:at]) + short + ("\n" + "".join(lines[at + 1 :]) if keep_rest else ""))
+    return path
+
+
+@pytest.mark.parametrize("header", [False, True], ids=["headerless", "header"])
+def test_seed_csv_cut_mid_row_names_the_row_and_its_fields_not_a_nan(tmp_path, header):
+    """A seed CSV that ends mid-row was reported as a NaN flux in that row (pandas pads the row);
+    the message says the file ends mid-row, which row (and line), and how many fields it has."""
+    from xpz.data.stream import iter_spectra
+
+    source = _cut_seed_csv(tmp_path, "cut", header, row=40, fields=94)
+    line = 42 if header else 41
+    expected = (
+        f"{source}: the file ends mid-row (truncated?): row 40 (0-based, header excluded; "
+        f"line {line} of the file) has 94 fields, 187 expected"
+    )
+    with pytest.raises(InputError) as err:
+        read_seed_csv(source)
+    assert str(err.value) == expected
+    for chunk_size in (16, 41, 1000):  # the prediction reader: the cut row in a short or a full chunk
+        with pytest.raises(InputError) as err:
+            list(iter_spectra(source, chunk_size=chunk_size))
+        assert str(err.value) == expected, chunk_size
+    result, out = import_cli(tmp_path, source)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [f"error: {expected}"]
+    assert not out.exists()
+
+
+def test_seed_csv_row_with_too_few_fields_inside_the_file(tmp_path):
+    from xpz.data.stream import iter_spectra
+
+    source = _cut_seed_csv(tmp_path, "short", False, row=40, fields=100, keep_rest=True)
+    expected = (
+        f"{source}: too few fields: row 40 (0-based, header excluded; line 41 of the file) "
+        "has 100 fields, 187 expected"
+    )
+    with pytest.raises(InputError) as err:
+        read_seed_csv(source)
+    assert str(err.value) == expected
+    with pytest.raises(InputError) as err:
+        list(iter_spectra(source, chunk_size=64))
+    assert str(err.value) == expected
+
+
+def test_seed_csv_empty_value_is_still_a_nan_not_a_short_row(tmp_path):
+    """A row with all its fields, the last one empty, is a missing value (n_nonfinite), as before."""
+    df = random_frame(300)
+    table = df[["z", *FLUX_COLUMNS]].astype(object)
+    table.iloc[42, -1] = ""
+    source = tmp_path / "empty_value.csv"
+    table.to_csv(source, index=False, header=False)
+    got = read_seed_csv(source)
+    assert np.isnan(got.loc[42, "flux_185"]) and got.shape == (300, 188)

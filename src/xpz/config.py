@@ -92,8 +92,11 @@ class SplitConfig(_Section):
     @model_validator(mode="after")
     def _fractions(self) -> SplitConfig:
         total = self.train + self.val + self.test
-        if abs(total - 1.0) > 1e-6:
-            raise ValueError(f"train + val + test must sum to 1, got {total:g}")
+        if abs(total - 1.0) > 1e-6:  # .10g: the sum's float noise hidden, any miss above 1e-6 shown
+            raise ValueError(
+                f"train + val + test must sum to 1, got {self.train!r} + {self.val!r} + {self.test!r}"
+                f" = {total:.10g}"
+            )
         return self
 
 
@@ -286,13 +289,23 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def _format_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid parameters in {source}:"]
+    """One line per invalid key; a single error is one line with the file. A section's own check (a
+    model validator: its input is the whole section) says what it needs and its values itself, so its
+    input is not dumped after it."""
+    problems = []
     for e in err.errors():
         key = ".".join(str(p).rstrip("_") for p in e["loc"]) or "(top level)"
-        # our validators' own messages, without pydantic's "Value error, " prefix (as `xpz schedule` shows them)
-        msg = "unknown key" if e["type"] == "extra_forbidden" else str(e["msg"]).removeprefix("Value error, ")
-        lines.append(f"  {key}: {msg} (got {e.get('input')!r})")
-    return "\n".join(lines)
+        if e["type"] == "extra_forbidden":
+            problems.append(f"{key}: unknown key (got {e.get('input')!r})")
+        elif e["type"] == "value_error" and isinstance(e.get("input"), dict):
+            problems.append(f"{key}: {str(e['msg']).removeprefix('Value error, ')}")
+        else:
+            # our validators' own messages, without pydantic's "Value error, " prefix
+            msg = str(e["msg"]).removeprefix("Value error, ")
+            problems.append(f"{key}: {msg} (got {e.get('input')!r})")
+    if len(problems) == 1:
+        return f"invalid parameters in {source}: {problems[0]}"
+    return "\n".join([f"invalid parameters in {source}:", *(f"  {p}" for p in problems)])
 
 
 def config_from_dict(
@@ -319,6 +332,16 @@ def config_from_dict(
         raise ConfigError(_format_error(err, source)) from None
 
 
+def _yaml_where(err: yaml.YAMLError) -> str:
+    """' at line 3, column 1: found character ...': PyYAML's several-line report as one line."""
+    if not isinstance(err, yaml.MarkedYAMLError):
+        return f": {' '.join(str(err).split())}"
+    mark = err.problem_mark or err.context_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    what = ": ".join(str(part) for part in (err.context, err.problem) if part)
+    return f"{where}: {' '.join(what.split())}"
+
+
 def load_config(
     path: Path | str = DEFAULT_PARAMS,
     profile: str | None = None,
@@ -331,9 +354,19 @@ def load_config(
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder, not a parameters file (e.g. {path / 'params.yaml'})")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+        raw = yaml.safe_load(text) if text.strip() else None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"{path}: not a text file (binary bytes); expected a YAML parameters file"
+        ) from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML{_yaml_where(err)}") from None
+    if raw is None:  # 0 bytes, whitespace, comments: an empty or wrong file, never "all defaults"
+        raise ConfigError(
+            f"{path}: the parameters file is empty (no sections: only whitespace or comments); "
+            "use a parameters file such as the project's params.yaml"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at top level")
     return config_from_dict(raw, profile=profile, overrides=overrides, source=str(path))

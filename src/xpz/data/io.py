@@ -164,6 +164,57 @@ def names_flux_columns(columns: Iterable[object]) -> bool:
     return any(c in FLUX_COLUMNS for c in columns)
 
 
+def _rows_as_read(
+    path: Path, rows: set[int], has_header: bool
+) -> tuple[dict[int, tuple[int, int]], int | None]:
+    """The field count and line number (1-based) of the given 0-based data rows of a CSV, as written
+    (blank lines skipped, as pandas does), and the number of the file's last data row if the scan
+    reached it (None if it stopped after the last wanted row and more followed)."""
+    import csv
+
+    found: dict[int, tuple[int, int]] = {}
+    row, wanted_last = (-2 if has_header else -1), max(rows)
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.reader(fh)
+        for fields in reader:
+            if not fields:
+                continue
+            row += 1
+            if row > wanted_last:
+                return found, None
+            if row in rows:
+                found[row] = (len(fields), reader.line_num)
+    return found, row
+
+
+def check_row_lengths(raw: pd.DataFrame, path: Path | str, has_header: bool) -> None:
+    """InputError for rows with fewer fields than the file's rows (the header's, or the first row's):
+    a row cut short, typically a file that ends mid-row. pandas pads such a row with "" (read as
+    strings), which would otherwise be reported as a NaN flux. Candidates are rows whose last field
+    and a field xpz reads are empty (an error either way), and only those are looked up in the file's
+    text. `raw`'s index is the 0-based data row."""
+    last_empty = (raw.iloc[:, -1] == "").to_numpy()
+    if not last_empty.any():
+        return
+    used = [c for c in raw.columns if c in (ID_COLUMN, TARGET_COLUMN, *FLUX_COLUMNS)]
+    used = used if has_header and names_flux_columns(raw.columns) else list(raw.columns)
+    candidates = raw.index[last_empty & (raw[used] == "").to_numpy().any(axis=1)]
+    if not len(candidates):
+        return
+    expected = raw.shape[1]
+    counts, last = _rows_as_read(Path(path), {int(r) for r in candidates}, has_header)
+    short = [r for r in sorted(counts) if counts[r][0] < expected]
+    if not short:
+        return  # empty values, not missing fields: `conform` and the finite checks name them
+    fields, line = counts[short[0]]
+    where = f"(0-based, header excluded; line {line} of the file) has {fields} fields, {expected} expected"
+    if short == [last]:
+        raise InputError(f"{path}: the file ends mid-row (truncated?): row {short[0]} {where}")
+    if len(short) == 1:
+        raise InputError(f"{path}: too few fields: row {short[0]} {where}")
+    raise InputError(f"{path}: too few fields in rows {describe_rows(short)}; row {short[0]} {where}")
+
+
 def parse_seed_frame(
     raw: pd.DataFrame, source: str, with_target: bool = True, has_header: bool = False
 ) -> pd.DataFrame:
@@ -207,6 +258,7 @@ def read_seed_csv(path: Path | str, with_target: bool = True) -> pd.DataFrame:
         raise InputError(f"{path}: not a readable CSV: {err}") from None
     if raw.empty:
         raise InputError(f"{path}: the file holds no rows")
+    check_row_lengths(raw, path, has_header=header is not None)
     return parse_seed_frame(raw, str(path), with_target, has_header=header is not None)
 
 

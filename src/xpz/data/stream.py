@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from xpz.data.formats import NEEDED, FileKind, check_file, identify, input_format  # noqa: F401  (check_file re-exported)
-from xpz.data.io import conform, names_flux_columns, parse_seed_frame, seed_csv_header
+from xpz.data.io import check_row_lengths, conform, names_flux_columns, parse_seed_frame, seed_csv_header
 from xpz.data.xpcont import iter_xp
 from xpz.errors import InputError, describe_rows
 from xpz.spectra import FLUX_COLUMNS, FLUX_DTYPE, ID_COLUMN, N_FLUX, TARGET_COLUMN
@@ -129,7 +129,7 @@ def iter_parquet(path: Path, chunk_size: int) -> Iterator[SpectraChunk]:
             row += n
     except (pa.ArrowException, OSError) as err:
         raise InputError(
-            f"{path}: not a readable Parquet file (truncated or corrupt?) near row {row}: {err}"
+            f"{path}: not a readable Parquet file (truncated or corrupt?) in the rows from row {row} on (0-based): {err}"
         ) from None
 
 
@@ -160,6 +160,7 @@ def iter_seed_csv(path: Path, chunk_size: int) -> Iterator[SpectraChunk]:
                 )
             else:
                 with_target = n_values == N_FLUX + 1
+            check_row_lengths(raw, path, has_header=header is not None)
             frame = parse_seed_frame(raw, source, with_target=with_target, has_header=header is not None)
             frame.index = raw.index
             if with_target:

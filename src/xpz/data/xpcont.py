@@ -20,8 +20,10 @@ fewer than 55 relevant bases, and xpz, like gaiaxpy's default, uses all 55 coeff
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -183,26 +185,130 @@ def to_block(
 # --------------------------------------------------------------------------------- readers
 
 
-def _text_batches(kind: FileKind) -> Iterator[pa.RecordBatch]:
+def _open_text(
+    kind: FileKind, names: list[str], serial: bool = False, on_bad_row: Callable[[Any], str] | None = None
+) -> tuple[pa.NativeFile, Any]:
     import pyarrow.csv as pacsv
 
-    names = [kind.column(ID_COLUMN), kind.column(COEFF_COLUMNS[0]), kind.column(COEFF_COLUMNS[1])]
     # gzip is decompressed by Arrow's C++ stream: no GIL held while the model thread works
     stream = pa.input_stream(str(kind.path), compression="gzip" if kind.gzip else None, buffer_size=1 << 20)
     reader = pacsv.open_csv(
         stream,
-        read_options=pacsv.ReadOptions(skip_rows=kind.header_lines, block_size=TEXT_BLOCK_BYTES),
-        parse_options=pacsv.ParseOptions(delimiter=kind.delimiter, newlines_in_values=False),
+        read_options=pacsv.ReadOptions(
+            skip_rows=kind.header_lines, block_size=TEXT_BLOCK_BYTES, use_threads=not serial
+        ),
+        parse_options=pacsv.ParseOptions(
+            delimiter=kind.delimiter, newlines_in_values=False, invalid_row_handler=on_bad_row
+        ),
         convert_options=pacsv.ConvertOptions(
             include_columns=names,
-            column_types={names[0]: pa.string(), names[1]: pa.string(), names[2]: pa.string()},
+            column_types=dict.fromkeys(names, pa.string()),
             null_values=["", "null", "NULL"],
             strings_can_be_null=True,
         ),
     )
-    with stream:
-        for batch in reader:
-            yield batch.select(names)
+    return stream, reader
+
+
+def _text_batches(kind: FileKind) -> Iterator[pa.RecordBatch]:
+    names = [kind.column(ID_COLUMN), kind.column(COEFF_COLUMNS[0]), kind.column(COEFF_COLUMNS[1])]
+    try:
+        stream, reader = _open_text(kind, names)  # reads the first block
+        with stream:
+            for batch in reader:
+                yield batch.select(names)
+    except (pa.ArrowInvalid, EOFError, OSError, zlib.error) as err:
+        raise InputError(_text_error(kind, err)) from None
+
+
+# A text file's rows: 0-based data rows (header excluded), as in every message of this module and in
+# the rejects' `row`; the line number (1-based, the file's own, decompressed for gzip) points at it.
+_ROW = "0-based, header excluded"
+
+
+def _text_error(kind: FileKind, err: BaseException) -> str:
+    """The message for a CSV/ECSV that Arrow cannot read, naming the row: a row with the wrong number
+    of fields (the file ends mid-row, or a damaged row) is found again by a serial parse, which numbers
+    rows; a cut or corrupt gzip stream by counting the lines it decompresses to (the error path only)."""
+    what = str(err).splitlines()[0] if str(err) else type(err).__name__
+    first_data_line = kind.header_lines + 2  # the comment/ECSV lines, then the column names
+    bad = _first_short_row(kind) if isinstance(err, pa.ArrowInvalid) and "CSV parse error" in what else None
+    if bad is not None:
+        line, expected, found, at_end = bad
+        where = f"row {line - first_data_line} ({_ROW}; line {line} of the file)"
+        counts = f"has {found} fields, {expected} expected"
+        if at_end:
+            return f"{kind.path}: the file ends mid-row (truncated?): {where} {counts}"
+        return f"{kind.path}: a damaged row (corrupt file?): {where} {counts}"
+    cut = _gzip_cut(kind) if kind.gzip else None
+    if cut is not None:
+        lines, mid_line, corrupt = cut
+        if mid_line:
+            place = (
+                f"in row {lines + 1 - first_data_line} ({_ROW}; line {lines + 1} of the decompressed text)"
+            )
+        else:
+            place = f"after row {lines - first_data_line} ({_ROW}; line {lines} of the decompressed text)"
+        damage = "corrupt" if corrupt else "cut short (truncated?)"
+        return f"{kind.path}: the gzip data are {damage}: the text ends {place} ({what})"
+    return f"{kind.path}: not a readable {kind.container.upper()} file (truncated or corrupt?): {what}"
+
+
+def _first_short_row(kind: FileKind) -> tuple[int, int, int, bool] | None:
+    """(line, expected fields, found fields, whether it is the file's last row) of the first row
+    Arrow cannot split into the header's columns; a serial parse numbers the rows."""
+    found: list[tuple[int, int, int]] = []
+
+    def on_bad_row(row: Any) -> str:
+        if row.number is not None:
+            found.append((row.number, row.expected_columns, row.actual_columns))
+        return "error"
+
+    try:
+        stream, reader = _open_text(kind, [kind.column(ID_COLUMN)], serial=True, on_bad_row=on_bad_row)
+        with stream:
+            for _ in reader:
+                pass
+    except (pa.ArrowException, EOFError, OSError, zlib.error):
+        pass
+    if not found:
+        return None
+    line, expected, actual = found[0]
+    return line, expected, actual, not _text_after_line(kind, line)
+
+
+def _text_after_line(kind: FileKind, line: int) -> bool:
+    """Whether the (decompressed) text has a non-blank line after line `line` (1-based)."""
+    with open_binary(kind.path) as fh:
+        for number, text in enumerate(fh, start=1):
+            if number > line and text.strip():
+                return True
+    return False
+
+
+def _gzip_cut(kind: FileKind) -> tuple[int, bool, bool] | None:
+    """(complete lines, whether the text stops mid-line, whether the data are corrupt rather than cut
+    short) of a gzip file that does not decompress to its end; None if it does."""
+    lines, last = 0, b"\n"
+    inflate = zlib.decompressobj(wbits=31)
+    data = b""
+    with open(kind.path, "rb") as fh:
+        while True:
+            if not data:
+                data = fh.read(1 << 20)
+                if not data:
+                    break
+            if inflate.eof:  # the next member of a concatenated gzip
+                inflate = zlib.decompressobj(wbits=31)
+            try:
+                out = inflate.decompress(data)
+            except zlib.error:
+                return lines, last != b"\n", True
+            data = inflate.unused_data if inflate.eof else b""
+            if out:
+                lines += out.count(b"\n")
+                last = out[-1:]
+    return None if inflate.eof else (lines, last != b"\n", False)
 
 
 def _rechunk(batches: Iterator[pa.RecordBatch], chunk_size: int) -> Iterator[pa.Table]:
@@ -239,17 +345,15 @@ def iter_xp(kind: FileKind, chunk_size: int) -> Iterator[XpBlock]:
 
 
 def _iter_tables(kind: FileKind, tables: Iterator[pa.Table]) -> Iterator[XpBlock]:
-    import zlib
-
     row = 0
     try:
         for table in tables:
             ids, bp, rp = (table.column(i) for i in range(3))
             yield to_block(kind, _ids_as_int(ids), bp, rp, row)
             row += table.num_rows
-    except (pa.ArrowInvalid, EOFError, OSError, zlib.error) as err:
-        raise InputError(f"{kind.path}: not a readable {kind.container.upper()} file near row {row} "
-                         f"(truncated or corrupt?): {str(err).splitlines()[0]}") from None  # fmt: skip
+    except (pa.ArrowInvalid, EOFError, OSError, zlib.error) as err:  # text errors are InputErrors already
+        raise InputError(f"{kind.path}: not a readable {kind.container.upper()} file (truncated or corrupt?) "
+                         f"in the rows from row {row} on (0-based): {str(err).splitlines()[0]}") from None  # fmt: skip
     if row == 0:
         raise InputError(f"{kind.path}: the file holds no rows")
 
