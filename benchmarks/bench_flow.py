@@ -12,6 +12,8 @@ each with a fresh tuning directory and the same sqlite MLflow store, and finally
             included).
 Prefect: PREFECT_API_URL when set, else a real `prefect server` started on 127.0.0.1 for the run
 (stopped at the end). Prints medians, the overhead, and where the flow spends its time (task runs).
+Stopped early (Ctrl-C, or SIGTERM: `_cli.run_main`), it stops its server, removes its temporary
+folder, says so on one line and exits 130 / 143.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -47,12 +50,21 @@ def prefect_api(root: Path):
     from conftest_servers import start_prefect_server
 
     t0 = time.perf_counter()
-    server = start_prefect_server(root / "prefect-server")
-    started = time.perf_counter() - t0
-    os.environ["PREFECT_API_URL"] = server.url
-    try:
+    server = start_prefect_server(root / "prefect-server", wait=False)
+    try:  # from the spawn on: stopped however the block ends (Ctrl-C and SIGTERM included)
+        server.wait_healthy()
+        started = time.perf_counter() - t0
+        os.environ["PREFECT_API_URL"] = server.url
         yield server.url, started
+    except KeyboardInterrupt as err:  # said by run_main once the `finally` below has run
+        err.add_note(f"prefect server (pid {server.proc.pid}) stopped")
+        raise
     finally:
+        if "prefect.logging.handlers" in sys.modules:  # the flow's last logs, while the server is up
+            from prefect.logging.handlers import APILogWorker
+
+            with contextlib.suppress(Exception):
+                APILogWorker.drain_all(timeout=5)
         server.stop()
 
 
@@ -71,6 +83,17 @@ def main() -> None:
     print_host()  # CPU model, numpy sgemm GFLOP/s, reference network samples/s: compare hosts as ratios
 
     root = Path(tempfile.mkdtemp(prefix="xpz-bench-flow-"))
+    cwd = Path.cwd()
+    try:
+        measure(args, root)
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (run_main): leave nothing behind
+        os.chdir(cwd)
+        shutil.rmtree(root, ignore_errors=True)
+        err.add_note(f"{root} removed")
+        raise
+
+
+def measure(args: argparse.Namespace, root: Path) -> None:
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
     os.environ["PREFECT_HOME"] = str(root / "prefect-home")
     base = {"train.verbose": 0, "tracking.artifact_location": str(root / "mlruns")}

@@ -123,7 +123,7 @@ from conftest_servers import server_pair, servers, spawned_servers  # noqa: E402
 # Every test file belongs to one kind; its tests get that marker (`pytest -m unit`, `-m "data or
 # model"`, ...). `make check` runs `-m "not slow and not integration"` (fast); `make test` runs all.
 KINDS = {
-    "unit": ("test_config", "test_layout", "test_docs", "test_cli_errors", "test_cards"),
+    "unit": ("test_config", "test_layout", "test_docs", "test_cli_errors", "test_cards", "test_env"),
     "data": (
         "test_io",
         "test_split",
@@ -162,6 +162,7 @@ KINDS = {
         "test_safety",
         "test_team",
         "test_bench_heldout",
+        "test_bench_flow",
     ),  # fmt: skip
 }
 KIND_OF = {name: kind for kind, names in KINDS.items() for name in names}

@@ -5,6 +5,10 @@ place that registers them), so a `.keras` file written by xpz loads with plain
 `keras.saving.load_model(path)`. It does so without importing Keras itself (TensorFlow takes
 seconds to import, and most commands never need it): if Keras is already imported the objects are
 registered now, else right after Keras's own import completes, whoever imports it.
+
+Likewise the first `import tensorflow` (by Keras, MLflow or xpz) runs inside
+`xpz.env.quiet_tensorflow_startup`: the INFO lines TensorFlow's native libraries print while they
+load, which TF_CPP_MIN_LOG_LEVEL no longer filters, are dropped; any other output is kept.
 """
 
 from __future__ import annotations
@@ -43,7 +47,33 @@ class _RegisterAfterKeras(importlib.abc.MetaPathFinder):
         return spec
 
 
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: on the first `import tensorflow` it lets the other finders find it and
+    runs its module inside `xpz.env.quiet_tensorflow_startup`."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)  # once; and no recursion through the lookup below
+        spec = importlib.util.find_spec(name)
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        exec_module = loader.exec_module
+
+        def exec_quietly(module: Any) -> None:
+            from xpz.env import quiet_tensorflow_startup
+
+            with quiet_tensorflow_startup():
+                exec_module(module)
+
+        loader.exec_module = exec_quietly
+        return spec
+
+
 if "keras" in sys.modules:
     _register_keras_objects()
 elif not any(isinstance(f, _RegisterAfterKeras) for f in sys.meta_path):
     sys.meta_path.insert(0, _RegisterAfterKeras())
+if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+    sys.meta_path.insert(0, _QuietTensorFlowImport())

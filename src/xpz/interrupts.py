@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from types import FrameType
 
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, the shell's status for a process ended by SIGTERM
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, the shell's status for a process ended by Ctrl-C
 
 
 class Terminated(KeyboardInterrupt):
