@@ -43,6 +43,20 @@ def test_failures_name_expectation_column_count_and_ids(cfg, tmp_path):
     assert report.docs_path is not None and report.docs_path.exists()
 
 
+def test_data_docs_go_only_to_the_report_folder(cfg, tmp_path, monkeypatch):
+    """GX's ephemeral context has a default site in a temporary folder; building it too left one
+    /tmp/tmpXXXX folder behind per validation (xpz data validate, every pipeline run)."""
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    report = validate_frame(random_frame(500), cfg, report_dir=tmp_path / "docs")
+    assert report.success, report.summary()
+    assert (tmp_path / "docs" / "index.html").exists()
+    assert list(scratch.iterdir()) == []
+
+
 def test_distribution_checks_only_warn(cfg):
     df = random_frame(500)
     df["z"] = 0.55  # valid range, implausible distribution

@@ -277,7 +277,11 @@ def validate_frame(
         "dataset": (df, dataset_expectations(cfg, with_family=FAMILY_COLUMN in df.columns)),
         "flux_per_galaxy": (row_summary(df), flux_expectations(cfg)),
     }
-    actions: list[Any] = [gx.checkpoint.UpdateDataDocsAction(name="docs")] if report_dir is not None else []
+    actions: list[Any] = (
+        [gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["xpz"])]
+        if report_dir is not None
+        else []
+    )
     result_format = {
         "result_format": "SUMMARY",
         "unexpected_index_column_names": [ID_COLUMN],
