@@ -83,6 +83,19 @@ def test_parquet_predictions_match_the_models_own(
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_an_out_named_csv_gets_csv_with_the_parquet_values(registered, small_dataset_path, tmp_path):
+    """`--out p.csv` once wrote Parquet bytes under a .csv name; now a CSV of the same table."""
+    parquet = cli_predict(registered, small_dataset_path, tmp_path / "p.parquet")
+    code, text = run_cli(str(small_dataset_path), "--model", registered.champion, "--out", str(tmp_path / "p.csv"),
+                         "--tracking-uri", registered.tracking_uri)  # fmt: skip
+    assert code == 0, text
+    assert (tmp_path / "p.csv").read_text().startswith('"source_id","z","z_lower"')
+    csv = pd.read_csv(tmp_path / "p.csv", dtype={"model_version": str})
+    assert list(csv.columns) == list(parquet.columns)
+    for column in ("source_id", "z", "z_lower", "z_upper", "ood_score", "eligible", "model_version"):
+        np.testing.assert_array_equal(csv[column].to_numpy(), parquet[column].to_numpy(), err_msg=column)
+
+
 def test_chunked_equals_unchunked_bit_for_bit(registered, small_dataset_path, predictor, tmp_path):
     from xpz.serving.batch import predict_file
 
@@ -266,6 +279,7 @@ def test_an_out_or_pdf_folder_and_a_binary_csv_stop_before_any_work(registered, 
             ("--out", str(tmp_path / "p.parquet"), "--format", "csv"),
             "not a text CSV",
         ),
+        "--out named as FITS": (("--out", str(folder / "p.fits")), "writes Parquet, or CSV"),
     }
     for case, (extra, needle) in cases.items():
         code, text = run_cli(str(small_dataset_path), *common, *extra)

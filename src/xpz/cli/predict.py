@@ -36,9 +36,12 @@ def predict(
             "model folder or a .keras file (default: models:/<tracking.registered_model>@champion).",
         ),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output Parquet (written atomically).")] = Path(
-        "predictions.parquet"
-    ),
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Output Parquet, or CSV for a name ending .csv (written atomically)."
+        ),
+    ] = Path("predictions.parquet"),
     fmt: Annotated[str, typer.Option("--format", help=f"Input format: {', '.join(FORMATS)}.")] = "auto",
     chunk_size: Annotated[
         int, typer.Option("--chunk-size", min=1, help="Spectra read per chunk (bounds memory).")

@@ -203,6 +203,46 @@ def _table(ids: np.ndarray, reasons: np.ndarray, pred: pd.DataFrame, predictor: 
     )
 
 
+# `--out`'s table format, by its name: CSV for `.csv` (what astropy.table and pandas read as text),
+# Parquet otherwise; a name that says another format is refused rather than filled with Parquet bytes.
+_TEXT_OUTPUTS = (".csv",)
+_OTHER_FORMATS = (
+    ".ecsv",
+    ".fits",
+    ".fit",
+    ".fits.gz",
+    ".vot",
+    ".xml",
+    ".txt",
+    ".tsv",
+    ".json",
+    ".h5",
+    ".hdf5",
+)
+
+
+def output_format(out: Path | str) -> str:
+    """'csv' for an output named *.csv, 'parquet' for any other name, InputError for a name that
+    says a format xpz does not write (ECSV, FITS, VOTable, text, JSON, HDF5)."""
+    name = Path(out).name.lower()
+    if name.endswith(_TEXT_OUTPUTS):
+        return "csv"
+    if name.endswith(_OTHER_FORMATS):
+        raise InputError(
+            f"--out {out}: xpz predict writes Parquet, or CSV for a name ending .csv; "
+            "convert with astropy.table (Table.read(path).write(...)) for other formats"
+        )
+    return "parquet"
+
+
+def _table_writer(path: Path, fmt: str):  # noqa: ANN202
+    if fmt == "csv":
+        import pyarrow.csv as pacsv
+
+        return pacsv.CSVWriter(path, OUTPUT_SCHEMA)
+    return pq.ParquetWriter(path, OUTPUT_SCHEMA)
+
+
 @dataclass
 class PredictResult:
     out: Path
@@ -233,13 +273,14 @@ def predict_file(
     pdf: Path | str | None = None,
 ) -> PredictResult:
     """Predict every spectrum of `source` (a file, a DataLink zip, or a folder of files read in path
-    order) into the Parquet file `out`, one row per input source. A source without a usable XP
+    order) into the Parquet file `out` (CSV if its name ends .csv), one row per input source. A source without a usable XP
     spectrum gets z NaN, `eligible` false and a `reject_reason`; with `strict` any such source is an
     `InputError`. Nothing is written at `out` unless every row succeeded. With `pdf`, the p(z) of
     each predicted spectrum also goes to that qp HDF5 file (`xpz.model.pdf_metrics`), in chunks, in
     the same order, with ancillary columns source_id, z, z_lower, z_upper, ood_score, eligible."""
     if fmt not in FORMATS:  # an option error comes before anything is read
         raise InputError(f"--format {fmt!r}: unknown format (expected one of {', '.join(FORMATS)})")
+    output_format(out)
     for option, target in (("--out", out), ("--pdf", pdf)):  # before the work, not at the final rename
         if target is not None and Path(target).is_dir():
             raise InputError(f"{option} {target}: is a folder; give the path of a file (in it or elsewhere)")
@@ -291,7 +332,7 @@ def _predict_files(
         stack.callback(streams[0].close)
         if pdf_writer is not None:
             stack.callback(pdf_writer.abort)  # removes its temporary file unless closed
-        writer = stack.enter_context(pq.ParquetWriter(tmp, OUTPUT_SCHEMA))
+        writer = stack.enter_context(_table_writer(tmp, output_format(out)))
         bar = stack.enter_context(
             tqdm(
                 total=total,
