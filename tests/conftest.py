@@ -147,6 +147,7 @@ KINDS = {
         "test_evaluate",
         "test_bench_families",
         "test_bench_eligibility_dev",
+        "test_bench_oracle",
     ),  # fmt: skip
     "integration": (
         "test_dvc",
