@@ -211,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--model", default=None, help="also score this model (models:/..., runs:/..., a .keras file)"
     )
+    ap.add_argument("--template-error", type=float, default=0.0,
+                    help="fractional template error added in quadrature per pixel (default: %(default)s)")  # fmt: skip
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--tracking-uri", default=None)
     ap.add_argument("--json", type=Path, default=None, help="write the results as JSON here")

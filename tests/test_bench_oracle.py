@@ -68,6 +68,7 @@ def test_bad_options_are_one_message_and_exit_2(tmp_path):
         (("--n", "5"), "at least 20"),
         (("--dz", "0.5"), "--dz"),
         (("--family", "kcorrect"), "invalid choice"),
+        (("--template-error", "2"), "--template-error must be in"),
     ):
         done = run_benchmark("bench_oracle", *args, cwd=tmp_path, timeout=120)
         assert done.returncode == 2 and needle in done.stderr and "Traceback" not in done.stderr, done.stderr
