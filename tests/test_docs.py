@@ -152,7 +152,7 @@ def test_the_cheap_documented_commands_run_for_real_on_the_smoke_profile(workdir
 
 
 def test_benchmark_tables_are_rendered_from_their_json(tmp_path):
-    """The README's headline table and docs/families.md's two tables are exactly what
+    """The README's headline table and docs/families.md's three tables are exactly what
     benchmarks/_report.py renders from their committed JSON; `write` replaces only what lies
     between the markers and refuses a doc without them."""
     import json
@@ -162,6 +162,7 @@ def test_benchmark_tables_are_rendered_from_their_json(tmp_path):
         ("headline", "README.md"),
         ("families", "docs/families.md"),
         ("heldout", "docs/families.md"),
+        ("oracle_cww", "docs/families.md"),
     ):
         results = json.loads((REPO / "benchmarks" / "results" / f"{name}.json").read_text())
         text = (REPO / page).read_text()
