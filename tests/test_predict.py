@@ -361,3 +361,33 @@ def test_real_process_exit_status_and_stderr(registered, small_dataset_path, tmp
     assert proc.returncode == 2, proc.stderr
     assert "no registered model 'xpz-redshift'" in proc.stderr  # the params' name has no model in this store
     assert not (tmp_path / "p.parquet").exists()
+
+
+def test_a_total_flux_at_or_below_zero_rejects_the_row_not_the_file(registered, dataset, tmp_path):
+    """All-zero and all -1 spectra (total flux <= 0: the network's input, the spectrum over its total
+    flux, is undefined) get z, z_lower, z_upper NaN, eligible false and a reject_reason, in a Parquet
+    and a CSV file alike; the other rows are predicted as from a clean file; --strict refuses the file."""
+    frame = dataset.iloc[:20][["source_id", *FLUX_COLUMNS]].reset_index(drop=True).copy()
+    clean_path = tmp_path / "clean.parquet"
+    frame.to_parquet(clean_path)
+    frame.loc[3, list(FLUX_COLUMNS)] = 0.0
+    frame.loc[9, list(FLUX_COLUMNS)] = -1.0
+    bad_path = tmp_path / "bad.parquet"
+    frame.to_parquet(bad_path)
+    frame.to_csv(tmp_path / "bad.csv", index=False)
+    clean = cli_predict(registered, clean_path, tmp_path / "clean_pred.parquet")
+    for source in (bad_path, tmp_path / "bad.csv"):
+        out = cli_predict(registered, source, tmp_path / f"{source.stem}_{source.suffix[1:]}.parquet",
+                          "--chunk-size", "7")  # fmt: skip
+        rejected = out["reject_reason"].notna().to_numpy()
+        assert np.flatnonzero(rejected).tolist() == [3, 9], source
+        assert (out.loc[rejected, "reject_reason"] == "total flux <= 0 (no usable spectrum)").all()
+        assert out.loc[rejected, ["z", "z_lower", "z_upper", "ood_score"]].isna().all().all()
+        assert not out.loc[rejected, "eligible"].any()
+        np.testing.assert_array_equal(
+            out.loc[~rejected, "z"].to_numpy(), clean.loc[~rejected, "z"].to_numpy()
+        )
+    code, text = run_cli(str(bad_path), "--model", registered.champion, "--out", str(tmp_path / "strict.parquet"),
+                         "--tracking-uri", registered.tracking_uri, "--strict")  # fmt: skip
+    assert code == 2 and "total flux <= 0" in text and str(frame.loc[9, "source_id"]) in text, text
+    assert not (tmp_path / "strict.parquet").exists()

@@ -223,3 +223,60 @@ def test_served_refuses_what_it_cannot_answer(server, registered, dataset):
     assert status == 400 and "non-finite" in body.get("message", ""), body
     status, body = post_csv(server, text)  # a malformed CSV body
     assert status == 400 and "predictions" not in body, body
+    # a total flux <= 0 (all zeros, all -1): the network's input (spectrum / total flux) is undefined
+    empty = reference.astype("float64").copy()
+    empty.loc[2, list(FLUX_COLUMNS)] = 0.0
+    empty.loc[6, list(FLUX_COLUMNS)] = -1.0
+    with pytest.raises(InputError, match=r"total flux <= 0 .* rows 2, 6"):
+        pyfunc.predict(empty)
+    status, body = post(server, {"dataframe_split": json.loads(empty.to_json(orient="split", index=False))})
+    assert (
+        status == 400 and "total flux <= 0" in body.get("message", "") and "rows 2, 6" in body["message"]
+    ), body
+    assert "Infinity" not in json.dumps(body)
+    # no rows: columns without data, a header-only CSV, no records
+    no_rows = (
+        post(server, {"dataframe_split": {"columns": list(FLUX_COLUMNS), "data": []}}),
+        post_csv(server, ",".join(FLUX_COLUMNS) + "\n"),
+        post(server, {"dataframe_records": []}),
+    )
+    for status, body in no_rows:
+        assert status == 400 and "holds no rows" in body.get("message", ""), body
+    with pytest.raises(InputError, match="holds no rows"):
+        pyfunc.predict(reference.iloc[:0])
+    # a record without the key flux_050: a missing value, named as such
+    records = json.loads(reference.iloc[:4].to_json(orient="records"))
+    del records[2]["flux_050"]
+    status, body = post(server, {"dataframe_records": records})
+    message = body.get("message", "")
+    assert status == 400 and "missing value" in message and "rows 2, columns flux_050" in message, body
+    # upper-case names: case-sensitive, as the file readers; the message says so
+    upper = reference.rename(columns=str.upper)
+    status, body = post(server, {"dataframe_split": json.loads(upper.to_json(orient="split", index=False))})
+    assert status == 400 and "case-sensitive" in body.get("message", "") and "FLUX_000" in body["message"], (
+        body
+    )
+
+
+def test_served_output_has_no_non_finite_number():
+    """A NaN ood_score (a model trained with eligibility.enabled=false) or an inf one is JSON null in
+    what MLflow's scoring server writes, never NaN / Infinity (not JSON); finite values are untouched."""
+    import io
+
+    from mlflow.pyfunc.scoring_server import predictions_to_json
+
+    from xpz.tracking.pyfunc import json_safe
+
+    frame = pd.DataFrame(
+        {"z": [0.1, 0.2, 0.3], "ood_score": [np.nan, np.inf, 1.5], "eligible": [True, False, True]}
+    )
+    out = io.StringIO()
+    predictions_to_json(json_safe(frame), out)
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} in the served JSON")
+
+    body = json.loads(out.getvalue(), parse_constant=refuse)
+    assert [r["ood_score"] for r in body["predictions"]] == [None, None, 1.5]
+    assert [r["z"] for r in body["predictions"]] == [0.1, 0.2, 0.3]
+    assert json_safe(frame.iloc[2:])["ood_score"].dtype == np.float64  # finite columns keep their dtype

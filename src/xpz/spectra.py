@@ -69,3 +69,17 @@ def wavelengths_nm() -> np.ndarray:
 def flux_matrix(df: pd.DataFrame) -> np.ndarray:
     """The (n, 186) float32 flux array of a dataset frame, in grid order."""
     return np.ascontiguousarray(df.loc[:, list(FLUX_COLUMNS)].to_numpy(dtype=FLUX_DTYPE))
+
+
+# Why a spectrum with a total flux <= 0 gets no redshift: the network's input is the spectrum divided by
+# its total flux (`xpz.model.scaling`), undefined there. The one definition, used by `xpz predict`
+# (a per-row `reject_reason`) and by the served model (`xpz.tracking.pyfunc.as_flux_array`, HTTP 400).
+NO_TOTAL_FLUX_REASON = "total flux <= 0 (no usable spectrum)"
+
+
+def nonpositive_total(fluxes: np.ndarray) -> np.ndarray:
+    """(n,) bool: the rows of an (n, 186) flux array whose total flux (sum over the 186 samples, in
+    float64) is <= 0. Rows with a non-finite value are False here (they are refused as non-finite)."""
+    totals = np.asarray(fluxes, dtype=np.float64).sum(axis=1)
+    with np.errstate(invalid="ignore"):
+        return np.asarray(totals <= 0, dtype=bool)

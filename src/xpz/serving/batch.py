@@ -6,8 +6,9 @@
     -> `source_id, z, z_lower, z_upper, model_name, model_version, reject_reason` appended to a Parquet file via
     pyarrow's ParquetWriter at a temporary path, renamed onto the output only when every row is done.
 
-One output row per input row: a Gaia XP source without a usable spectrum (`xpz.data.xpcont`) gets
-NaN and its `reject_reason`; `strict=True` makes any such source an `InputError` instead.
+One output row per input row: a Gaia XP source without a usable spectrum (`xpz.data.xpcont`), or any
+row whose total flux is <= 0 (`xpz.spectra.nonpositive_total`), gets NaN, `eligible` false and its
+`reject_reason`; `strict=True` makes any such source an `InputError` instead.
 
 Memory is bounded by the chunk size (a reader thread prefetches at most `PREFETCH` chunks), never by
 the input size.
@@ -62,7 +63,7 @@ from xpz.serving.models import (  # noqa: F401  (re-exported: the CLI, flows and
     resolve_model,
     use_tracking_uri,
 )
-from xpz.spectra import ID_COLUMN, N_FLUX
+from xpz.spectra import ID_COLUMN, N_FLUX, NO_TOTAL_FLUX_REASON, nonpositive_total
 
 PREFETCH = 2  # chunks read ahead by the reader thread
 OUTPUT_SCHEMA = pa.schema(
@@ -136,7 +137,7 @@ def predict_chunks(
     why_left = np.empty(0, dtype=object)
     flux_left = np.empty((0, N_FLUX), dtype=np.float32)  # the usable ones among them
     for chunk in chunks:
-        why = chunk.reasons if chunk.reasons is not None else np.full(len(chunk), None, dtype=object)
+        why = _reasons(chunk)
         ok = np.array([w is None for w in why], dtype=bool)
         ids = np.concatenate([ids_left, chunk.source_id])
         reasons = np.concatenate([why_left, why])
@@ -159,6 +160,22 @@ def predict_chunks(
             _predict(predictor, ids_left[ok], flux_left, pdf_writer) if len(flux_left) else _no_predictions()
         )
         yield _table(ids_left, why_left, pred, predictor)
+
+
+def _reasons(chunk: SpectraChunk) -> np.ndarray:
+    """(n,) object: None where the row is predicted, else its `reject_reason`: the reader's (XP
+    continuous sources without a usable spectrum), or a total flux <= 0 (`xpz.spectra.nonpositive_total`,
+    the served model's check too), for which the network's input is undefined."""
+    why = (
+        np.array(chunk.reasons, dtype=object)
+        if chunk.reasons is not None
+        else np.full(len(chunk), None, dtype=object)
+    )
+    usable = np.array([w is None for w in why], dtype=bool)
+    empty = np.zeros(len(chunk), dtype=bool)
+    empty[usable] = nonpositive_total(chunk.fluxes[usable])
+    why[empty] = NO_TOTAL_FLUX_REASON
+    return why
 
 
 def _no_predictions() -> pd.DataFrame:
@@ -253,7 +270,7 @@ class PredictResult:
     seconds: float  # reading, predicting and writing (model loading excluded)
     files: int = 1
     load_seconds: float = 0.0
-    rejected: int = 0  # rows with z NaN and a reject_reason (XP continuous sources without a usable spectrum)
+    rejected: int = 0  # rows with z NaN and a reject_reason (no usable spectrum, or total flux <= 0)
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # bundle members that are other products
 
     @property
@@ -373,7 +390,7 @@ def _predict_files(
 
 
 def _usable_rows(chunk: SpectraChunk) -> int:
-    return len(chunk) if chunk.reasons is None else int(sum(w is None for w in chunk.reasons))
+    return int(sum(w is None for w in _reasons(chunk)))
 
 
 def describe_rejects(table: pa.Table) -> str:

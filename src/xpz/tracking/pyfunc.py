@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from xpz.errors import InputError, describe_rows
-from xpz.spectra import FLUX_COLUMNS, FLUX_DTYPE, N_FLUX
+from xpz.spectra import FLUX_COLUMNS, FLUX_DTYPE, N_FLUX, NO_TOTAL_FLUX_REASON, nonpositive_total
 from xpz.tracking.runs import flatten
 from xpz.tracking.store import KERAS_ARTIFACT, MODEL_NAME, Tracking
 
@@ -63,10 +63,15 @@ def as_flux_array(model_input: Any) -> np.ndarray:
     ...) are ignored. Only an unnamed frame (columns 0..185) or an (n, 186) / (186,) array is taken by
     position. Any real dtype (int, float32, float64) is accepted and cast to float32.
     Raises `InputError` naming the columns and rows for: a missing flux column, a non-numeric column,
-    a wrong shape, or a non-finite value (NaN, inf, or beyond float32's range).
+    a wrong shape, a request without rows, a missing value (absent key, null or NaN) or a non-finite
+    one (inf, or beyond float32's range), and a spectrum whose total flux is <= 0
+    (`xpz.spectra.nonpositive_total`: the network's input, the spectrum over its total flux, is undefined).
+    Column names are case-sensitive, as in the file readers (`xpz.data.io`).
     """
     data = _flux_frame(model_input)
     if isinstance(data, pd.DataFrame):
+        if len(data) == 0:
+            raise InputError(_NO_ROWS)
         named: list[Any] = list(FLUX_COLUMNS)
         if list(data.columns) == list(range(N_FLUX)):
             named = list(range(N_FLUX))  # an unnamed table, e.g. JSON "inputs" as lists
@@ -75,6 +80,7 @@ def as_flux_array(model_input: Any) -> np.ndarray:
             raise InputError(
                 f"model input: {len(missing)} of the {N_FLUX} flux columns flux_000..flux_185 are missing "
                 f"({describe_rows(missing)}); columns are matched by name, other columns are ignored"
+                + _case_hint(missing, data.columns)
             )
         frame = data.loc[:, named]
         if frame.shape[1] != N_FLUX:
@@ -88,6 +94,8 @@ def as_flux_array(model_input: Any) -> np.ndarray:
         values = frame.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
         values = data
+        if values.size == 0:
+            raise InputError(_NO_ROWS)
         _check_real(values, "fluxes")
         if values.ndim == 1 and values.shape[0] == N_FLUX:
             values = values.reshape(1, N_FLUX)
@@ -101,13 +109,61 @@ def as_flux_array(model_input: Any) -> np.ndarray:
         )
     finite = np.isfinite(fluxes)
     if not finite.all():
-        bad_rows = [rows[i] for i in np.flatnonzero(~finite.all(axis=1))]
-        bad_cols = [FLUX_COLUMNS[j] for j in np.flatnonzero(~finite.all(axis=0))]
+        absent = np.isnan(fluxes)  # an absent key or a null arrives as NaN: a missing value
+        parts = [
+            f"{what} in {_cells(mask, rows)}"
+            for what, mask in (
+                ("missing value (absent key, null or NaN)", absent),
+                ("inf or beyond float32", ~finite & ~absent),
+            )
+            if mask.any()
+        ]
         raise InputError(
-            f"model input: non-finite flux (NaN, inf or beyond float32) in rows {describe_rows(bad_rows)}, "
-            f"columns {describe_rows(bad_cols)}; no redshift is given for such a spectrum"
+            f"model input: missing or non-finite flux in {_cells(~finite, rows)}; {'; '.join(parts)}; "
+            "no redshift is given for such a spectrum"
+        )
+    empty = nonpositive_total(fluxes)
+    if empty.any():
+        raise InputError(
+            f"model input: {NO_TOTAL_FLUX_REASON} in rows {describe_rows([rows[i] for i in np.flatnonzero(empty)])}; "
+            "the model's input is the spectrum divided by its total flux, so no redshift is given for it"
         )
     return np.ascontiguousarray(fluxes)
+
+
+_NO_ROWS = "model input: the request holds no rows (no spectra to predict)"
+
+
+def _cells(mask: np.ndarray, rows: list[Any]) -> str:
+    """'rows 2, 3, columns flux_050, flux_051' for the True cells of an (n, 186) mask."""
+    bad_rows = [rows[i] for i in np.flatnonzero(mask.any(axis=1))]
+    bad_cols = [FLUX_COLUMNS[j] for j in np.flatnonzero(mask.any(axis=0))]
+    return f"rows {describe_rows(bad_rows)}, columns {describe_rows(bad_cols)}"
+
+
+def _case_hint(missing: list[Any], columns: Any) -> str:
+    """A hint when the missing flux columns are there in another case (FLUX_000): names are case-sensitive."""
+    lower = {str(c).lower(): str(c) for c in columns if str(c) != str(c).lower()}
+    found = [lower[str(c)] for c in missing if str(c) in lower]
+    if not found:
+        return ""
+    return (
+        f"; column names are case-sensitive: found {describe_rows(found)}, expected the lower-case "
+        "flux_000..flux_185"
+    )
+
+
+def json_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """The served model's output with every non-finite float (NaN, inf) as None, so that MLflow's
+    scoring server writes JSON null rather than NaN / Infinity (not JSON): e.g. `ood_score` of a model
+    trained with `eligibility.enabled=false` is NaN. Columns without such a value keep their dtype."""
+    out = frame.copy()
+    for c in out.columns:
+        if out[c].dtype.kind == "f":
+            ok = np.isfinite(out[c].to_numpy())
+            if not ok.all():
+                out[c] = out[c].astype(object).where(ok, None)
+    return out
 
 
 def _import_custom_objects() -> None:
@@ -161,7 +217,7 @@ class XpzRedshiftModel(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
         except InputError as err:
             raise ModelInputError(str(err)) from None
         batch_size = int((params or {}).get("batch_size", self.batch_size))
-        return predict_redshift(self._model, fluxes, batch_size=batch_size)
+        return json_safe(predict_redshift(self._model, fluxes, batch_size=batch_size))
 
     def __getstate__(self) -> dict[str, Any]:  # never pickle the loaded Keras model
         state = dict(self.__dict__)
