@@ -26,6 +26,7 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NONE, TASK_SOURCE, CachePolicy  # noqa: E402
 from prefect.context import TaskRunContext  # noqa: E402
+from prefect.exceptions import TerminationSignal  # noqa: E402
 from prefect.runtime import deployment as current_deployment  # noqa: E402
 from prefect.runtime import flow_run as current_flow_run  # noqa: E402
 from prefect.tasks import exponential_backoff  # noqa: E402
@@ -64,7 +65,8 @@ def sync_data(cfg: Any) -> str:
     """Bring `data/` to the version recorded in data.dvc (`dvc pull`), else generate it."""
     from xpz.data.stages import sync_dataset
 
-    return sync_dataset(cfg.data, log=get_run_logger().info)
+    logger = get_run_logger()
+    return sync_dataset(cfg.data, log=logger.info, warn=logger.warning)  # a failed pull: WARNING + reason
 
 
 @task(name="validate", cache_policy=DataDigest() + TASK_SOURCE, cache_expiration=timedelta(days=30),
@@ -239,6 +241,11 @@ def train_pipeline(
         logged = log_model(tr, run_id, trained, splits)
         registration = register(tr, run_id, logged, evaluation.metrics)
         aliases = promote(tr, registration)
+    except (KeyboardInterrupt, TerminationSignal):  # Ctrl-C, or SIGTERM: KILLED, as `xpz run`
+        # (inside a flow run Prefect's own SIGTERM handler raises TerminationSignal; it re-sends the
+        # signal after the flow, where `xpz.interrupts.terminate_raises` turns it into exit 143)
+        tracking.end_run(tr, run_id, "KILLED")  # directly: no new task runs while the flow is stopping
+        raise
     except BaseException:
         end_mlflow_run(tr, run_id, "FAILED")
         raise

@@ -87,3 +87,26 @@ def test_bad_dataset_stops_before_split(dvc_repo):
     assert "validation FAILED" in output and str(df.loc[10, "source_id"]) in output
     assert not (dvc_repo / "splits" / "split.parquet").exists()
     assert (dvc_repo / "reports" / "validation" / "index.html").exists()  # Data Docs for the failure
+
+
+def test_a_failed_dvc_pull_in_sync_is_a_warning_with_its_reason(tmp_path, monkeypatch):
+    """`--sync` (scheduled runs): a `dvc pull` that fails falls back to the local dataset, reported as
+    a WARNING that says why (`dvc pull -q` used to hide the reason, logged at INFO)."""
+    import subprocess
+    import sys
+
+    from xpz.config import DataConfig
+    from xpz.data.stages import sync_dataset
+
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "galaxies.parquet").write_bytes(b"local")
+    (tmp_path / "data.dvc").write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef.dir\n  path: data\n")
+    monkeypatch.chdir(tmp_path)
+    infos: list[str] = []
+    warnings: list[str] = []
+    how = sync_dataset(DataConfig(path="data/galaxies.parquet"), log=infos.append, warn=warnings.append)
+    assert how == "local" and not infos
+    assert len(warnings) == 1 and warnings[0].startswith("dvc pull data.dvc failed; using the local")
+    reason = warnings[0].split(":", 1)[1].strip()
+    assert reason, warnings

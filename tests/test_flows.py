@@ -340,3 +340,50 @@ def test_validation_cache_key_follows_the_data_digest(tmp_path):
         policy.compute_key(None, {"data_path": str(tmp_path / "missing"), "cfg": ValidateConfig()}, {})
         is None
     )
+
+
+@pytest.mark.parametrize(
+    ("sig", "status", "how"), [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")]
+)
+def test_a_stopped_flow_says_one_line_and_ends_its_mlflow_run_killed(
+    spawned_servers, small_dataset_path, server_pair, tmp_path, sig, status, how
+):
+    """`python flows/train_pipeline.py` stopped during training (SIGTERM, Ctrl-C): one line on stderr
+    and no traceback, exit 143 / 130, its MLflow run KILLED (as `xpz run`), not FAILED."""
+    import subprocess
+
+    experiment = f"xpz-flows-stop-{how.lower()}"
+    project = make_project(tmp_path / "project", small_dataset_path, f"{MODEL}-stop", experiment,
+                           overrides={"tune.enabled": False, "train.epochs": 500,
+                                      "eligibility.enabled": False})  # fmt: skip
+    err = tmp_path / "stderr.txt"
+    with err.open("wb") as fe:
+        proc = subprocess.Popen(
+            [sys.executable, "flows/train_pipeline.py"], cwd=project, env=server_pair.env(),
+            stdout=subprocess.DEVNULL, stderr=fe, stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(server_pair.mlflow.url)
+
+        def training() -> str | None:
+            assert proc.poll() is None, f"exited {proc.returncode}:\n{err.read_text()[-3000:]}"
+            exp = client.get_experiment_by_name(experiment)
+            for run in client.search_runs([exp.experiment_id]) if exp else []:
+                if "xpz.tuned" in run.data.tags:  # tagged by the tune task, just before train
+                    return run.info.run_id
+            return None
+
+        run_id = wait_for(training, 300, 0.5, "the flow's MLflow run to reach training")
+        time.sleep(3)  # inside model.fit
+        proc.send_signal(sig)  # to the flow's process, as a shell's Ctrl-C or `kill` does
+        proc.wait(120)
+        stderr = err.read_text()
+        assert proc.returncode == status, stderr[-3000:]
+        assert "Traceback" not in stderr, stderr[-3000:]
+        assert stderr.count("error: ") == 1, stderr[-3000:]
+        assert stderr.strip().splitlines()[-1] == f"error: train_pipeline stopped by {how}"
+        assert client.get_run(run_id).info.status == "KILLED", stderr[-3000:]
+    finally:
+        stop_process_group(proc, signal.SIGKILL)

@@ -138,10 +138,45 @@ def test_lineage_tags(tmp_path, repo_root):
     tags = tracking.lineage_tags({"test": "abc"}, repo=repo_root, dvc_file=dvc)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root, capture_output=True, text=True)
     assert tags["xpz.git_commit"] == head.stdout.strip()
-    assert tags["xpz.data_md5"] == "0123456789abcdef.dir"
+    assert tags["xpz.data_dvc_md5"] == "0123456789abcdef.dir" and "xpz.data_md5" not in tags  # no data/
     assert tags["xpz.split_digest.test"] == "abc"
     bare = tracking.lineage_tags(None, repo=tmp_path, dvc_file=tmp_path / "missing.dvc")
     assert bare == {}
+
+
+def test_lineage_tags_name_the_data_actually_used_not_just_data_dvc(tmp_path):
+    """A dataset regenerated locally (`xpz data generate --force`) is not data.dvc's version: the tags
+    and the model card say so, with the md5 of the actual file; the recorded version reads as such."""
+    import hashlib
+    import json
+
+    from xpz import tracking
+    from xpz.tracking.cards import model_card
+
+    data = tmp_path / "data"
+    data.mkdir()
+    parquet = data / "galaxies.parquet"
+    parquet.write_bytes(b"the recorded version")
+    file_md5 = hashlib.md5(b"the recorded version").hexdigest()
+    listing = json.dumps([{"md5": file_md5, "relpath": "galaxies.parquet"}], sort_keys=True)
+    recorded = hashlib.md5(listing.encode()).hexdigest() + ".dir"  # what `dvc add data` records
+    dvc = tmp_path / "data.dvc"
+    dvc.write_text(f"outs:\n- md5: {recorded}\n  size: 20\n  nfiles: 1\n  hash: md5\n  path: data\n")
+
+    same = tracking.lineage_tags(None, repo=tmp_path, dvc_file=dvc, data_path=parquet)
+    assert same["xpz.data_md5"] == recorded and same["xpz.data_dvc_match"] == "true"
+    assert "data.dvc's version" in model_card("m", "1", "r", {}, same) and "NOT" not in model_card(
+        "m", "1", "r", {}, same
+    )
+
+    parquet.write_bytes(b"3,000 smoke galaxies")  # regenerated locally
+    other = tracking.lineage_tags(None, repo=tmp_path, dvc_file=dvc, data_path=parquet)
+    actual = hashlib.md5(b"3,000 smoke galaxies").hexdigest()
+    assert other["xpz.data_dvc_md5"] == recorded and other["xpz.data_md5"] != recorded
+    assert other["xpz.data_file_md5"] == actual and other["xpz.data_dvc_match"] == "false"
+    card = model_card("m", "1", "r", {}, other)
+    line = next(x for x in card.splitlines() if "data version" in x)
+    assert actual in line and "NOT data.dvc's version" in line and recorded in line, line
 
 
 # -------------------------------------------------------------------------------- run logging

@@ -16,11 +16,24 @@ def flow_arguments(argv: list[str] | None, default_reports_dir: str = "reports")
     """Parse `[--params P] [--profile NAME] [-S key=value ...] [--sync] [--reports-dir D]`; a bad
     override exits with status 2 and one message (argparse's `error`)."""
     parser = argparse.ArgumentParser(description="Run the xpz train_pipeline flow once.")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--profile", default=None)
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--params", default="params.yaml", metavar="PATH",
+        help="the parameters file (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--profile", default=None, metavar="NAME",
+        help="a `profiles` entry of the parameters file, e.g. smoke (default: XPZ_PROFILE, then the "
+        "file's `profile` key)",
+    )  # fmt: skip
+    parser.add_argument(
+        "-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one parameter (dotted key, e.g. -S train.epochs=2); repeatable",
+    )  # fmt: skip
     parser.add_argument("--sync", action="store_true", help="dvc pull the data and re-split if needed first")
-    parser.add_argument("--reports-dir", default=default_reports_dir)
+    parser.add_argument(
+        "--reports-dir", default=default_reports_dir, metavar="DIR",
+        help="where the DVC metrics, plots and run.json are written (default: %(default)s)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
         args.overrides = parse_overrides(args.overrides) or None
@@ -75,7 +88,7 @@ def run_flow_from_argv(
     if problem:  # fail fast: before Prefect or MLflow retry for minutes
         print(problem, file=sys.stderr)
         return 2
-    from xpz.interrupts import EXIT_TERMINATED, Terminated, terminate_raises
+    from xpz.interrupts import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, terminate_raises
 
     try:
         with terminate_raises():  # SIGTERM unwinds like Ctrl-C: the MLflow run ends KILLED, temp files go
@@ -86,6 +99,9 @@ def run_flow_from_argv(
     except Terminated:
         print("error: train_pipeline stopped by SIGTERM", file=sys.stderr)
         return EXIT_TERMINATED
+    except KeyboardInterrupt:  # Ctrl-C: one line and 130, as `xpz run` (the MLflow run ended KILLED)
+        print("error: train_pipeline stopped by Ctrl-C", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except RuntimeError as err:  # Prefect's temporary server (no PREFECT_API_URL) did not come up in time
         if "ephemeral Prefect API server" not in str(err):
             raise

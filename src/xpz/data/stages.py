@@ -139,11 +139,12 @@ def split_dataset(data_path: Path, cfg: SplitConfig) -> dict[str, object]:
     return write_split(assign_splits(df, cfg), cfg.path, cfg.digests)
 
 
-def sync_dataset(cfg: DataConfig, dvc_file: Path | str = "data.dvc", log=print) -> str:
+def sync_dataset(cfg: DataConfig, dvc_file: Path | str = "data.dvc", log=print, warn=None) -> str:
     """Bring `cfg.path` to the version recorded in `dvc_file` (`dvc pull`), else generate it.
 
     Returns how the data got there: "dvc" (pulled), "local" (pull failed or no DVC checkout, the local
     file is used) or "generated". Raises RuntimeError when the pull fails and there is no local file.
+    A failed pull is reported through `warn` (default: `log`) with DVC's reason.
     """
     import subprocess
     import sys
@@ -151,15 +152,16 @@ def sync_dataset(cfg: DataConfig, dvc_file: Path | str = "data.dvc", log=print) 
     path = Path(cfg.path)
     if Path(".dvc").is_dir() and Path(dvc_file).is_file():
         done = subprocess.run(
-            [sys.executable, "-m", "dvc", "pull", "-q", str(dvc_file)],
+            [sys.executable, "-m", "dvc", "pull", str(dvc_file)],  # not -q: it hides the error too
             capture_output=True, text=True, timeout=3000,
         )  # fmt: skip
         if done.returncode == 0:
             log(f"dvc pull {dvc_file}: {path} is at the recorded version")
             return "dvc"
+        reason = (done.stderr.strip() or done.stdout.strip())[-2000:] or f"exit status {done.returncode}"
         if not path.exists():
-            raise RuntimeError(f"dvc pull {dvc_file} failed and {path} is missing:\n{done.stderr[-2000:]}")
-        log(f"dvc pull {dvc_file} failed; using the local {path}:\n{done.stderr[-1000:]}")
+            raise RuntimeError(f"dvc pull {dvc_file} failed and {path} is missing:\n{reason}")
+        (warn or log)(f"dvc pull {dvc_file} failed; using the local {path}:\n{reason[-1000:]}")
         return "local"
     if path.exists():
         log(f"not a DVC checkout: using the local {path}")

@@ -240,7 +240,11 @@ def log_context(
 ) -> None:
     """Params (the whole Config, flattened), lineage tags and the train/val/test dataset inputs."""
     tracking.log_config(tr, run_id, cfg)
-    tracking.set_tags(tr, run_id, tracking.lineage_tags(splits.digests, repo=repo, dvc_file=dvc_file))
+    tracking.set_tags(
+        tr,
+        run_id,
+        tracking.lineage_tags(splits.digests, repo=repo, dvc_file=dvc_file, data_path=cfg.data.path),
+    )
     tracking.log_lineage(tr, run_id, splits, source=cfg.data.path)
 
 

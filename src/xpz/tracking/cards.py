@@ -74,6 +74,24 @@ def run_description(metrics: Mapping[str, Any], bin_table_markdown: str, baselin
     return "\n".join(parts)
 
 
+def data_version(tags: Mapping[str, str]) -> str:
+    """The card's data version: the md5 of the data the run was trained on, and whether it is the
+    version data.dvc records (`xpz.tracking.lineage.data_tags`)."""
+    actual, recorded = tags.get("xpz.data_md5"), tags.get("xpz.data_dvc_md5")
+    match = tags.get("xpz.data_dvc_match")
+    if actual is None:
+        return f"unknown (data.dvc records `{recorded}`)" if recorded else "dataset md5 unknown"
+    if match is None:  # a run logged before the check existed: the tag was data.dvc's md5
+        return f"dataset md5 `{actual}` (as recorded in data.dvc, not checked against the file)"
+    if match == "true":
+        return f"dataset md5 `{actual}` (data.dvc's version)"
+    where = tags.get("xpz.data_path", "the local dataset")
+    file_md5 = tags.get("xpz.data_file_md5")
+    file_part = f"; {where} md5 `{file_md5}`" if file_md5 else ""
+    dvc_part = f"data.dvc records `{recorded}`" if recorded else "no data.dvc"
+    return f"dataset md5 `{actual}`{file_part} (local data, NOT data.dvc's version: {dvc_part})"
+
+
 def model_card(
     name: str,
     version: str,
@@ -83,7 +101,7 @@ def model_card(
     decision: str = "",
 ) -> str:
     """The model card of registered version `version` of `name`, from its run's metrics and tags."""
-    data = tags.get("xpz.data_md5", "unknown")
+    data = data_version(tags)
     splits = ", ".join(
         f"{s} {tags[k][:12]}" for s in ("train", "val", "test") if (k := f"xpz.split_digest.{s}") in tags
     )
@@ -95,7 +113,7 @@ def model_card(
         "",
         f"- MLflow run: `{run_id}`; profile `{tags.get('xpz.profile', 'unknown')}`; "
         f"git commit `{tags.get('xpz.git_commit', 'unknown')[:12]}`",
-        f"- data version: dataset md5 `{data}` (data.dvc); split digests: {splits or 'unknown'}",
+        f"- data version: {data}; split digests: {splits or 'unknown'}",
     ]
     if decision:
         lines.append(f"- registry decision: {decision}")
