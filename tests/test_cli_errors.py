@@ -105,6 +105,29 @@ CASES = [
         ["evaluate", "--model", "{registered}", "--register"],
         ["--register needs --run-id"],
     ),
+    # outputs that could only fail after the work: refused before it (no run, no tuning, no logging)
+    (
+        "run --reports is a file",
+        ["run", "--no-tune", "--no-register", "--reports", "afile.txt"],
+        ["--reports afile.txt: is a file"],
+    ),
+    (
+        "evaluate --reports is a file",
+        ["evaluate", "--run-id", "0123456789abcdef", "--reports", "afile.txt"],
+        ["--reports afile.txt: is a file"],
+    ),
+    (
+        "tune --directory is a file",
+        ["tune", "--directory", "afile.txt"],
+        ["--directory afile.txt: is a file"],
+    ),
+    (
+        "tune -S tune.directory is a file",
+        ["tune", "-S", "tune.directory=afile.txt"],
+        ["tune.directory afile.txt: is a file"],
+    ),
+    ("tune --out is a folder", ["tune", "--out", "afolder"], ["--out afolder: is a folder"]),
+    ("promote non-ASCII digit", ["promote", "\u00b2"], ["whole number"]),
     # schedules: bad cron, time zone
     *[
         (f"schedule {cmd} bad cron", ["schedule", *cmd.split(), "--cron", "61 * * * *"], ["61 * * * *"])
@@ -133,6 +156,7 @@ def project(tmp_path_factory, registered):
         '{"conv_layers": 2, "filters_0": 8, "kernel_0": 3, "filters_1": 8, "dense_layers": 1}'
     )
     (root / "afolder").mkdir()
+    (root / "afile.txt").write_text("not a folder\n")
     write_dataset(random_frame(20, seed=1), root / "good.parquet")
     return root, registered
 
@@ -200,3 +224,80 @@ def test_benchmarks_refuse_bad_counts_and_profiles_with_one_message(script, args
     proc = run_benchmark(script, *args, cwd=REPO, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+# ---------------------------------------------------------------- read-only commands, registry retries
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["models"], ["promote", "1"], ["predict", "good.parquet"]],
+    ids=["models", "promote", "predict"],
+)
+def test_read_only_commands_refuse_a_missing_sqlite_store(project, tmp_path, monkeypatch, argv):
+    """A sqlite store that does not exist is one message, not a new empty database ("no versions")."""
+    root, _ = project
+    monkeypatch.chdir(root)
+    missing = tmp_path / "nowhere" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{missing}")
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: no MLflow store at {missing}"), result.output
+    assert "Traceback" not in result.output and len(result.output.splitlines()) == 1, result.output
+    assert not missing.exists() and not missing.parent.exists()
+
+
+@pytest.fixture()
+def own_registry(tmp_path, monkeypatch, dataset):
+    """A tiny model registered (v1, champion, decision `promoted`) in a store of this test's own."""
+    from xpz.spectra import flux_matrix
+    from xpz_models import register_tiny_model
+
+    reg = register_tiny_model(tmp_path / "store", flux_matrix(dataset), name="xpz-fix-a")
+    copy_params(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", reg.tracking_uri)
+    return reg
+
+
+def _version_tags(reg, version: str) -> dict[str, str]:
+    from mlflow import MlflowClient
+
+    return dict(MlflowClient(reg.tracking_uri, reg.tracking_uri).get_model_version(reg.name, version).tags)
+
+
+def test_promote_the_champion_changes_nothing(own_registry):
+    reg = own_registry
+    before = _version_tags(reg, reg.version)
+    assert before["xpz.decision"] == "promoted"
+    for arg in (reg.version, f" {reg.version} "):  # whitespace is stripped
+        result = runner.invoke(app, ["promote", arg, "-S", f"tracking.registered_model={reg.name}"])
+        assert result.exit_code == 0, result.output
+        assert f"v{reg.version} is already the champion" in result.output, result.output
+        assert "v " not in result.output, result.output
+    assert _version_tags(reg, reg.version) == before
+
+
+def test_evaluate_register_twice_keeps_one_version(own_registry, monkeypatch):
+    """`xpz evaluate --run-id R --register` for a run whose model is registered already reports that
+    version and creates no other (retry-safe, as the flow's register step)."""
+    from types import SimpleNamespace
+
+    from mlflow import MlflowClient
+
+    from xpz import pipeline, tracking
+
+    reg = own_registry
+    client = MlflowClient(reg.tracking_uri, reg.tracking_uri)
+    run_id = client.get_model_version(reg.name, reg.version).run_id
+    fake = SimpleNamespace(bin_table="(per-bin table)", metrics={"test_mae": 0.01})  # better: would win
+    monkeypatch.setattr(pipeline, "load_splits", lambda cfg: None)
+    monkeypatch.setattr(pipeline, "evaluate_step", lambda *a, **k: fake)
+    monkeypatch.setattr(tracking, "load_keras_model", lambda uri: None)
+    monkeypatch.setattr(tracking, "run_history", lambda tr, run_id: None)
+    argv = ["evaluate", "--run-id", run_id, "--register", "-S", f"tracking.registered_model={reg.name}"]
+    for _ in range(2):
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+        assert f"already {reg.name} v{reg.version}" in result.output, result.output
+    assert [str(mv.version) for mv in client.search_model_versions(f"name = '{reg.name}'")] == [reg.version]

@@ -196,3 +196,23 @@ def test_keras_tuner_chief_and_two_workers_share_one_search(small_dataset_path, 
     for worker in ("tuner0", "tuner1"):
         for trial in results[worker]["trials"]:
             assert trial["metrics"]["score"] == pytest.approx(scores[trial["trial_id"]])
+
+
+def test_worker_without_a_chief_says_so_and_gives_up(tmp_path):
+    """A keras-tuner worker whose chief never answers: one line saying where it waits, then (after
+    --chief-timeout) one `error:` line and exit 2, instead of waiting silently forever."""
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    port = free_port()  # nothing listens there
+    env = {**os.environ, "KERASTUNER_TUNER_ID": "tuner0", "KERASTUNER_ORACLE_IP": "127.0.0.1",
+           "KERASTUNER_ORACLE_PORT": str(port), "PYTHONPATH": str(REPO / "src")}  # fmt: skip
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "xpz.model.tune_distributed", "--chief-timeout", "2"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"tuner0: waiting for the chief at 127.0.0.1:{port}" in proc.stdout, proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and f"127.0.0.1:{port}" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert time.monotonic() - started < 60

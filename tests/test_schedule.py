@@ -65,3 +65,32 @@ def test_one_minute_cron_creates_a_run_that_registers_a_version(server_pair, tmp
     versions = MlflowClient(tracking_uri=server_pair.mlflow.url).search_model_versions(f"name='{MODEL}'")
     assert len(versions) >= 1 and versions[0].run_id
     assert "Cannot schedule flows on an ephemeral server" not in log.read_text()
+
+
+def test_deploy_to_a_missing_work_pool_is_one_message(tmp_path):
+    """`xpz schedule deploy --work-pool NAME` when the server has no such pool: one `error:` line naming
+    the pool and `prefect work-pool create`, exit 2, no deployment (not Prefect's long traceback)."""
+    from conftest import copy_params
+    from conftest_servers import base_env, start_prefect_server
+
+    server = start_prefect_server(tmp_path / "prefect")
+    try:
+        project = tmp_path / "project"
+        project.mkdir()
+        copy_params(project)
+        env = base_env(PREFECT_API_URL=server.url, PREFECT_HOME=str(tmp_path / "client"),
+                       PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", "xpz", "schedule", "deploy", "--work-pool", "xpz-no-such-pool"],
+            cwd=project, env=env, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 2, output
+        assert "Traceback" not in output, output
+        errors = [line for line in output.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1, output
+        assert "'xpz-no-such-pool'" in errors[0], output
+        assert "prefect work-pool create xpz-no-such-pool --type process" in errors[0], output
+        assert api(server.url, "/deployments/filter", {}) == []
+    finally:
+        server.stop(grace_s=5)

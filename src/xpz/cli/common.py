@@ -86,6 +86,27 @@ def check_output(
         raise InputError(f"{option} {path}: cannot write {what}: no write permission in {ancestor}")
 
 
+def local_store_path(uri: str) -> Path | None:
+    """The file (sqlite) or folder (file: store) of a local MLflow store URI; None for a server or an
+    in-memory sqlite database."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///") :].split("?", 1)[0])
+    if uri.startswith("file:"):
+        from urllib.parse import urlparse
+        from urllib.request import url2pathname
+
+        return Path(url2pathname(urlparse(uri).path))
+    return None
+
+
+def require_store(uri: str, hint: str = "pass --tracking-uri") -> None:
+    """For a command that only reads the registry: refuse a local store that does not exist (MLflow
+    would create an empty one and report "no versions"). Raises InputError."""
+    path = local_store_path(uri)
+    if path is not None and not path.exists():
+        raise InputError(f"no MLflow store at {path}; run `make run` first or {hint}")
+
+
 def fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)

@@ -14,7 +14,15 @@ from typing import Annotated, Any
 
 import typer
 
-from xpz.cli.common import ParamsOpt, ProfileOpt, SetOpt, config_from_options, guarded
+from xpz.cli.common import (
+    ParamsOpt,
+    ProfileOpt,
+    SetOpt,
+    check_output,
+    config_from_options,
+    guarded,
+    require_store,
+)
 from xpz.env import quiet_telemetry
 from xpz.files import write_text_atomic
 
@@ -30,6 +38,9 @@ HpOpt = Annotated[
     Path | None,
     typer.Option("--hyperparameters", help="JSON file of flat hyperparameters (e.g. written by `xpz tune`)."),
 ]
+
+
+STORE_HINT = "set MLFLOW_TRACKING_URI (or tracking.uri) to the store"
 
 
 def _config(params: Path, profile: str | None, overrides: list[str] | None):
@@ -105,13 +116,17 @@ def tune(
     from xpz import pipeline, tracking
 
     cfg = _config(params, profile, set_)
+    base = Path(directory or cfg.tune.directory)
+    target = out or base / "best_hyperparameters.json"
+    # checked before the search (and its MLflow run): a file here would only fail at the end
+    check_output(base, "--directory" if directory else "tune.directory", "the tuner's search", folder=True)
+    check_output(target, "--out" if out else "--directory", "the best hyperparameters", force=True)
     tr = tracking.configure(cfg.tracking)
     splits = pipeline.load_splits(cfg)
     with tracking.run(tr, f"tune-{cfg.profile}", tags={"xpz.kind": "tune"}) as run_id:
         _echo(f"MLflow run {run_id}")
         pipeline.log_context(tr, run_id, cfg, splits)
         result = pipeline.tune_step(splits, cfg, tr, run_id, directory=directory)
-    target = out or Path(directory or cfg.tune.directory) / "best_hyperparameters.json"
     doc = {
         "best_trial_id": result.best_trial_id,
         "run_id": run_id,
@@ -186,6 +201,8 @@ def evaluate(
             "--register needs --run-id: it registers that run's model (a --model is registered already)"
         )
     cfg = _config(params, profile, set_)
+    if reports is not None:  # before metrics are logged into the run (and before registering)
+        check_output(reports, "--reports", "the per-bin tables", folder=True)
     tr = tracking.configure(cfg.tracking)
     logged = tracking.run_model(tr, run_id) if run_id else None
     uri = logged.model_uri if logged else model
@@ -199,6 +216,14 @@ def evaluate(
     if reports is not None:
         evaluation.write_tables(reports)
     if run_id and register and logged is not None:
+        existing = tracking.existing_registration(tr, run_id)
+        if existing is not None:  # retry-safe: one version per run (as the flow's register step)
+            typer.echo(
+                f"run {run_id}'s model is already {tr.registered_model} v{existing.version} "
+                f"({existing.decision}: {existing.reason}); not registered again"
+            )
+            typer.echo(f"champion: v{existing.champion_version}")
+            return
         reg = pipeline.register_step(tr, run_id, logged, evaluation.metrics)
         typer.echo(f"registered {tr.registered_model} v{reg.version}: {reg.reason}")
         typer.echo(f"champion: v{reg.champion_version}")
@@ -227,6 +252,10 @@ def run(
     from xpz import pipeline
 
     cfg = _config(params, profile, set_)
+    if reports is not None:  # before the run trains, logs and registers anything
+        check_output(reports, "--reports", "the reports", folder=True)
+    if (cfg.tune.enabled if tune_ is None else tune_) and hyperparameters is None:
+        check_output(cfg.tune.directory, "tune.directory", "the tuner's search", folder=True)
     result = pipeline.run_pipeline(
         cfg,
         tune=tune_,
@@ -257,6 +286,7 @@ def models(
     from xpz import tracking
 
     cfg = _config(params, profile, set_)
+    require_store(tracking.resolve_uri(cfg.tracking), STORE_HINT)  # read-only: never create a store
     tr = tracking.configure(cfg.tracking)
     infos = tracking.list_models(tr)
     if as_json:
@@ -287,10 +317,20 @@ def promote(
 ) -> None:
     """Give VERSION the `champion` alias by hand (e.g. a rollback); recorded as version tags."""
     from xpz import tracking
+    from xpz.errors import InputError
 
+    version = version.strip()
+    if not (version.isascii() and version.isdigit()):
+        raise InputError(
+            f"model version must be a whole number such as 3 (`xpz models` lists them), got {version!r}"
+        )
     cfg = _config(params, profile, set_)
+    require_store(tracking.resolve_uri(cfg.tracking), STORE_HINT)  # never create an empty store
     tr = tracking.configure(cfg.tracking)
     before = tracking.promote(tr, version, reason=reason)
+    if before == version:
+        typer.echo(f"{tr.registered_model}: v{version} is already the champion (nothing changed)")
+        return
     typer.echo(f"{tr.registered_model}: champion v{before or '-'} -> v{version}")
 
 

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from xpz.cli.common import guarded
+from xpz.cli.common import guarded, require_store
 from xpz.config import load_config
 from xpz.data.stream import DEFAULT_CHUNK_SIZE, FORMATS
 
@@ -79,6 +79,9 @@ def predict(
         cfg = load_config(params)
         configured_uri, registered = cfg.tracking.uri, cfg.tracking.registered_model
     uri = tracking_uri or default_tracking_uri(configured_uri)
+    from_store = model is None or model.startswith(("models:/", "runs:/"))
+    if uri and from_store:  # the model is read from the store: never create an empty one
+        require_store(uri)
     result = predict_file(
         source, out, model or f"models:/{registered}@champion", fmt=fmt, chunk_size=chunk_size,
         progress=progress, tracking_uri=uri, strict=strict, pdf=pdf,

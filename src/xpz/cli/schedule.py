@@ -148,6 +148,22 @@ def require_server(timeout_s: float = 10.0) -> str:
     return url
 
 
+def require_work_pool(name: str) -> None:
+    """Refuse a work pool the Prefect server does not have (InputError naming the command to create it)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+        except ObjectNotFound:
+            raise InputError(
+                f"--work-pool {name}: the Prefect server has no work pool {name!r}; create it with "
+                f"`prefect work-pool create {name} --type process` (then start a worker: "
+                f"`prefect worker start --pool {name}`)"
+            ) from None
+
+
 def load_flow(project_dir: Path):
     from prefect.flows import load_flow_from_entrypoint
 
@@ -235,6 +251,7 @@ def deploy(
     """Register the deployment on a work pool (no serving here): `prefect worker start --pool NAME` runs it."""
     spec = deployment_spec(params, profile, parse_overrides(set_), cron, name, sync)
     require_server()
+    require_work_pool(work_pool)  # before the deployment: Prefect's own error is a long traceback
     from prefect import Flow
 
     source = project_dir.resolve()

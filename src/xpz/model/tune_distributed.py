@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 TUNER_ID = "KERASTUNER_TUNER_ID"
 ORACLE_IP = "KERASTUNER_ORACLE_IP"
 ORACLE_PORT = "KERASTUNER_ORACLE_PORT"
+CHIEF_TIMEOUT_S = 600.0  # how long a worker waits for the chief's oracle to answer (--chief-timeout)
 
 
 def role() -> str | None:
@@ -71,6 +72,28 @@ def run_distributed_tune(
     return tune(splits, cfg, directory, on_trial_end=on_trial_end)
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)  # flushed: a worker's log file shows it while it waits
+
+
+def wait_for_chief(timeout_s: float = CHIEF_TIMEOUT_S, echo: Callable[[str], None] = _say) -> bool:
+    """A worker: say where it waits, then wait (at most `timeout_s`) until the chief's gRPC oracle
+    accepts a connection. False when it did not within `timeout_s` (keras-tuner itself would wait
+    forever, silently)."""
+    import grpc
+
+    address = f"{os.environ[ORACLE_IP]}:{os.environ[ORACLE_PORT]}"
+    echo(f"{os.environ.get(TUNER_ID)}: waiting for the chief at {address} (at most {timeout_s:.0f} s)")
+    channel = grpc.insecure_channel(address)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout_s)
+    except grpc.FutureTimeoutError:
+        return False
+    finally:
+        channel.close()
+    return True
+
+
 def _result_json(result: TuneResult) -> dict[str, Any]:
     return {
         "role": role(),
@@ -101,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--directory", default=None, help="tuning directory (default: tune.directory)")
     parser.add_argument("--result", default=None, help="write this process's result here (JSON)")
+    parser.add_argument(
+        "--chief-timeout",
+        type=float,
+        default=CHIEF_TIMEOUT_S,
+        help=f"a worker gives up when the chief does not answer within this many seconds ({CHIEF_TIMEOUT_S:.0f})",
+    )
     args = parser.parse_args(argv)
 
     import yaml
@@ -113,6 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         key, _, value = item.partition("=")
         overrides[key.strip()] = yaml.safe_load(value)
     cfg = load_config(Path(args.params), profile=args.profile, overrides=overrides)
+    if role() == "worker" and not wait_for_chief(args.chief_timeout):
+        address = f"{os.environ[ORACLE_IP]}:{os.environ[ORACLE_PORT]}"
+        print(
+            f"error: no chief answered at {address} within {args.chief_timeout:.0f} s; start the chief "
+            f"({TUNER_ID}=chief) first, or check {ORACLE_IP}/{ORACLE_PORT}",
+            file=sys.stderr,
+        )
+        return 2
     splits = load_splits(cfg.data.path, cfg.split.path)
     result = run_distributed_tune(splits, cfg, args.directory)
     summary = _result_json(result)

@@ -275,11 +275,13 @@ def register(
 
 
 def promote(tr: Tracking, version: str | int, reason: str = "manual promotion") -> str | None:
-    """Give `version` the `champion` alias by hand; returns the previous champion version (or None)."""
+    """Give `version` the `champion` alias by hand; returns the previous champion version (or None).
+    When `version` already is the champion nothing changes and `version` is returned."""
     client = tr.client
     name = tr.registered_model
     version = str(version).strip()
-    if not version.isdigit():  # MLflow's own error for this is an exception, not a message
+    # MLflow's own error for a non-number is an exception, not a message (isascii: no '²' and such)
+    if not (version.isascii() and version.isdigit()):
         raise InputError(
             f"model version must be a whole number such as 3 (`xpz models` lists them), got {version!r}"
         )
@@ -292,6 +294,8 @@ def promote(tr: Tracking, version: str | int, reason: str = "manual promotion") 
     with champion_guard(tr) as guard:
         before = _alias_version(client, name, CHAMPION)
         previous = str(before.version) if before is not None else None
+        if previous == version:  # already champion: keep its decision tags (e.g. `promoted`) as they are
+            return previous
         client.set_registered_model_alias(name, CHAMPION, version)
         tags = {
             "xpz.decision": "manual_promotion",
