@@ -3,7 +3,7 @@
 The network is judged against targets (issue 18: MAE <= 0.015 on a galaxy physics it never saw);
 this script measures what any estimator could reach on the same galaxies. It fits each galaxy's
 186 fluxes, as the network reads them, with the full covariance of their noise
-(`xpz.data.synthetic.likelihood_view`: on the 40 BP + 49 RP directions the sampling resolves; Gaia's
+(`xpz.data.likelihood.likelihood_view`: on the 40 BP + 49 RP directions the sampling resolves; Gaia's
 archive publishes such covariances per source) against a grid of an observed-template family's spectra
 (`cww` or `cosmos`: a galaxy is a position along the family's template sequence, its dust an
 E(B-V) and a law slope), with the generator's own priors: n(z) and the luminosity function given
@@ -82,10 +82,11 @@ def build_grid(family: str, z_max: float, dz: float, pos_step: float) -> Grid:
 
     from xpz.data import empirical
     from xpz.data import synthetic as syn
+    from xpz.data.likelihood import to_span
     from xpz.data.sed import LNL_STEP, attenuation_curve, instrument
 
     mod = instrument()
-    to_data = syn.to_span(mod.sed_to_flux)  # (n_obs, r): an SED's fluxes on the likelihood's coordinates
+    to_data = to_span(mod.sed_to_flux)  # (n_obs, r): an SED's fluxes on the likelihood's coordinates
     templates = empirical.load_templates()[family]
     ebv = np.arange(0.0, EBV_MAX + 1e-9, EBV_STEP)
     delta = np.array(DELTA_GRID)
@@ -151,7 +152,7 @@ def template_fit(
     from scipy.special import logsumexp
     from tqdm.auto import tqdm
 
-    from xpz.data.synthetic import flux_span
+    from xpz.data.likelihood import flux_span
 
     n = len(view["z"])
     log_p, p_red = log_prior_z(grid, view["g"], cfg)
@@ -226,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench_families import score, score_cells
     from xpz.config import load_config
-    from xpz.data.synthetic import generate, likelihood_view
+    from xpz.data.likelihood import likelihood_view
+    from xpz.data.synthetic import generate
     from xpz.hostinfo import print_host
 
     cfg = load_config(args.params)

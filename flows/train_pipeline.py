@@ -5,8 +5,7 @@ and `xpz run` use) or of `xpz.data.stages` / `xpz.tracking`; no ML logic lives h
 `dvc repro` (the `train` stage runs `python flows/train_pipeline.py`), from `dvc exp run`, from a
 Prefect deployment (`xpz schedule serve`) and from Python (`train_pipeline(profile="smoke")`).
 
-Orchestration choices (retries, caching, resumable tuning, atomic reports) are listed in
-docs/DEVELOPING.md, "The training flow".
+Orchestration choices (retries, caching, resumable tuning, atomic reports): docs/DEVELOPING.md.
 """
 
 from __future__ import annotations
@@ -18,8 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-# Without PREFECT_API_URL Prefect starts a temporary local server; on a busy 2-core machine its
-# start-up can exceed Prefect's 20 s default (set before prefect is imported: settings load then).
+# A temporary Prefect server (no PREFECT_API_URL) can start slower than 20 s on 2 busy cores (set pre-import).
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 from prefect import flow, get_run_logger, task  # noqa: E402
@@ -39,13 +37,8 @@ quiet_telemetry()
 REPORTS_DIR = Path("reports")
 ARTIFACT_KEY = "xpz-train-summary"
 # Steps that talk to a server (MLflow set-up, logging, registration) retry with back-off 2 s, 4 s, 8 s.
-server_task = partial(
-    task,
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    timeout_seconds=600,
-    cache_policy=NONE,
-)
+server_task = partial(task, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
+                      timeout_seconds=600, cache_policy=NONE)  # fmt: skip
 local_task = partial(task, cache_policy=NONE)
 
 
@@ -65,8 +58,7 @@ def sync_data(cfg: Any) -> str:
     """Bring `data/` to the version recorded in data.dvc (`dvc pull`), else generate it."""
     from xpz.data.stages import sync_dataset
 
-    logger = get_run_logger()
-    return sync_dataset(cfg.data, log=logger.info, warn=logger.warning)  # a failed pull: WARNING + reason
+    return sync_dataset(cfg.data, log=get_run_logger().info, warn=get_run_logger().warning)
 
 
 @task(name="validate", cache_policy=DataDigest() + TASK_SOURCE, cache_expiration=timedelta(days=30),
@@ -241,10 +233,8 @@ def train_pipeline(
         logged = log_model(tr, run_id, trained, splits)
         registration = register(tr, run_id, logged, evaluation.metrics)
         aliases = promote(tr, registration)
-    except (KeyboardInterrupt, TerminationSignal):  # Ctrl-C, or SIGTERM: KILLED, as `xpz run`
-        # (inside a flow run Prefect's own SIGTERM handler raises TerminationSignal; it re-sends the
-        # signal after the flow, where `xpz.interrupts.terminate_raises` turns it into exit 143)
-        tracking.end_run(tr, run_id, "KILLED")  # directly: no new task runs while the flow is stopping
+    except (KeyboardInterrupt, TerminationSignal):  # Ctrl-C; SIGTERM (via Prefect): KILLED
+        tracking.end_run(tr, run_id, "KILLED")  # directly: no new task runs while the flow stops
         raise
     except BaseException:
         end_mlflow_run(tr, run_id, "FAILED")

@@ -1,4 +1,4 @@
-"""benchmarks/bench_oracle.py and `xpz.data.synthetic.likelihood_view`: the galaxies' fluxes with
+"""benchmarks/bench_oracle.py and `xpz.data.likelihood.likelihood_view`: the galaxies' fluxes with
 their noise covariance, and the Bayesian template fit that measures what the data permit."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import pytest
 
 from conftest import benchmark_module, run_benchmark
 from xpz.config import DataConfig, EvaluateConfig
-from xpz.data.synthetic import flux_span, generate, likelihood_view, to_span
+from xpz.data.likelihood import flux_span, likelihood_view, to_span
+from xpz.data.synthetic import generate
 
 
 @pytest.fixture(scope="module")

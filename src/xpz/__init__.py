@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.util
 import sys
+from collections.abc import Callable
 from typing import Any
 
 __version__ = "0.1.0"
@@ -25,55 +26,54 @@ def _register_keras_objects() -> None:
     import xpz.model.saving  # noqa: F401  (its import registers every custom Keras object)
 
 
-class _RegisterAfterKeras(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: on the first `import keras` it lets the other finders find Keras and
-    runs `_register_keras_objects` once Keras's module has executed."""
+ExecModule = Callable[[Any], None]
+
+
+class _OnFirstImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: on the first import of module `name` it lets the other finders find it
+    and runs the module's code through `wrap(exec_module)`."""
+
+    def __init__(self, name: str, wrap: Callable[[ExecModule], ExecModule]) -> None:
+        self.name, self.wrap = name, wrap
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name != "keras":
+        if name != self.name:
             return None
         sys.meta_path.remove(self)  # once; and no recursion through the lookup below
         spec = importlib.util.find_spec(name)
         loader = getattr(spec, "loader", None)
         if loader is None or not hasattr(loader, "exec_module"):
             return spec
-        exec_module = loader.exec_module
+        loader.exec_module = self.wrap(loader.exec_module)
+        return spec
 
-        def exec_then_register(module: Any) -> None:
+
+def _then_register(exec_module: ExecModule) -> ExecModule:
+    def exec_then_register(module: Any) -> None:
+        exec_module(module)
+        _register_keras_objects()
+
+    return exec_then_register
+
+
+def _quietly(exec_module: ExecModule) -> ExecModule:
+    def exec_quietly(module: Any) -> None:
+        from xpz.env import quiet_tensorflow_startup
+
+        with quiet_tensorflow_startup():
             exec_module(module)
-            _register_keras_objects()
 
-        loader.exec_module = exec_then_register
-        return spec
+    return exec_quietly
 
 
-class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: on the first `import tensorflow` it lets the other finders find it and
-    runs its module inside `xpz.env.quiet_tensorflow_startup`."""
-
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name != "tensorflow":
-            return None
-        sys.meta_path.remove(self)  # once; and no recursion through the lookup below
-        spec = importlib.util.find_spec(name)
-        loader = getattr(spec, "loader", None)
-        if loader is None or not hasattr(loader, "exec_module"):
-            return spec
-        exec_module = loader.exec_module
-
-        def exec_quietly(module: Any) -> None:
-            from xpz.env import quiet_tensorflow_startup
-
-            with quiet_tensorflow_startup():
-                exec_module(module)
-
-        loader.exec_module = exec_quietly
-        return spec
+def _on_first_import(name: str, wrap: Callable[[ExecModule], ExecModule]) -> None:
+    if not any(isinstance(f, _OnFirstImport) and f.name == name for f in sys.meta_path):
+        sys.meta_path.insert(0, _OnFirstImport(name, wrap))
 
 
 if "keras" in sys.modules:
     _register_keras_objects()
-elif not any(isinstance(f, _RegisterAfterKeras) for f in sys.meta_path):
-    sys.meta_path.insert(0, _RegisterAfterKeras())
-if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
-    sys.meta_path.insert(0, _QuietTensorFlowImport())
+else:
+    _on_first_import("keras", _then_register)
+if "tensorflow" not in sys.modules:
+    _on_first_import("tensorflow", _quietly)
