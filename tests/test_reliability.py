@@ -263,11 +263,16 @@ def test_predict_file_carries_the_flag_and_writes_pdfs(fitted, impostors, datase
     pred = pd.read_parquet(out)
     assert pred["eligible"].iloc[:300].mean() >= 0.97
     assert not pred["eligible"].iloc[300:].any()
+    # pure-noise impostors whose total flux is <= 0 have no spectrum to answer for: z NaN, a reason, no p(z)
+    predicted = pred["reject_reason"].isna().to_numpy()
+    assert predicted[:300].all()
+    assert (rows.loc[~predicted, list(FLUX_COLUMNS)].sum(axis=1) <= 0).all()
+    assert pred.loc[~predicted, "z"].isna().all()
     ens = qp.read(str(pdf))
-    assert ens.npdf == len(rows)
-    np.testing.assert_array_equal(ens.ancil["source_id"], pred["source_id"])
-    np.testing.assert_array_equal(ens.ancil["eligible"], pred["eligible"])
-    np.testing.assert_allclose(ens.median().ravel(), pred["z"], atol=1e-6)
+    assert ens.npdf == predicted.sum()
+    np.testing.assert_array_equal(ens.ancil["source_id"], pred["source_id"][predicted])
+    np.testing.assert_array_equal(ens.ancil["eligible"], pred["eligible"][predicted])
+    np.testing.assert_allclose(ens.median().ravel(), pred["z"][predicted], atol=1e-6)
     assert not list(tmp_path.glob(".*tmp*"))
 
 
