@@ -5,7 +5,7 @@ and `xpz run` use) or of `xpz.data.stages` / `xpz.tracking`; no ML logic lives h
 `dvc repro` (the `train` stage runs `python flows/train_pipeline.py`), from `dvc exp run`, from a
 Prefect deployment (`xpz schedule serve`) and from Python (`train_pipeline(profile="smoke")`).
 
-Orchestration choices (retries, caching, resumable tuning, atomic reports): docs/DEVELOPING.md.
+Orchestration choices (retries, caching, resumable tuning, atomic reports, stops): docs/DEVELOPING.md.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from prefect.tasks import exponential_backoff  # noqa: E402
 
 from xpz import pipeline, servers, tracking  # noqa: E402
 from xpz.env import quiet_telemetry  # noqa: E402
+from xpz.interrupts import note_sigterm  # noqa: E402
 
 quiet_telemetry()
 
@@ -216,7 +217,7 @@ def train_pipeline(
 
     from xpz.config import load_config
 
-    t0 = time.perf_counter()
+    t0, stopped = time.perf_counter(), note_sigterm()  # a SIGTERM, even one a library hides
     cfg = load_config(params, profile=profile, overrides=overrides or {})
     get_run_logger().info("profile %s, params %s, overrides %s", cfg.profile, params, overrides or {})
     if sync:
@@ -233,11 +234,13 @@ def train_pipeline(
         logged = log_model(tr, run_id, trained, splits)
         registration = register(tr, run_id, logged, evaluation.metrics)
         aliases = promote(tr, registration)
-    except (KeyboardInterrupt, TerminationSignal):  # Ctrl-C; SIGTERM (via Prefect): KILLED
-        tracking.end_run(tr, run_id, "KILLED")  # directly: no new task runs while the flow stops
-        raise
-    except BaseException:
-        end_mlflow_run(tr, run_id, "FAILED")
+    except BaseException as err:
+        if not (isinstance(err, (KeyboardInterrupt, TerminationSignal)) or stopped()):
+            end_mlflow_run(tr, run_id, "FAILED")
+            raise
+        tracking.end_run(tr, run_id, "KILLED")  # Ctrl-C or SIGTERM; directly: no new task while stopping
+        if isinstance(err, Exception):  # a SIGTERM whose exception tf.data turned into another error
+            raise TerminationSignal(15) from err  # SIGTERM
         raise
     end_mlflow_run(tr, run_id, "FINISHED", {"pipeline_seconds": time.perf_counter() - t0})
 

@@ -339,3 +339,30 @@ def test_sigterm_during_data_generate_leaves_no_partial_dataset(tmp_path):
     assert proc.returncode == 143, stderr[-2000:]
     assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_note_sigterm_sees_a_stop_a_library_turned_into_another_error():
+    """In a flow run Prefect's SIGTERM handler raises wherever the main thread is; inside tf.data Keras
+    reports that as a TypeError. `note_sigterm` still says a SIGTERM arrived, and the handler in place
+    still runs (the flow ends its run KILLED, not FAILED)."""
+    from xpz.interrupts import note_sigterm
+
+    class Stop(BaseException):
+        pass
+
+    def prefects(signum, frame):
+        raise Stop
+
+    previous = signal.signal(signal.SIGTERM, prefects)
+    try:
+        stopped = note_sigterm()
+        assert not stopped()
+        with pytest.raises(TypeError):
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            except Stop:
+                raise TypeError("Failed to convert elements of (None,) to Tensor") from None
+        assert stopped()
+    finally:
+        signal.signal(signal.SIGTERM, previous)

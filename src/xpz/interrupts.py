@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, the shell's status for a process ended by SIGTERM
@@ -47,3 +47,25 @@ def terminate_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def note_sigterm() -> Callable[[], bool]:
+    """From now on a SIGTERM is noted before the handler in place runs, and the function returned says
+    whether one arrived. In a Prefect flow run that handler is Prefect's, which raises an exception
+    wherever the main thread is; raised inside tf.data's iterator, Keras reports it as a TypeError, and
+    the stop would read as a failure. Outside the main thread it notes nothing. A previous handler of
+    SIG_DFL becomes `Terminated` (as in `terminate_raises`); SIG_IGN stays ignored."""
+    seen = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        return seen.is_set
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        seen.set()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            raise Terminated(f"terminated by signal {signum} (SIGTERM)")
+
+    signal.signal(signal.SIGTERM, handler)
+    return seen.is_set
