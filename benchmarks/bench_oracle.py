@@ -137,8 +137,7 @@ def log_prior_z(grid: Grid, g: np.ndarray, cfg) -> tuple[np.ndarray, np.ndarray]
     log_p = (
         np.log(dist.pdf(grid.z))[None] + np.log(np.interp(mag, mod.lf_grid, lf_pdf) + 1e-300) - np.log(window)
     )
-    p_red = 1.0 / (1.0 + np.exp((mag - syn.RED_M_CRIT) / syn.RED_M_WIDTH))
-    return log_p, p_red
+    return log_p, syn.red_fraction(mag)
 
 
 def template_fit(
@@ -153,6 +152,7 @@ def template_fit(
     from tqdm.auto import tqdm
 
     from xpz.data.likelihood import flux_span
+    from xpz.spectra import N_BP, N_FLUX
 
     n = len(view["z"])
     log_p, p_red = log_prior_z(grid, view["g"], cfg)
@@ -166,7 +166,10 @@ def template_fit(
             cov = cov.copy()
             r_bp = flux_span()[0].shape[1]
             for band, at, span in zip(
-                (slice(0, 80), slice(80, 186)), (slice(0, r_bp), slice(r_bp, None)), flux_span(), strict=True
+                (slice(0, N_BP), slice(N_BP, N_FLUX)),
+                (slice(0, r_bp), slice(r_bp, None)),
+                flux_span(),
+                strict=True,
             ):
                 cov[at, at] += span.T @ (((template_error * view["flux"][i, band]) ** 2)[:, None] * span)
         whiten = np.linalg.inv(np.linalg.cholesky(cov))

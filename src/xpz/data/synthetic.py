@@ -177,6 +177,11 @@ def _draw_absolute_mag(rng, mod: Instrument, lo: np.ndarray, hi: np.ndarray) -> 
     return np.clip(mag, lo, hi)
 
 
+def red_fraction(mag_abs: np.ndarray) -> np.ndarray:
+    """The probability that a galaxy of absolute G `mag_abs` is red (logistic, half at RED_M_CRIT)."""
+    return 1.0 / (1.0 + np.exp((mag_abs - RED_M_CRIT) / RED_M_WIDTH))
+
+
 def _block_physics(
     cfg: DataConfig, block: int, n: int, z: np.ndarray, family: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -193,8 +198,7 @@ def _block_physics(
     mag_abs = _draw_absolute_mag(rng, mod, cfg.g_min - mu, cfg.g_max - mu)
     g_app = mag_abs + mu
 
-    p_red = 1.0 / (1.0 + np.exp((mag_abs - RED_M_CRIT) / RED_M_WIDTH))
-    red = rng.uniform(size=n) < p_red
+    red = rng.uniform(size=n) < red_fraction(mag_abs)
     alpha = np.where(red[:, None], RED_ALPHA, BLUE_ALPHA)
     weights = rng.gamma(alpha)
     weights /= weights.sum(axis=1, keepdims=True)
